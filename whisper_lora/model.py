@@ -1,0 +1,109 @@
+"""Load a Whisper base model in int8, nf4, bf16 or fp32, with its processor."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+
+from .errors import ConfigError, format_choices
+from .resolve import DEFAULT_BASE, fingerprint_checkpoint, resolve_base
+
+Precision = Literal["int8", "nf4", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+QUANTIZED = ("int8", "nf4")
+
+
+class _DropBnbNoise(logging.Filter):
+    """Drop bitsandbytes' per-matmul messages, which are printed once per layer per step."""
+
+    NOISE = ("inputs will be cast from", "gemm_4bit_forward from kernels-community")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(n in msg for n in self.NOISE)
+
+
+def silence_bitsandbytes() -> None:
+    """Install the noise filter on bitsandbytes' loggers (idempotent)."""
+    for name in ("bitsandbytes", "bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropBnbNoise) for f in logger.filters):
+            logger.addFilter(_DropBnbNoise())
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"invalid device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """Identity of a loaded base model, written into every adapter's metadata."""
+
+    name: str  # what the user asked for (``whisper-base``, a path or a hub id)
+    path: str  # the resolved checkpoint directory or hub id
+    fingerprint: str  # sha256 prefix of the checkpoint's weight files
+    precision: str  # int8, nf4, bf16 or fp32
+    d_model: int
+    encoder_layers: int
+    decoder_layers: int
+    vocab_size: int
+
+
+def quantization_config(precision: str, device: torch.device):
+    """The ``BitsAndBytesConfig`` for a quantised precision (None for bf16/fp32)."""
+    from transformers import BitsAndBytesConfig
+
+    if precision == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if precision == "nf4":
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+        )
+    return None
+
+
+def load_base_model(
+    name_or_path: str = DEFAULT_BASE,
+    precision: Precision = "int8",
+    device: str | torch.device | None = "auto",
+):
+    """Load a Whisper checkpoint and its processor.
+
+    Returns ``(model, processor)``; ``model.whisper_lora_base`` holds a ``BaseModelInfo``.
+    """
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"invalid precision {precision!r}; valid: {format_choices(PRECISIONS)}")
+    dev = pick_device(device)
+    silence_bitsandbytes()
+    path = resolve_base(name_or_path)
+    kwargs: dict = {}
+    qc = quantization_config(precision, dev)
+    if qc is not None:
+        kwargs.update(quantization_config=qc, device_map={"": str(dev)}, dtype=torch.float32)
+    else:
+        kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs)
+    if qc is None:
+        model.to(dev)
+    model.eval()
+    processor = WhisperProcessor.from_pretrained(path)
+    cfg = model.config
+    model.whisper_lora_base = BaseModelInfo(
+        name=str(name_or_path), path=path, fingerprint=fingerprint_checkpoint(path), precision=precision,
+        d_model=cfg.d_model, encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
+        vocab_size=cfg.vocab_size,
+    )
+    return model, processor
