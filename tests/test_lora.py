@@ -1,0 +1,44 @@
+import pytest
+from transformers import WhisperForConditionalGeneration
+
+from whisper_lora.errors import ConfigError
+from whisper_lora.lora import LoraSpec, apply_lora, count_parameters
+
+
+@pytest.mark.parametrize(
+    "spec, n_modules",
+    [
+        (LoraSpec(r=4, alpha=8), 2 * (2 + 2 + 2)),  # q, v on all three stacks of 2 layers
+        (LoraSpec(r=8, alpha=16, targets=("q", "k", "v", "out"), stacks=("decoder_self", "decoder_cross")), 4 * 4),
+        (LoraSpec(r=2, alpha=4, targets=("q", "fc1", "fc2"), stacks=("encoder_self",)), 3 * 2),
+        (LoraSpec(r=4, alpha=8, layers=(1,)), 2 * 3),
+    ],
+)
+def test_trainable_counts_match_the_spec(tiny_dir, spec, n_modules):
+    model = apply_lora(WhisperForConditionalGeneration.from_pretrained(tiny_dir), spec)
+    counts = count_parameters(model)
+    d, ffn = 64, 128
+    per = {"q": d + d, "k": d + d, "v": d + d, "out": d + d, "fc1": d + ffn, "fc2": ffn + d}
+    expected = 0
+    mods = [n for n, _ in model.named_modules() if n.endswith("lora_A.default")]
+    for n in mods:
+        proj = n.split(".")[-3]
+        key = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "out"}.get(proj, proj)
+        expected += spec.r * per[key]
+    assert counts.adapter_modules == n_modules == len(mods)
+    assert counts.trainable == expected
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+
+
+def test_spec_reports_every_problem_at_once():
+    with pytest.raises(ConfigError) as e:
+        LoraSpec(r=0, dropout=1.5, targets=("q", "gate"), stacks=("encoder_cross",))
+    msg = str(e.value)
+    for part in ("r=0", "dropout=1.5", "valid targets are fc1, fc2, k, out, q, v", "valid stacks are decoder_cross"):
+        assert part in msg
+
+
+def test_peft_task_type_stays_unset():
+    cfg = LoraSpec().peft_config(2, 2)
+    assert cfg.task_type is None
+    assert "model.decoder.layers.1.encoder_attn.v_proj" in cfg.target_modules

@@ -1,0 +1,117 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from transformers import WhisperProcessor
+
+from whisper_lora.data.audio import write_wav
+from whisper_lora.data.features import featurize, label_ids
+from whisper_lora.data.readers import load_corpus, read_commonvoice, read_dvoice, read_manifest, split_records
+from whisper_lora.data.records import BAD_REASONS, BadRows, Utterance
+from whisper_lora.errors import DataError
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_dvoice_reads_every_split(sw_corpus):
+    splits, bad = load_corpus(sw_corpus, "sw")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 24, "dev": 4, "test": 4}
+    assert bad.bad == 0 and bad.total == 32
+    first = splits["train"][0]
+    assert first.language == "sw" and first.duration > 0 and first.audio.endswith(".wav")
+    assert first.text == _rows(sw_corpus / "texts" / "train.csv")[0]["words"]
+
+
+def test_dvoice_missing_split_lists_what_exists(tmp_path):
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "dev.csv").write_text("wav\twords\tduration\n")
+    with pytest.raises(DataError, match=r"train.*found: dev.csv"):
+        read_dvoice(tmp_path, "sw", "train")
+
+
+def test_commonvoice_layout(sw_corpus, tmp_path):
+    (tmp_path / "clips").mkdir()
+    rows = _rows(sw_corpus / "texts" / "train.csv")[:3]
+    with open(tmp_path / "train.tsv", "w") as f:
+        f.write("client_id\tpath\tsentence\n")
+        for r in rows:
+            (tmp_path / "clips" / r["wav"]).write_bytes((sw_corpus / "wavs" / r["wav"]).read_bytes())
+            f.write(f"x\t{r['wav']}\t{r['words']}\n")
+    recs, bad = read_commonvoice(tmp_path, "sw", "train")
+    assert [r.text for r in recs] == [r["words"] for r in rows] and bad.bad == 0
+    # no dev/test: carved out deterministically
+    splits, _ = load_corpus(tmp_path, "sw", split_fractions=(0.34, 0.34), seed=1)
+    again, _ = load_corpus(tmp_path, "sw", split_fractions=(0.34, 0.34), seed=1)
+    assert sum(len(v) for v in splits.values()) == 3
+    assert {k: [r.id for r in v] for k, v in splits.items()} == {k: [r.id for r in v] for k, v in again.items()}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_generic_manifest(sw_corpus, tmp_path, suffix):
+    rows = _rows(sw_corpus / "texts" / "train.csv")[:4]
+    items = [{"audio": str(sw_corpus / "wavs" / r["wav"]), "text": r["words"], "split": s}
+             for r, s in zip(rows, ["train", "train", "dev", "test"])]
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(i) for i in items))
+    else:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["audio", "text", "split"])
+            w.writeheader()
+            w.writerows(items)
+    recs, _ = read_manifest(path, "sw")
+    assert len(recs) == 4
+    splits, _ = load_corpus(path, "sw")
+    assert [len(splits[s]) for s in ("train", "dev", "test")] == [2, 1, 1]
+
+
+def test_split_records_is_order_independent():
+    recs = [Utterance(f"u{i}", "/x", "t", "sw") for i in range(200)]
+    a = split_records(recs, (0.1, 0.1), seed=3)
+    b = split_records(list(reversed(recs)), (0.1, 0.1), seed=3)
+    assert {k: sorted(r.id for r in v) for k, v in a.items()} == {k: sorted(r.id for r in v) for k, v in b.items()}
+    assert 5 < len(a["test"]) < 40 and split_records(recs, (0.1, 0.1), seed=4)["test"] != a["test"]
+
+
+def test_every_bad_row_reason_is_counted(corpus_copy, base_dir):
+    """One damaged row per reason; each is skipped and counted under its own name."""
+    processor = WhisperProcessor.from_pretrained(base_dir)
+    wavs = corpus_copy / "wavs"
+    write_wav(wavs / "long.wav", np.random.default_rng(0).uniform(-0.3, 0.3, 16000 * 31).astype(np.float32))
+    write_wav(wavs / "silent.wav", np.zeros(16000, np.float32))
+    (wavs / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wav")
+    good = _rows(corpus_copy / "texts" / "train.csv")[0]
+    extra = [
+        ("missing.wav", "hakuna faili"), (good["wav"], ""), ("broken.wav", "faili bovu"),
+        ("long.wav", "sauti ndefu sana"), ("silent.wav", "kimya"), (good["wav"], "neno " * 460),
+    ]
+    with open(corpus_copy / "texts" / "train.csv", "a", encoding="utf-8") as f:
+        for wav, text in extra:
+            f.write(f"{wav}\t{text}\t1.0\n")
+    splits, bad = load_corpus(corpus_copy, "sw")
+    assert bad.reasons == {"missing_file": 1, "empty_transcript": 1}
+    _, bad = featurize(splits["train"], processor, bad)
+    assert dict(bad.reasons) == {r: 1 for r in BAD_REASONS}
+    assert bad.total == 32 + len(extra)
+    summary = bad.summary()
+    assert all(r in summary for r in BAD_REASONS)
+    with pytest.raises(DataError, match="more than the allowed 5%.*too_long_labels"):
+        bad.check(0.05, "corpus")
+    bad.check(0.5, "corpus")  # within the allowed fraction: no error
+
+
+def test_labels_carry_language_prefix(base_dir):
+    tok = WhisperProcessor.from_pretrained(base_dir).tokenizer
+    ids = label_ids(tok, "habari", "sw")
+    assert tok.convert_ids_to_tokens(ids[:3]) == ["<|sw|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert tok.decode(ids, skip_special_tokens=True).strip() == "habari"
+    assert tok.convert_ids_to_tokens(label_ids(tok, "salam", "ary")[:1]) == ["<|ar|>"]
+
+
+def test_bad_reason_name_is_checked():
+    with pytest.raises(ValueError, match="valid: missing_file"):
+        BadRows().add("nope", "x")

@@ -1,0 +1,179 @@
+"""The ``whisper-lora`` command line: synth, train, eval, convert."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import WhisperLoraError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default=None, help="base model: whisper-base (default, offline), a path or a hub id")
+    p.add_argument("--precision", default=None, choices=["int8", "nf4", "bf16", "fp32"], help="base weights (default int8)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+
+
+def _cmd_synth(a) -> int:
+    from .data.synth import TEST_VOICES, TRAIN_VOICES, SynthConfig, SynthSplit, read_sentences, synthesize_corpus
+    from .data.synth_presets import default_synth_config
+
+    if a.sentences:
+        train = read_sentences(a.sentences)
+        test = read_sentences(a.test_sentences) if a.test_sentences else []
+        n_dev = max(1, len(train) // 10)
+        voices = a.voices.split(",") if a.voices else TRAIN_VOICES
+        test_voices = a.test_voices.split(",") if a.test_voices else TEST_VOICES
+        splits = [SynthSplit("train", train[:-n_dev], voices, a.repeats), SynthSplit("dev", train[-n_dev:], test_voices)]
+        if test:
+            splits.append(SynthSplit("test", test, test_voices))
+        cfg = SynthConfig(a.language, tuple(splits), seed=a.seed)
+    else:
+        cfg = default_synth_config(a.language, train_repeats=a.repeats, seed=a.seed)
+    out = synthesize_corpus(cfg, a.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _train_config(a):
+    from .config import TrainConfig
+
+    overrides = {k: getattr(a, k) for k in ("language", "data", "out", "base", "precision", "device", "max_steps",
+                                           "max_minutes", "batch_size", "learning_rate", "seed")}
+    if a.config:
+        return TrainConfig.from_yaml(a.config, **overrides)
+    missing = [k for k in ("language", "data") if not overrides[k]]
+    if missing:
+        raise WhisperLoraError(f"train needs --{' and --'.join(missing)} (or --config FILE)")
+    return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _cmd_train(a) -> int:
+    from .train import train_adapter
+
+    result = train_adapter(_train_config(a), resume=a.resume, progress=not a.quiet)
+    print(_metrics_table(result.metadata.language, result.metadata.metrics))
+    print(f"adapter written to {result.adapter_dir}")
+    return 0
+
+
+def _metrics_table(language: str, m: dict) -> str:
+    if "base" not in m:
+        return "(no held-out test split: nothing to report)"
+    rows = [f"held-out {m.get('split', 'test')} ({m.get('n', '?')} utterances, {language})",
+            f"{'model':<10}{'WER':>8}{'CER':>8}{'WER orth':>10}{'CER orth':>10}"]
+    for k in ("base", "adapter"):
+        s = m[k]
+        rows.append(f"{k:<10}{s['wer']:>8.3f}{s['cer']:>8.3f}{s['wer_orthographic']:>10.3f}{s['cer_orthographic']:>10.3f}")
+    if m["base"]["cer"]:
+        rows.append(f"relative CER change: {(m['adapter']['cer'] - m['base']['cer']) / m['base']['cer']:+.1%}")
+    return "\n".join(rows)
+
+
+def _cmd_eval(a) -> int:
+    from .adapter_io import load_adapter, read_metadata
+    from .config import TrainConfig
+    from .evaluate import compare_base_and_adapter, evaluate_examples
+    from .model import load_base_model
+    from .train import prepare_data
+
+    base = a.base
+    if a.adapter and not base:
+        base = read_metadata(a.adapter).base.get("name")
+    cfg = TrainConfig(language=a.language, data=a.data, base=base or "whisper-base", precision=a.precision or "int8",
+                      device=a.device or "auto", max_bad_fraction=1.0)
+    model, processor = load_base_model(cfg.base, cfg.precision, cfg.device)
+    data = prepare_data(cfg, processor, progress=not a.json)
+    examples = data.get(a.split) or []
+    if not examples:
+        raise WhisperLoraError(f"split {a.split!r} of {a.data} is empty; splits: {', '.join(k for k, v in data.items() if v)}")
+    if a.limit:
+        examples = examples[: a.limit]
+    kw = dict(max_new_tokens=a.max_new_tokens, progress=not a.json)
+    if a.adapter:
+        model = load_adapter(model, a.adapter)
+        m = compare_base_and_adapter(model, processor, examples, cfg.language, **kw)
+    else:
+        m = {"base": evaluate_examples(model, processor, examples, cfg.language, **kw)[0].to_dict(), "adapter": None}
+    if a.json:
+        out = {"language": cfg.language, "n": len(examples), "split": a.split}
+        for k in ("base", "adapter"):
+            out[k] = None if m[k] is None else {"wer": m[k]["wer"], "cer": m[k]["cer"],
+                                               "wer_orthographic": m[k]["wer_orthographic"],
+                                               "cer_orthographic": m[k]["cer_orthographic"]}
+        print(json.dumps(out))
+    elif m["adapter"] is None:
+        print(f"base on {a.split} ({len(examples)}): WER {m['base']['wer']:.3f} CER {m['base']['cer']:.3f}")
+    else:
+        print(_metrics_table(cfg.language, {"split": a.split, "n": len(examples), **m}))
+    return 0
+
+
+def _cmd_convert(a) -> int:
+    from .ct2_import import convert_ct2_checkpoint
+
+    print(f"wrote {convert_ct2_checkpoint([Path(p) for p in a.src], a.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whisper-lora", description="Per-language LoRA adapters for Whisper")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic DVoice-layout corpus with espeak-ng")
+    s.add_argument("--language", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--sentences", help="training sentences, one a line (default: the shipped list)")
+    s.add_argument("--test-sentences", help="held-out sentences for the test split")
+    s.add_argument("--voices", help="comma-separated espeak-ng variants for training (default: the training set)")
+    s.add_argument("--test-voices", help="variants for dev/test (default: voices never used for training)")
+    s.add_argument("--repeats", type=int, default=2, help="voices per training sentence")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_synth)
+
+    t = sub.add_parser("train", help="train one language's adapter")
+    t.add_argument("--config", help="YAML file mapping onto TrainConfig; flags override it")
+    t.add_argument("--language")
+    t.add_argument("--data", help="corpus root or manifest")
+    t.add_argument("--out", help="adapter directory (default adapters/<language>)")
+    _add_common(t)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="WER/CER of the base and an adapter side by side")
+    e.add_argument("--language", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    e.add_argument("--adapter")
+    _add_common(e)
+    e.add_argument("--limit", type=int, help="score only the first N utterances")
+    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(fn=_cmd_eval)
+
+    c = sub.add_parser("convert", help="convert a CTranslate2 (faster-whisper) checkpoint to transformers")
+    c.add_argument("src", nargs="+", help="directory (or directories holding model.bin.partN pieces)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(fn=_cmd_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except WhisperLoraError as e:
+        print(f"whisper-lora: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

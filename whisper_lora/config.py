@@ -1,0 +1,101 @@
+"""Typed training configuration, validated in one place; YAML recipe configs map onto it 1:1."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError, format_choices
+from .languages import resolve_language
+from .lora import LoraSpec
+from .model import PRECISIONS
+from .resolve import DEFAULT_BASE
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``train_adapter`` needs; every field has a working default but ``language``/``data``."""
+
+    language: str  # ISO code or alias of the language the adapter is for (sw, ary, cs, ...)
+    data: str  # corpus root (DVoice or Common Voice layout) or a manifest file
+    out: str | None = None  # adapter directory; default adapters/<language>
+    base: str = DEFAULT_BASE  # base model: short name, local path or hub id
+    precision: str = "int8"  # int8, nf4, bf16 or fp32 base weights
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    lora: LoraSpec = field(default_factory=LoraSpec)  # adapter shape and placement
+    data_format: str = "auto"  # auto, dvoice, commonvoice, manifest
+    split_fractions: tuple[float, float] = (0.1, 0.1)  # dev/test shares when a corpus has none
+    max_bad_fraction: float = 0.1  # fail when more rows than this are unusable
+    seed: int = 0  # data order, dropout and splits
+    max_steps: int = 300  # optimizer steps
+    max_minutes: float | None = None  # stop earlier when this wall-clock budget is spent
+    batch_size: int = 8  # utterances per optimizer step (across all processes)
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True  # recompute activations (use_reentrant=False)
+    cache_encoder: bool = True  # precompute encoder outputs when no adapter sits in the encoder
+    eval_every: int = 50  # steps between dev evaluations (0: only at the end)
+    eval_samples: int = 32  # dev utterances decoded per evaluation
+    max_new_tokens: int = 128  # decoding cap for evaluation
+    checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
+    num_threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec.from_dict(self.lora)
+        self.split_fractions = tuple(self.split_fractions)
+        problems = []
+        try:
+            resolve_language(self.language)
+        except ConfigError as e:
+            problems.append(str(e))
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r}; valid: {format_choices(PRECISIONS)}")
+        if self.data_format not in ("auto", "dvoice", "commonvoice", "manifest"):
+            problems.append(f"data_format={self.data_format!r}; valid: auto, commonvoice, dvoice, manifest")
+        for name in ("max_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)!r} must be >= 1")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_samples"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate={self.learning_rate!r} must be > 0")
+        if not 0 <= self.max_bad_fraction <= 1:
+            problems.append(f"max_bad_fraction={self.max_bad_fraction!r} must be in [0, 1]")
+        if len(self.split_fractions) != 2 or not (0 <= sum(self.split_fractions) < 1):
+            problems.append(f"split_fractions={self.split_fractions!r}: two shares (dev, test) summing below 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            problems.append(f"max_minutes={self.max_minutes!r} must be > 0")
+        if problems:
+            raise ConfigError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("adapters") / resolve_language(self.language).code
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lora"] = self.lora.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config keys {unknown}; valid: {format_choices(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        d = yaml.safe_load(path.read_text()) or {}
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(d)

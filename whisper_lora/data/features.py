@@ -1,0 +1,88 @@
+"""Turn utterances into model inputs: log-mel features and prefixed label ids.
+
+Rows that cannot be used are skipped and counted by reason (see ``records.BAD_REASONS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..languages import resolve_language
+from .audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, is_silent, load_audio
+from .records import BadRows, Utterance
+
+MAX_LABEL_TOKENS = 448  # Whisper's decoder context
+
+
+@dataclass
+class Example:
+    """One featurised utterance."""
+
+    id: str
+    text: str
+    language: str  # registry code
+    input_features: torch.Tensor  # (n_mels, 3000) log-mel
+    labels: list[int]  # <|lang|> <|transcribe|> <|notimestamps|> text <|endoftext|> (no <|sot|>)
+    duration: float  # seconds of audio
+
+
+def prefix_ids(tokenizer, language: str, task: str = "transcribe") -> list[int]:
+    """Decoder prefix ``<|sot|> <|lang|> <|task|> <|notimestamps|>`` for a language."""
+    ids = tokenizer.convert_tokens_to_ids
+    return [ids("<|startoftranscript|>"), ids(f"<|{resolve_language(language).whisper}|>"),
+            ids(f"<|{task}|>"), ids("<|notimestamps|>")]
+
+
+def label_ids(tokenizer, text: str, language: str) -> list[int]:
+    """Label ids for training (the ``<|sot|>`` start token is added by the model's shift)."""
+    body = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+    return prefix_ids(tokenizer, language)[1:] + body + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+
+def featurize(
+    records: Sequence[Utterance],
+    processor,
+    bad: BadRows | None = None,
+    max_label_tokens: int = MAX_LABEL_TOKENS,
+    progress: bool = False,
+) -> tuple[list[Example], BadRows]:
+    """Decode, check and featurise records; returns the good examples and the bad-row report."""
+    from tqdm.auto import tqdm
+
+    bad = bad if bad is not None else BadRows()
+    out: list[Example] = []
+    for r in tqdm(records, desc="features", disable=not progress, leave=False):
+        if not Path(r.audio).is_file():
+            bad.add("missing_file", r.id)
+            continue
+        try:
+            audio = load_audio(r.audio)
+        except AudioError:
+            bad.add("unreadable_audio", r.id)
+            continue
+        if len(audio) > CHUNK_SECONDS * SAMPLE_RATE:
+            bad.add("too_long_audio", r.id)
+            continue
+        if is_silent(audio):
+            bad.add("silence", r.id)
+            continue
+        labels = label_ids(processor.tokenizer, r.text, r.language)
+        if len(labels) + 1 > max_label_tokens:
+            bad.add("too_long_labels", r.id)
+            continue
+        feats = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
+        out.append(Example(r.id, r.text, r.language, feats, labels, len(audio) / SAMPLE_RATE))
+    return out, bad
+
+
+def collate(examples: Sequence[Example], pad_id: int = -100) -> dict[str, torch.Tensor]:
+    """Stack features and pad labels with -100 (ignored by the loss)."""
+    n = max(len(e.labels) for e in examples)
+    labels = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    for i, e in enumerate(examples):
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+    return {"input_features": torch.stack([e.input_features for e in examples]), "labels": labels}

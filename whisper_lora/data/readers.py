@@ -1,0 +1,190 @@
+"""Corpus readers: DVoice, Common Voice and generic CSV/JSONL manifests.
+
+Expected trees::
+
+    DVoice                      Common Voice              manifest
+    <root>/texts/train.csv      <root>/train.tsv          any .csv/.tsv/.jsonl with columns
+    <root>/texts/dev.csv        <root>/dev.tsv            audio (or path/wav/file), text (or
+    <root>/texts/test.csv       <root>/test.tsv           sentence/words/transcript), optional
+    <root>/wavs/*.wav           <root>/clips/*.mp3        id, duration, language, split
+
+DVoice CSVs are tab-separated with the header ``wav  words  duration``. When a corpus has
+no dev or test split, ``split_records`` carves one out deterministically from a seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import DataError, format_choices
+from .records import BadRows, Utterance
+
+SPLITS = ("train", "dev", "test")
+FORMATS = ("auto", "dvoice", "commonvoice", "manifest")
+_AUDIO_KEYS = ("audio", "path", "wav", "file", "audio_filepath")
+_TEXT_KEYS = ("text", "sentence", "words", "transcript", "transcription")
+
+
+def _read_table(path: Path, delimiter: str | None = None) -> list[dict[str, str]]:
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        return rows
+    delim = delimiter or ("\t" if path.suffix == ".tsv" or "\t" in path.open(encoding="utf-8").readline() else ",")
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL))
+
+
+def _pick(row: dict, keys: Iterable[str], path: Path, what: str) -> str:
+    for k in keys:
+        if k in row:
+            return row[k]
+    raise DataError(f"{path}: no {what} column; expected one of {', '.join(keys)}; found {', '.join(row)}")
+
+
+def _records(rows, path, root_audio: Path, language: str, prefix: str, bad: BadRows, keys=(_AUDIO_KEYS, _TEXT_KEYS)):
+    out = []
+    for i, row in enumerate(rows):
+        bad.total += 1
+        audio = (_pick(row, keys[0], path, "audio") or "").strip()
+        text = (_pick(row, keys[1], path, "text") or "").strip()
+        rid = str(row.get("id") or f"{prefix}{i}:{Path(audio).stem}")
+        if not text:
+            bad.add("empty_transcript", rid)
+            continue
+        apath = Path(audio) if Path(audio).is_absolute() else root_audio / audio
+        if not apath.is_file():
+            bad.add("missing_file", rid)
+            continue
+        try:
+            duration = float(row["duration"]) if row.get("duration") not in (None, "") else None
+        except ValueError:
+            duration = None
+        out.append(Utterance(rid, str(apath), text, str(row.get("language") or language), duration))
+    return out
+
+
+def read_dvoice(root: str | Path, language: str, split: str) -> tuple[list[Utterance], BadRows]:
+    """Read one split of a DVoice-layout corpus."""
+    root = Path(root)
+    path = root / "texts" / f"{split}.csv"
+    if not path.is_file():
+        have = sorted(p.name for p in (root / "texts").glob("*.csv")) if (root / "texts").is_dir() else []
+        raise DataError(f"DVoice split {split!r} not found at {path}; found: {', '.join(have) or 'nothing'}")
+    bad = BadRows()
+    rows = _read_table(path, "\t")
+    return _records(rows, path, root / "wavs", language, f"{split}/", bad, (("wav",), ("words",))), bad
+
+
+def read_commonvoice(root: str | Path, language: str, split: str) -> tuple[list[Utterance], BadRows]:
+    """Read one split (``train.tsv``, ``dev.tsv``, ``test.tsv``) of a Common Voice release."""
+    root = Path(root)
+    path = root / f"{split}.tsv"
+    if not path.is_file():
+        raise DataError(f"Common Voice split {split!r} not found at {path}; found: "
+                        f"{', '.join(sorted(p.name for p in root.glob('*.tsv'))) or 'nothing'}")
+    bad = BadRows()
+    rows = _read_table(path, "\t")
+    return _records(rows, path, root / "clips", language, f"{split}/", bad, (("path",), ("sentence",))), bad
+
+
+def read_manifest(path: str | Path, language: str, split: str | None = None) -> tuple[list[Utterance], BadRows]:
+    """Read a CSV/TSV/JSONL manifest; audio paths are relative to the manifest's directory.
+
+    When the manifest has a ``split`` column and ``split`` is given, only those rows are kept.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist")
+    rows = _read_table(path)
+    if split is not None and rows and "split" in rows[0]:
+        rows = [r for r in rows if r.get("split") == split]
+    bad = BadRows()
+    return _records(rows, path, path.parent, language, f"{path.stem}/", bad), bad
+
+
+def detect_format(root: str | Path) -> str:
+    """Guess a corpus format from its files."""
+    root = Path(root)
+    if root.is_file():
+        return "manifest"
+    if (root / "texts").is_dir():
+        return "dvoice"
+    if any((root / f"{s}.tsv").is_file() for s in SPLITS) and (root / "clips").is_dir():
+        return "commonvoice"
+    manifests = [p for p in root.glob("*") if p.suffix in (".csv", ".tsv", ".jsonl")]
+    if len(manifests) == 1:
+        return "manifest"
+    raise DataError(
+        f"cannot tell the corpus format of {root}: expected texts/ (DVoice), train.tsv + clips/ "
+        f"(Common Voice) or one manifest file; found: {', '.join(sorted(p.name for p in root.iterdir())) or 'nothing'}"
+    )
+
+
+def split_records(records: list[Utterance], fractions: tuple[float, float], seed: int) -> dict[str, list[Utterance]]:
+    """Split records deterministically into train/dev/test by hashing their ids with ``seed``.
+
+    ``fractions`` are the dev and test shares. The assignment of a record does not depend on
+    the order of the others, so adding rows never moves existing ones between splits.
+    """
+    dev_f, test_f = fractions
+    out: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
+    for r in records:
+        u = int(hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        out["test" if u < test_f else "dev" if u < test_f + dev_f else "train"].append(r)
+    return out
+
+
+def load_corpus(
+    root: str | Path,
+    language: str,
+    fmt: str = "auto",
+    split_fractions: tuple[float, float] = (0.1, 0.1),
+    seed: int = 0,
+) -> tuple[dict[str, list[Utterance]], BadRows]:
+    """Read every split of a corpus; missing dev/test splits are carved out of train."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown corpus format {fmt!r}; valid: {format_choices(FORMATS)}")
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"corpus {root} does not exist")
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    bad = BadRows()
+    splits: dict[str, list[Utterance]] = {}
+    if fmt == "manifest":
+        path = root if root.is_file() else next(p for p in root.glob("*") if p.suffix in (".csv", ".tsv", ".jsonl"))
+        rows = _read_table(path)
+        has_split = bool(rows) and "split" in rows[0]
+        for s in SPLITS if has_split else ("train",):
+            sub = [r for r in rows if r.get("split") == s] if has_split else rows
+            splits[s] = _records(sub, path, path.parent, language, f"{s}/", bad)
+    else:
+        reader = read_dvoice if fmt == "dvoice" else read_commonvoice
+        for s in SPLITS:
+            try:
+                recs, b = reader(root, language, s)
+            except DataError:
+                if s == "train":
+                    raise
+                continue
+            splits[s] = recs
+            bad = bad.merge(b)
+    missing = [s for s in ("dev", "test") if not splits.get(s)]
+    if missing:
+        carved = split_records(splits.get("train", []), split_fractions, seed)
+        splits["train"] = carved["train"]
+        for s in ("dev", "test"):
+            if s in missing:
+                splits[s] = carved[s]
+            else:
+                splits["train"] += carved[s]
+    return splits, bad

@@ -1,0 +1,138 @@
+"""LoRA specification and injection into Whisper's attention layers (through peft)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
+
+from .errors import ConfigError, format_choices
+
+Target = Literal["q", "k", "v", "out", "fc1", "fc2"]
+Stack = Literal["encoder_self", "decoder_self", "decoder_cross"]
+TARGETS: tuple[str, ...] = get_args(Target)
+STACKS: tuple[str, ...] = get_args(Stack)
+
+_PROJ = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "out": "out_proj", "fc1": "fc1", "fc2": "fc2"}
+# module path pattern of each stack's attention, and the layer prefix its FFN lives under
+_STACK_ATTN = {
+    "encoder_self": ("model.encoder.layers", "self_attn"),
+    "decoder_self": ("model.decoder.layers", "self_attn"),
+    "decoder_cross": ("model.decoder.layers", "encoder_attn"),
+}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Which Whisper projections get LoRA adapters, and their shape."""
+
+    r: int = 32  # adapter rank
+    alpha: int = 64  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.05  # dropout on the adapter input
+    targets: tuple[str, ...] = ("q", "v")  # projections: q, k, v, out; fc1/fc2 (FFN) optional
+    stacks: tuple[str, ...] = STACKS  # encoder_self, decoder_self, decoder_cross
+    layers: tuple[int, ...] | None = None  # restrict to these layer indices (None = all)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "stacks", tuple(self.stacks))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        problems = []
+        if not isinstance(self.r, int) or self.r < 1:
+            problems.append(f"r={self.r!r} must be a positive integer")
+        if not self.alpha or self.alpha <= 0:
+            problems.append(f"alpha={self.alpha!r} must be positive")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
+        bad_t = [t for t in self.targets if t not in TARGETS]
+        if bad_t or not self.targets:
+            problems.append(f"targets={list(self.targets)!r}: valid targets are {format_choices(TARGETS)}")
+        bad_s = [s for s in self.stacks if s not in STACKS]
+        if bad_s or not self.stacks:
+            problems.append(f"stacks={list(self.stacks)!r}: valid stacks are {format_choices(STACKS)}")
+        if problems:
+            raise ConfigError("invalid LoRA spec: " + "; ".join(problems))
+
+    @property
+    def touches_encoder(self) -> bool:
+        """True when some adapter sits in the encoder (encoder outputs then depend on it)."""
+        return "encoder_self" in self.stacks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoraSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown LoRA spec keys {sorted(unknown)}; valid: {format_choices(known)}")
+        return cls(**d)
+
+    def target_modules(self, encoder_layers: int, decoder_layers: int) -> list[str]:
+        """Full module names (peft ``target_modules``) selected by this spec."""
+        names = []
+        for stack in self.stacks:
+            prefix, attn = _STACK_ATTN[stack]
+            n = encoder_layers if stack == "encoder_self" else decoder_layers
+            for i in range(n):
+                if self.layers is not None and i not in self.layers:
+                    continue
+                for t in self.targets:
+                    if t in ("fc1", "fc2"):
+                        if stack != "decoder_cross":  # FFN belongs to the layer, count it once
+                            names.append(f"{prefix}.{i}.{_PROJ[t]}")
+                    else:
+                        names.append(f"{prefix}.{i}.{attn}.{_PROJ[t]}")
+        return sorted(set(names))
+
+    def peft_config(self, encoder_layers: int, decoder_layers: int):
+        """The peft ``LoraConfig`` (``task_type`` deliberately unset for Whisper)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=self.target_modules(encoder_layers, decoder_layers), bias="none",
+        )
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts after LoRA injection."""
+
+    trainable: int
+    total: int
+    adapter_modules: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return (f"trainable {self.trainable:,} of {self.total:,} parameters ({self.fraction:.2%}) "
+                f"in {self.adapter_modules} LoRA modules")
+
+
+def count_parameters(model) -> ParamCounts:
+    """Trainable and total parameters (int8/nf4 weights counted by their logical size)."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    modules = sum(1 for name, _ in model.named_modules() if name.endswith("lora_A.default"))
+    return ParamCounts(trainable, total, modules)
+
+
+def apply_lora(model, spec: LoraSpec, adapter_name: str = "default"):
+    """Inject LoRA adapters with peft; only adapter parameters stay trainable."""
+    from peft import get_peft_model
+
+    cfg = model.config
+    peft_model = get_peft_model(model, spec.peft_config(cfg.encoder_layers, cfg.decoder_layers), adapter_name=adapter_name)
+    for name, p in peft_model.named_parameters():
+        p.requires_grad = "lora_" in name
+    return peft_model
