@@ -1,0 +1,60 @@
+import logging
+
+import pytest
+import torch
+
+from whisper_lora.data.features import collate, featurize
+from whisper_lora.data.readers import load_corpus
+from whisper_lora.errors import ConfigError, ModelNotFoundError
+from whisper_lora.lora import LoraSpec, apply_lora
+from whisper_lora.model import load_base_model, pick_device
+from whisper_lora.resolve import resolve_base
+
+
+def test_int8_load_and_one_training_step(tiny_dir, sw_corpus, caplog):
+    import bitsandbytes as bnb
+
+    model, processor = load_base_model(str(tiny_dir), "int8", device="cpu")
+    assert isinstance(model.model.encoder.layers[0].self_attn.q_proj, bnb.nn.Linear8bitLt)
+    assert model.model.encoder.layers[0].self_attn.q_proj.weight.dtype == torch.int8
+    model = apply_lora(model, LoraSpec(r=4, alpha=8))
+    frozen = model.get_base_model().model.encoder.layers[0].self_attn.q_proj.base_layer.weight.clone()
+    lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n}
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    splits, _ = load_corpus(sw_corpus, "sw")
+    examples, _ = featurize(splits["train"][:2], processor)
+    batch = collate(examples)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    with caplog.at_level(logging.WARNING):
+        loss = model(**batch).loss
+        loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert not any("inputs will be cast" in r.getMessage() for r in caplog.records)  # bnb spam silenced
+    changed = [n for n, p in model.named_parameters() if n in lora_b and not torch.equal(p, lora_b[n])]
+    assert len(changed) == len(lora_b)  # every adapter moved
+    assert torch.equal(model.get_base_model().model.encoder.layers[0].self_attn.q_proj.base_layer.weight, frozen)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "nf4"])
+def test_other_precisions_generate(tiny_dir, precision):
+    model, processor = load_base_model(str(tiny_dir), precision, device="cpu")
+    feats = torch.zeros(1, 80, 3000, dtype=next(model.parameters()).dtype if precision != "nf4" else torch.float32)
+    out = model.generate(input_features=feats, language="sw", task="transcribe", max_new_tokens=3)
+    assert out.shape[0] == 1 and 1 <= out.shape[1] <= 3
+    q = model.model.decoder.layers[0].self_attn.q_proj
+    expected = {"fp32": "Linear", "bf16": "Linear", "nf4": "Linear4bit"}[precision]
+    assert type(q).__name__ == expected
+    assert (q.weight.dtype == torch.bfloat16) == (precision == "bf16")
+    assert model.whisper_lora_base.precision == precision
+
+
+def test_bad_precision_device_and_name():
+    with pytest.raises(ConfigError, match="valid: bf16, fp32, int8, nf4"):
+        load_base_model("whisper-base", "int4")
+    with pytest.raises(ConfigError, match="valid: auto, cpu"):
+        pick_device("gpu0")
+    with pytest.raises(ModelNotFoundError, match="short names: whisper-base"):
+        resolve_base("whisper-huge-v9")
+    assert pick_device("auto").type in ("cpu", "cuda")

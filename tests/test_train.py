@@ -1,0 +1,125 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from whisper_lora.adapter_io import METADATA_FILE, load_adapter, read_metadata
+from whisper_lora.config import TrainConfig
+from whisper_lora.errors import ConfigError
+from whisper_lora.lora import LoraSpec
+from whisper_lora.model import load_base_model
+from whisper_lora.train import train_adapter
+
+
+def _cfg(tiny_dir, corpus, out, **kw):
+    base = dict(language="sw", data=str(corpus), out=str(out), base=str(tiny_dir), precision="fp32", device="cpu",
+                lora=LoraSpec(r=4, alpha=8, dropout=0.1), max_steps=4, batch_size=4, eval_every=2, eval_samples=2,
+                checkpoint_every=2, max_new_tokens=4, warmup_steps=1, learning_rate=5e-3, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path):
+    full = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "full"), progress=False)
+
+    def stop_at_2(state):
+        if state.step == 2:
+            raise _Interrupt
+
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "resumed")
+    with pytest.raises(_Interrupt):
+        train_adapter(cfg, progress=False, callbacks=[stop_at_2])
+    assert not (tmp_path / "resumed").exists()  # nothing half-written in place
+    assert (tmp_path / "resumed.checkpoint" / "trainer_state.pt").exists()
+    resumed = train_adapter(cfg, resume=True, progress=False)
+    a = load_file(full.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) == 2 * 12  # lora_A + lora_B of 12 modules
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k)  # it did train
+    assert resumed.state.step == full.state.step == 4
+    assert not (tmp_path / "resumed.checkpoint").exists()  # cleaned up after success
+
+
+def test_resume_refuses_a_changed_config(tiny_dir, sw_corpus, tmp_path):
+    def stop(state):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1), progress=False, callbacks=[stop])
+    with pytest.raises(ConfigError, match="learning_rate"):
+        train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1, learning_rate=1e-4), resume=True,
+                      progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, sw_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "sw"
+    return train_adapter(_cfg(tiny_dir, sw_corpus, out, checkpoint_every=0), progress=False)
+
+
+def test_adapter_directory_and_metadata(trained, tiny_dir):
+    d = trained.adapter_dir
+    assert sorted(p.name for p in d.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", METADATA_FILE]
+    meta = read_metadata(d)
+    assert meta.language == "sw" and meta.whisper_language == "sw"
+    assert meta.base["name"] == str(tiny_dir) and len(meta.base["fingerprint"]) == 16
+    assert meta.lora["r"] == 4 and meta.data["train_utterances"] == 24 and len(meta.data["fingerprint"]) == 16
+    assert set(meta.metrics["base"]) >= {"wer", "cer"} and set(meta.metrics["adapter"]) >= {"wer", "cer"}
+    assert meta.metrics["n"] == 4 and meta.library_version
+    assert json.loads((d / "adapter_config.json").read_text()).get("task_type") is None
+
+
+def test_reloaded_adapter_gives_identical_logits_and_plain_peft_loads_it(trained, tiny_dir, sw_corpus):
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_lora.data.features import collate, featurize
+    from whisper_lora.data.readers import load_corpus
+
+    model, processor = load_base_model(str(tiny_dir), "fp32", "cpu")
+    splits, _ = load_corpus(sw_corpus, "sw")
+    batch = collate(featurize(splits["test"][:2], processor)[0])
+    ours = load_adapter(model, trained.adapter_dir).eval()
+    plain = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_dir), str(trained.adapter_dir)).eval()
+    with torch.no_grad():
+        a, b = ours(**batch).logits, plain(**batch).logits
+        with ours.disable_adapter():
+            base = ours(**batch).logits
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, base)  # the adapter does something
+
+
+def test_failed_save_keeps_the_previous_adapter(trained, tmp_path):
+    import shutil
+
+    from whisper_lora.atomic import atomic_directory
+
+    target = tmp_path / "sw"
+    shutil.copytree(trained.adapter_dir, target)
+    before = (target / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
+    assert (target / "adapter_model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["sw"]  # no temporary left behind
+
+
+def test_two_process_accelerate_run(tiny_dir, sw_corpus, tmp_path):
+    """The same entry point runs unchanged under `accelerate launch` with 2 CPU processes."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "whisper_lora.cli", "train",
+           "--language", "sw", "--data", str(sw_corpus), "--out", str(out), "--base", str(tiny_dir),
+           "--precision", "fp32", "--device", "cpu", "--max-steps", "2", "--batch-size", "4", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = read_metadata(out)
+    assert meta.training["processes"] == 2 and meta.training["steps"] == 2
