@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here runs without the hub
 DATA = Path(__file__).parent / "data"
 LIBRIVOX = DATA / "librivox"
 
