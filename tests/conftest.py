@@ -28,10 +28,21 @@ def make_tiny_whisper(out: Path, processor_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     cfg = WhisperConfig(
-        vocab_size=51865, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=448, pad_token_id=50257, bos_token_id=50257,
-        eos_token_id=50257, decoder_start_token_id=50258,
+        vocab_size=51865,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=50257,
+        bos_token_id=50257,
+        eos_token_id=50257,
+        decoder_start_token_id=50258,
     )
     model = WhisperForConditionalGeneration(cfg)
     model.generation_config = GenerationConfig.from_pretrained(processor_dir)
@@ -51,11 +62,14 @@ def sw_corpus(tmp_path_factory) -> Path:
     from whisper_lora.data.synth import SynthConfig, SynthSplit, shipped_sentences, synthesize_corpus
 
     train, test = shipped_sentences("sw", "train"), shipped_sentences("sw", "test")
-    cfg = SynthConfig("sw", (
-        SynthSplit("train", train[:12], ("m1", "f1"), repeats=2),
-        SynthSplit("dev", train[12:16], ("m2",)),
-        SynthSplit("test", test[:4], ("f2",)),
-    ))
+    cfg = SynthConfig(
+        "sw",
+        (
+            SynthSplit("train", train[:12], ("m1", "f1"), repeats=2),
+            SynthSplit("dev", train[12:16], ("m2",)),
+            SynthSplit("test", test[:4], ("f2",)),
+        ),
+    )
     return synthesize_corpus(cfg, tmp_path_factory.mktemp("corpora") / "sw", progress=False)
 
 

@@ -8,17 +8,51 @@ from whisper_lora.cli import main
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "whisper_lora.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "whisper_lora.cli", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_train_then_eval_json(tiny_dir, sw_corpus, tmp_path):
     out = tmp_path / "sw"
-    r = _run("train", "--language", "sw", "--data", str(sw_corpus), "--out", str(out), "--base", str(tiny_dir),
-             "--precision", "fp32", "--device", "cpu", "--max-steps", "2", "--batch-size", "2", "--quiet")
+    r = _run(
+        "train",
+        "--language",
+        "sw",
+        "--data",
+        str(sw_corpus),
+        "--out",
+        str(out),
+        "--base",
+        str(tiny_dir),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "held-out test (4 utterances, sw)" in r.stdout and (out / "adapter_model.safetensors").exists()
-    r = _run("eval", "--language", "sw", "--data", str(sw_corpus), "--adapter", str(out), "--base", str(tiny_dir),
-             "--precision", "fp32", "--max-new-tokens", "4", "--json")
+    r = _run(
+        "eval",
+        "--language",
+        "sw",
+        "--data",
+        str(sw_corpus),
+        "--adapter",
+        str(out),
+        "--base",
+        str(tiny_dir),
+        "--precision",
+        "fp32",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     obj = json.loads(r.stdout.strip().splitlines()[-1])
     assert obj["language"] == "sw" and obj["n"] == 4
@@ -28,8 +62,28 @@ def test_train_then_eval_json(tiny_dir, sw_corpus, tmp_path):
 def test_synth_writes_dvoice_layout_with_chosen_voices(tmp_path):
     sentences = tmp_path / "s.txt"
     sentences.write_text("habari ya leo\nasante sana\nkaribu tena\nlala salama\n")
-    assert main(["synth", "--language", "sw", "--out", str(tmp_path / "c"), "--sentences", str(sentences),
-                 "--test-sentences", str(sentences), "--voices", "m3", "--test-voices", "f4", "--repeats", "1"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--language",
+                "sw",
+                "--out",
+                str(tmp_path / "c"),
+                "--sentences",
+                str(sentences),
+                "--test-sentences",
+                str(sentences),
+                "--voices",
+                "m3",
+                "--test-voices",
+                "f4",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
     train = (tmp_path / "c" / "texts" / "train.csv").read_text().splitlines()
     test = (tmp_path / "c" / "texts" / "test.csv").read_text().splitlines()
     assert train[0] == "wav\twords\tduration" and len(train) == 1 + 3

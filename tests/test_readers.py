@@ -53,8 +53,10 @@ def test_commonvoice_layout(sw_corpus, tmp_path):
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_generic_manifest(sw_corpus, tmp_path, suffix):
     rows = _rows(sw_corpus / "texts" / "train.csv")[:4]
-    items = [{"audio": str(sw_corpus / "wavs" / r["wav"]), "text": r["words"], "split": s}
-             for r, s in zip(rows, ["train", "train", "dev", "test"])]
+    items = [
+        {"audio": str(sw_corpus / "wavs" / r["wav"]), "text": r["words"], "split": s}
+        for r, s in zip(rows, ["train", "train", "dev", "test"], strict=True)
+    ]
     path = tmp_path / f"m{suffix}"
     if suffix == ".jsonl":
         path.write_text("\n".join(json.dumps(i) for i in items))
@@ -86,8 +88,12 @@ def test_every_bad_row_reason_is_counted(corpus_copy, base_dir):
     (wavs / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wav")
     good = _rows(corpus_copy / "texts" / "train.csv")[0]
     extra = [
-        ("missing.wav", "hakuna faili"), (good["wav"], ""), ("broken.wav", "faili bovu"),
-        ("long.wav", "sauti ndefu sana"), ("silent.wav", "kimya"), (good["wav"], "neno " * 460),
+        ("missing.wav", "hakuna faili"),
+        (good["wav"], ""),
+        ("broken.wav", "faili bovu"),
+        ("long.wav", "sauti ndefu sana"),
+        ("silent.wav", "kimya"),
+        (good["wav"], "neno " * 460),
     ]
     with open(corpus_copy / "texts" / "train.csv", "a", encoding="utf-8") as f:
         for wav, text in extra:

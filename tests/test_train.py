@@ -15,9 +15,24 @@ from whisper_lora.train import train_adapter
 
 
 def _cfg(tiny_dir, corpus, out, **kw):
-    base = dict(language="sw", data=str(corpus), out=str(out), base=str(tiny_dir), precision="fp32", device="cpu",
-                lora=LoraSpec(r=4, alpha=8, dropout=0.1), max_steps=4, batch_size=4, eval_every=2, eval_samples=2,
-                checkpoint_every=2, max_new_tokens=4, warmup_steps=1, learning_rate=5e-3, seed=7)
+    base = dict(
+        language="sw",
+        data=str(corpus),
+        out=str(out),
+        base=str(tiny_dir),
+        precision="fp32",
+        device="cpu",
+        lora=LoraSpec(r=4, alpha=8, dropout=0.1),
+        max_steps=4,
+        batch_size=4,
+        eval_every=2,
+        eval_samples=2,
+        checkpoint_every=2,
+        max_new_tokens=4,
+        warmup_steps=1,
+        learning_rate=5e-3,
+        seed=7,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -55,8 +70,11 @@ def test_resume_refuses_a_changed_config(tiny_dir, sw_corpus, tmp_path):
     with pytest.raises(_Interrupt):
         train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1), progress=False, callbacks=[stop])
     with pytest.raises(ConfigError, match="learning_rate"):
-        train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1, learning_rate=1e-4), resume=True,
-                      progress=False)
+        train_adapter(
+            _cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1, learning_rate=1e-4),
+            resume=True,
+            progress=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +85,12 @@ def trained(tiny_dir, sw_corpus, tmp_path_factory):
 
 def test_adapter_directory_and_metadata(trained, tiny_dir):
     d = trained.adapter_dir
-    assert sorted(p.name for p in d.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", METADATA_FILE]
+    assert sorted(p.name for p in d.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        METADATA_FILE,
+    ]
     meta = read_metadata(d)
     assert meta.language == "sw" and meta.whisper_language == "sw"
     assert meta.base["name"] == str(tiny_dir) and len(meta.base["fingerprint"]) == 16
@@ -88,7 +111,9 @@ def test_reloaded_adapter_gives_identical_logits_and_plain_peft_loads_it(trained
     splits, _ = load_corpus(sw_corpus, "sw")
     batch = collate(featurize(splits["test"][:2], processor)[0])
     ours = load_adapter(model, trained.adapter_dir).eval()
-    plain = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_dir), str(trained.adapter_dir)).eval()
+    plain = PeftModel.from_pretrained(
+        WhisperForConditionalGeneration.from_pretrained(tiny_dir), str(trained.adapter_dir)
+    ).eval()
     with torch.no_grad():
         a, b = ours(**batch).logits, plain(**batch).logits
         with ours.disable_adapter():
@@ -115,10 +140,40 @@ def test_failed_save_keeps_the_previous_adapter(trained, tmp_path):
 def test_two_process_accelerate_run(tiny_dir, sw_corpus, tmp_path):
     """The same entry point runs unchanged under `accelerate launch` with 2 CPU processes."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "whisper_lora.cli", "train",
-           "--language", "sw", "--data", str(sw_corpus), "--out", str(out), "--base", str(tiny_dir),
-           "--precision", "fp32", "--device", "cpu", "--max-steps", "2", "--batch-size", "4", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "whisper_lora.cli",
+        "train",
+        "--language",
+        "sw",
+        "--data",
+        str(sw_corpus),
+        "--out",
+        str(out),
+        "--base",
+        str(tiny_dir),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = read_metadata(out)

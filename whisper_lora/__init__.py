@@ -3,8 +3,8 @@
 from .adapter_io import AdapterMetadata, load_adapter, read_metadata, save_adapter
 from .config import TrainConfig
 from .ct2_import import convert_ct2_checkpoint
-from .data.records import BadRows, Utterance
 from .data.readers import load_corpus, read_commonvoice, read_dvoice, read_manifest
+from .data.records import BadRows, Utterance
 from .errors import (
     AdapterError,
     ConfigError,
@@ -23,9 +23,32 @@ from .train import TrainResult, train_adapter
 silence_bitsandbytes()  # before bitsandbytes is first imported, so its import-time notice is dropped too
 
 __all__ = [
-    "AdapterError", "AdapterMetadata", "BadRows", "ConfigError", "ConversionError", "DataError",
-    "LoraSpec", "ModelNotFoundError", "TrainConfig", "TrainResult", "Utterance", "WhisperLoraError",
-    "apply_lora", "compare_base_and_adapter", "convert_ct2_checkpoint", "count_parameters", "load_adapter",
-    "load_base_model", "load_corpus", "read_commonvoice", "read_dvoice", "read_manifest", "read_metadata",
-    "resolve_base", "resolve_language", "save_adapter", "score", "train_adapter",
+    "AdapterError",
+    "AdapterMetadata",
+    "BadRows",
+    "ConfigError",
+    "ConversionError",
+    "DataError",
+    "LoraSpec",
+    "ModelNotFoundError",
+    "TrainConfig",
+    "TrainResult",
+    "Utterance",
+    "WhisperLoraError",
+    "apply_lora",
+    "compare_base_and_adapter",
+    "convert_ct2_checkpoint",
+    "count_parameters",
+    "load_adapter",
+    "load_base_model",
+    "load_corpus",
+    "read_commonvoice",
+    "read_dvoice",
+    "read_manifest",
+    "read_metadata",
+    "resolve_base",
+    "resolve_language",
+    "save_adapter",
+    "score",
+    "train_adapter",
 ]

@@ -80,7 +80,9 @@ def read_metadata(adapter_dir: str | Path) -> AdapterMetadata:
     found = sorted(p.name for p in adapter_dir.iterdir())
     missing = [f for f in (*PEFT_FILES, METADATA_FILE) if f not in found]
     if missing:
-        raise AdapterError(f"{adapter_dir} is not a whisper-lora adapter: missing {', '.join(missing)}; found: {', '.join(found) or 'nothing'}")
+        raise AdapterError(
+            f"{adapter_dir} is not a whisper-lora adapter: missing {', '.join(missing)}; found: {', '.join(found) or 'nothing'}"
+        )
     try:
         return AdapterMetadata.from_dict(json.loads((adapter_dir / METADATA_FILE).read_text(encoding="utf-8")))
     except (ValueError, TypeError) as e:

@@ -12,7 +12,9 @@ from .errors import WhisperLoraError
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="base model: whisper-base (default, offline), a path or a hub id")
-    p.add_argument("--precision", default=None, choices=["int8", "nf4", "bf16", "fp32"], help="base weights (default int8)")
+    p.add_argument(
+        "--precision", default=None, choices=["int8", "nf4", "bf16", "fp32"], help="base weights (default int8)"
+    )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
 
 
@@ -26,7 +28,10 @@ def _cmd_synth(a) -> int:
         n_dev = max(1, len(train) // 10)
         voices = a.voices.split(",") if a.voices else TRAIN_VOICES
         test_voices = a.test_voices.split(",") if a.test_voices else TEST_VOICES
-        splits = [SynthSplit("train", train[:-n_dev], voices, a.repeats), SynthSplit("dev", train[-n_dev:], test_voices)]
+        splits = [
+            SynthSplit("train", train[:-n_dev], voices, a.repeats),
+            SynthSplit("dev", train[-n_dev:], test_voices),
+        ]
         if test:
             splits.append(SynthSplit("test", test, test_voices))
         cfg = SynthConfig(a.language, tuple(splits), seed=a.seed)
@@ -40,8 +45,22 @@ def _cmd_synth(a) -> int:
 def _train_config(a):
     from .config import TrainConfig
 
-    overrides = {k: getattr(a, k) for k in ("language", "data", "out", "base", "precision", "device", "max_steps",
-                                           "max_minutes", "batch_size", "learning_rate", "seed")}
+    overrides = {
+        k: getattr(a, k)
+        for k in (
+            "language",
+            "data",
+            "out",
+            "base",
+            "precision",
+            "device",
+            "max_steps",
+            "max_minutes",
+            "batch_size",
+            "learning_rate",
+            "seed",
+        )
+    }
     if a.config:
         return TrainConfig.from_yaml(a.config, **overrides)
     missing = [k for k in ("language", "data") if not overrides[k]]
@@ -62,11 +81,15 @@ def _cmd_train(a) -> int:
 def _metrics_table(language: str, m: dict) -> str:
     if "base" not in m:
         return "(no held-out test split: nothing to report)"
-    rows = [f"held-out {m.get('split', 'test')} ({m.get('n', '?')} utterances, {language})",
-            f"{'model':<10}{'WER':>8}{'CER':>8}{'WER orth':>10}{'CER orth':>10}"]
+    rows = [
+        f"held-out {m.get('split', 'test')} ({m.get('n', '?')} utterances, {language})",
+        f"{'model':<10}{'WER':>8}{'CER':>8}{'WER orth':>10}{'CER orth':>10}",
+    ]
     for k in ("base", "adapter"):
         s = m[k]
-        rows.append(f"{k:<10}{s['wer']:>8.3f}{s['cer']:>8.3f}{s['wer_orthographic']:>10.3f}{s['cer_orthographic']:>10.3f}")
+        rows.append(
+            f"{k:<10}{s['wer']:>8.3f}{s['cer']:>8.3f}{s['wer_orthographic']:>10.3f}{s['cer_orthographic']:>10.3f}"
+        )
     if m["base"]["cer"]:
         rows.append(f"relative CER change: {(m['adapter']['cer'] - m['base']['cer']) / m['base']['cer']:+.1%}")
     return "\n".join(rows)
@@ -82,13 +105,21 @@ def _cmd_eval(a) -> int:
     base = a.base
     if a.adapter and not base:
         base = read_metadata(a.adapter).base.get("name")
-    cfg = TrainConfig(language=a.language, data=a.data, base=base or "whisper-base", precision=a.precision or "int8",
-                      device=a.device or "auto", max_bad_fraction=1.0)
+    cfg = TrainConfig(
+        language=a.language,
+        data=a.data,
+        base=base or "whisper-base",
+        precision=a.precision or "int8",
+        device=a.device or "auto",
+        max_bad_fraction=1.0,
+    )
     model, processor = load_base_model(cfg.base, cfg.precision, cfg.device)
     data = prepare_data(cfg, processor, progress=not a.json)
     examples = data.get(a.split) or []
     if not examples:
-        raise WhisperLoraError(f"split {a.split!r} of {a.data} is empty; splits: {', '.join(k for k, v in data.items() if v)}")
+        raise WhisperLoraError(
+            f"split {a.split!r} of {a.data} is empty; splits: {', '.join(k for k, v in data.items() if v)}"
+        )
     if a.limit:
         examples = examples[: a.limit]
     kw = dict(max_new_tokens=a.max_new_tokens, progress=not a.json)
@@ -100,9 +131,16 @@ def _cmd_eval(a) -> int:
     if a.json:
         out = {"language": cfg.language, "n": len(examples), "split": a.split}
         for k in ("base", "adapter"):
-            out[k] = None if m[k] is None else {"wer": m[k]["wer"], "cer": m[k]["cer"],
-                                               "wer_orthographic": m[k]["wer_orthographic"],
-                                               "cer_orthographic": m[k]["cer_orthographic"]}
+            out[k] = (
+                None
+                if m[k] is None
+                else {
+                    "wer": m[k]["wer"],
+                    "cer": m[k]["cer"],
+                    "wer_orthographic": m[k]["wer_orthographic"],
+                    "cer_orthographic": m[k]["cer_orthographic"],
+                }
+            )
         print(json.dumps(out))
     elif m["adapter"] is None:
         print(f"base on {a.split} ({len(examples)}): WER {m['base']['wer']:.3f} CER {m['base']['cer']:.3f}")

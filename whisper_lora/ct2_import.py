@@ -167,7 +167,7 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, torch
 
     def qkv(dst: str, src: str) -> None:  # fused [q; k; v], k without bias
         w, b = v[f"{src}/weight"].chunk(3, 0), v[f"{src}/bias"].chunk(3, 0)
-        for name, wi, bi in zip(("q_proj", "k_proj", "v_proj"), w, b):
+        for name, wi, bi in zip(("q_proj", "k_proj", "v_proj"), w, b, strict=True):
             sd[f"{dst}.{name}.weight"] = wi.clone()
             if name != "k_proj":
                 sd[f"{dst}.{name}.bias"] = bi.clone()
@@ -244,9 +244,7 @@ def build_tokenizer(tokenizer_json: Path, vocab_size: int, multilingual: bool):
     tok.add_tokens([AddedToken(t["content"], special=True, normalized=False) for t in specials], special_tokens=True)
     n_ts = vocab_size - len(tok)
     if n_ts > 0:
-        tok.add_tokens(
-            [AddedToken(f"<|{i * 0.02:.2f}|>", normalized=False, special=False) for i in range(n_ts)]
-        )
+        tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", normalized=False, special=False) for i in range(n_ts)])
     for t in specials:
         got = tok.convert_tokens_to_ids(t["content"])
         if got != t["id"]:
@@ -313,7 +311,9 @@ def convert_ct2_checkpoint(src_dirs: str | Path | list[Path], out_dir: str | Pat
     ct2_config = json.loads(cfg_path.read_text()) if cfg_path else {}
     tok_path = _first_file(src_dirs, "tokenizer.json")
     if tok_path is None:
-        raise ConversionError(f"no tokenizer.json in {', '.join(map(str, src_dirs))}; faster-whisper checkpoints ship one")
+        raise ConversionError(
+            f"no tokenizer.json in {', '.join(map(str, src_dirs))}; faster-whisper checkpoints ship one"
+        )
     tok = build_tokenizer(tok_path, dims["vocab_size"], multilingual)
     gen = build_generation_config(tok, ct2_config, dims, multilingual)
 

@@ -55,14 +55,17 @@ def score(references: Sequence[str], hypotheses: Sequence[str], language: str) -
     import jiwer
 
     norm = normalizer_for(language)
-    pairs = [(r, h) for r, h in zip(references, hypotheses) if norm(r).strip()]
+    pairs = [(r, h) for r, h in zip(references, hypotheses, strict=True) if norm(r).strip()]
     if not pairs:
         return Scores(float("nan"), float("nan"), float("nan"), float("nan"), 0)
     refs, hyps = [p[0].strip() for p in pairs], [p[1].strip() for p in pairs]
     nrefs, nhyps = [norm(r) for r in refs], [norm(h) for h in hyps]
     return Scores(
-        wer=jiwer.wer(nrefs, nhyps), cer=jiwer.cer(nrefs, nhyps),
-        wer_orthographic=jiwer.wer(refs, hyps), cer_orthographic=jiwer.cer(refs, hyps), n=len(pairs),
+        wer=jiwer.wer(nrefs, nhyps),
+        cer=jiwer.cer(nrefs, nhyps),
+        wer_orthographic=jiwer.wer(refs, hyps),
+        cer_orthographic=jiwer.cer(refs, hyps),
+        n=len(pairs),
     )
 
 
@@ -91,8 +94,11 @@ def transcribe_examples(
             batch = examples[i : i + batch_size]
             feats = torch.stack([e.input_features for e in batch]).to(device=device, dtype=dtype)
             ids = model.generate(
-                input_features=feats, language=resolve_language(language).whisper, task="transcribe",
-                max_new_tokens=max_new_tokens, num_beams=num_beams,
+                input_features=feats,
+                language=resolve_language(language).whisper,
+                task="transcribe",
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
             )
             out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
     finally:

@@ -86,9 +86,7 @@ def resolve_language(code: str) -> Language:
     try:
         return _INDEX[key]
     except KeyError:
-        raise ConfigError(
-            f"unknown language {code!r}; valid codes: {format_choices(_INDEX)}"
-        ) from None
+        raise ConfigError(f"unknown language {code!r}; valid codes: {format_choices(_INDEX)}") from None
 
 
 def whisper_token(code: str) -> str:

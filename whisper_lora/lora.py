@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 from .errors import ConfigError, format_choices
@@ -91,8 +91,11 @@ class LoraSpec:
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=self.target_modules(encoder_layers, decoder_layers), bias="none",
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules(encoder_layers, decoder_layers),
+            bias="none",
         )
 
 
@@ -109,8 +112,10 @@ class ParamCounts:
         return self.trainable / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return (f"trainable {self.trainable:,} of {self.total:,} parameters ({self.fraction:.2%}) "
-                f"in {self.adapter_modules} LoRA modules")
+        return (
+            f"trainable {self.trainable:,} of {self.total:,} parameters ({self.fraction:.2%}) "
+            f"in {self.adapter_modules} LoRA modules"
+        )
 
 
 def count_parameters(model) -> ParamCounts:
@@ -132,7 +137,9 @@ def apply_lora(model, spec: LoraSpec, adapter_name: str = "default"):
     from peft import get_peft_model
 
     cfg = model.config
-    peft_model = get_peft_model(model, spec.peft_config(cfg.encoder_layers, cfg.decoder_layers), adapter_name=adapter_name)
+    peft_model = get_peft_model(
+        model, spec.peft_config(cfg.encoder_layers, cfg.decoder_layers), adapter_name=adapter_name
+    )
     for name, p in peft_model.named_parameters():
         p.requires_grad = "lora_" in name
     return peft_model

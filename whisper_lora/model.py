@@ -67,7 +67,9 @@ def quantization_config(precision: str, device: torch.device):
     if precision == "nf4":
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
         )
     return None
@@ -102,8 +104,13 @@ def load_base_model(
     processor = WhisperProcessor.from_pretrained(path)
     cfg = model.config
     model.whisper_lora_base = BaseModelInfo(
-        name=str(name_or_path), path=path, fingerprint=fingerprint_checkpoint(path), precision=precision,
-        d_model=cfg.d_model, encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
+        name=str(name_or_path),
+        path=path,
+        fingerprint=fingerprint_checkpoint(path),
+        precision=precision,
+        d_model=cfg.d_model,
+        encoder_layers=cfg.encoder_layers,
+        decoder_layers=cfg.decoder_layers,
         vocab_size=cfg.vocab_size,
     )
     return model, processor

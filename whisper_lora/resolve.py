@@ -30,9 +30,17 @@ SHIPPED_CT2: dict[str, list[list[tuple[str, str]]]] = {
 HUB_IDS: dict[str, str] = {
     name: f"openai/{name}"
     for name in (
-        "whisper-tiny", "whisper-tiny.en", "whisper-base", "whisper-base.en", "whisper-small",
-        "whisper-small.en", "whisper-medium", "whisper-medium.en", "whisper-large-v2",
-        "whisper-large-v3", "whisper-large-v3-turbo",
+        "whisper-tiny",
+        "whisper-tiny.en",
+        "whisper-base",
+        "whisper-base.en",
+        "whisper-small",
+        "whisper-small.en",
+        "whisper-medium",
+        "whisper-medium.en",
+        "whisper-large-v2",
+        "whisper-large-v3",
+        "whisper-large-v3-turbo",
     )
 }
 

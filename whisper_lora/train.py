@@ -166,10 +166,17 @@ def train_adapter(
     def checkpoint() -> None:
         if main:
             with atomic_directory(ckpt_dir) as tmp:
-                torch.save({
-                    "config": cfg.to_dict(), "model": _trainable_state(raw), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "best": best, "state": state.__dict__,
-                }, tmp / CHECKPOINT_STATE)
+                torch.save(
+                    {
+                        "config": cfg.to_dict(),
+                        "model": _trainable_state(raw),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "best": best,
+                        "state": state.__dict__,
+                    },
+                    tmp / CHECKPOINT_STATE,
+                )
         acc.wait_for_everyone()
 
     started = time.monotonic()
@@ -211,19 +218,32 @@ def train_adapter(
     _load_trainable(raw, best)
 
     metadata = AdapterMetadata(
-        language=lang.code, whisper_language=lang.whisper,
+        language=lang.code,
+        whisper_language=lang.whisper,
         base={k: v for k, v in base_info.__dict__.items() if k != "path"},
         lora=cfg.lora.to_dict(),
-        data={"fingerprint": data_fingerprint(train), "train_utterances": len(train),
-              "train_seconds": round(sum(e.duration for e in train), 1), "source": str(cfg.data)},
-        training={**{k: v for k, v in cfg.to_dict().items() if k not in ("lora", "data", "out")},
-                  "steps": state.step, "best_step": state.best_step, "processes": acc.num_processes,
-                  "minutes": round((time.monotonic() - started) / 60, 2), "cached_encoder": use_cache},
+        data={
+            "fingerprint": data_fingerprint(train),
+            "train_utterances": len(train),
+            "train_seconds": round(sum(e.duration for e in train), 1),
+            "source": str(cfg.data),
+        },
+        training={
+            **{k: v for k, v in cfg.to_dict().items() if k not in ("lora", "data", "out")},
+            "steps": state.step,
+            "best_step": state.best_step,
+            "processes": acc.num_processes,
+            "minutes": round((time.monotonic() - started) / 60, 2),
+            "cached_encoder": use_cache,
+        },
     )
     if main:
         if test:
-            metadata.metrics = {"split": "test", "n": len(test),
-                                **compare_base_and_adapter(raw, processor, test, lang.code, max_new_tokens=cfg.max_new_tokens)}
+            metadata.metrics = {
+                "split": "test",
+                "n": len(test),
+                **compare_base_and_adapter(raw, processor, test, lang.code, max_new_tokens=cfg.max_new_tokens),
+            }
         metadata.metrics["dev_history"] = [h for h in state.history if "dev" in h]
         metadata.training["loss_history"] = [h["loss"] for h in state.history if "loss" in h]
         save_adapter(raw, out_dir, metadata)

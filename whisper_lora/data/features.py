@@ -33,8 +33,12 @@ class Example:
 def prefix_ids(tokenizer, language: str, task: str = "transcribe") -> list[int]:
     """Decoder prefix ``<|sot|> <|lang|> <|task|> <|notimestamps|>`` for a language."""
     ids = tokenizer.convert_tokens_to_ids
-    return [ids("<|startoftranscript|>"), ids(f"<|{resolve_language(language).whisper}|>"),
-            ids(f"<|{task}|>"), ids("<|notimestamps|>")]
+    return [
+        ids("<|startoftranscript|>"),
+        ids(f"<|{resolve_language(language).whisper}|>"),
+        ids(f"<|{task}|>"),
+        ids("<|notimestamps|>"),
+    ]
 
 
 def label_ids(tokenizer, text: str, language: str) -> list[int]:

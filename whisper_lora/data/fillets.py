@@ -44,8 +44,10 @@ def build_fillets_manifest(
     root = Path(root)
     scripts = sorted(root.glob("script/*/dialogs_cs.lua"))
     if not scripts:
-        raise DataError(f"no script/*/dialogs_cs.lua under {root}; install Debian's fillets-ng-data "
-                        "and fillets-ng-data-cs (or pass the directory holding script/ and sound/)")
+        raise DataError(
+            f"no script/*/dialogs_cs.lua under {root}; install Debian's fillets-ng-data "
+            "and fillets-ng-data-cs (or pass the directory holding script/ and sound/)"
+        )
     rows, counts = [], {"train": 0, "dev": 0, "test": 0}
     for lua in scripts:
         level = lua.parent.name

@@ -90,8 +90,10 @@ def read_commonvoice(root: str | Path, language: str, split: str) -> tuple[list[
     root = Path(root)
     path = root / f"{split}.tsv"
     if not path.is_file():
-        raise DataError(f"Common Voice split {split!r} not found at {path}; found: "
-                        f"{', '.join(sorted(p.name for p in root.glob('*.tsv'))) or 'nothing'}")
+        raise DataError(
+            f"Common Voice split {split!r} not found at {path}; found: "
+            f"{', '.join(sorted(p.name for p in root.glob('*.tsv'))) or 'nothing'}"
+        )
     bad = BadRows()
     rows = _read_table(path, "\t")
     return _records(rows, path, root / "clips", language, f"{split}/", bad, (("path",), ("sentence",))), bad

@@ -7,8 +7,8 @@ utterance; the voice set is selectable so held-out voices can differ from traini
 
 from __future__ import annotations
 
-import ctypes
 import csv
+import ctypes
 import random
 import threading
 from collections.abc import Sequence
@@ -62,8 +62,14 @@ class _Espeak:
         self._cb = _CALLBACK(_collect)  # keep a reference: ctypes must not free it
         self.lib.espeak_SetSynthCallback(self._cb)
         self.lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-            ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
 
     @classmethod
@@ -150,7 +156,9 @@ def synthesize_corpus(cfg: SynthConfig, out: str | Path, progress: bool = True) 
     for split in cfg.splits:
         bad = [v for v in split.voices if v not in available]
         if bad:
-            raise ConfigError(f"unknown espeak-ng variants {bad} in split {split.name!r}; valid: {format_choices(available)}")
+            raise ConfigError(
+                f"unknown espeak-ng variants {bad} in split {split.name!r}; valid: {format_choices(available)}"
+            )
         if not split.sentences:
             raise ConfigError(f"split {split.name!r} has no sentences")
     rng = random.Random(cfg.seed)
