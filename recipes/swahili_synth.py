@@ -1,25 +1,15 @@
 #!/usr/bin/env python
 """Main job: synthesise a Swahili corpus, train an adapter on whisper-base, print held-out WER/CER.
 
-    python recipes/swahili_synth.py [--config recipes/configs/sw_synth.yaml] [--resume]
+    python recipes/swahili_synth.py [--resume]
 
-Runs offline on a CPU. A thin script: all logic lives in the whisper_lora package.
+Runs offline on a CPU. Same as `python recipes/synth_language.py --language sw`.
 """
 
-import argparse
+import runpy
 import sys
 from pathlib import Path
 
-from whisper_lora.cli import main as cli
-
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "sw_synth.yaml"))
-    p.add_argument("--data", default="data/sw_synth")
-    p.add_argument("--resume", action="store_true")
-    a = p.parse_args()
-    if not (Path(a.data) / "texts" / "train.csv").exists():
-        rc = cli(["synth", "--language", "sw", "--out", a.data])
-        if rc:
-            sys.exit(rc)
-    sys.exit(cli(["train", "--config", a.config, "--data", a.data] + (["--resume"] if a.resume else [])))
+    sys.argv = [sys.argv[0], "--language", "sw", *sys.argv[1:]]
+    runpy.run_path(str(Path(__file__).parent / "synth_language.py"), run_name="__main__")

@@ -79,3 +79,42 @@ def corpus_copy(sw_corpus, tmp_path) -> Path:
     dst = tmp_path / "corpus"
     shutil.copytree(sw_corpus, dst)
     return dst
+
+
+def make_tiny_adapter(tiny_dir: Path, out: Path, language: str, seed: int, r: int = 4) -> Path:
+    """A random (non-zero) LoRA adapter with metadata, as if trained on the tiny base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_lora.adapter_io import AdapterMetadata, save_adapter
+    from whisper_lora.languages import resolve_language
+    from whisper_lora.lora import LoraSpec
+    from whisper_lora.model import load_base_model
+
+    info = load_base_model(str(tiny_dir), "fp32", "cpu")[0].whisper_lora_base
+    spec = LoraSpec(r=r, alpha=2 * r, targets=("q", "v"))
+    torch.manual_seed(seed)
+    cfg: LoraConfig = spec.peft_config(2, 2)
+    cfg.init_lora_weights = False  # random B too, so the adapter changes outputs
+    model = get_peft_model(WhisperForConditionalGeneration.from_pretrained(tiny_dir), cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(40.0)  # strong enough to change greedy tokens of a random model
+    lang = resolve_language(language)
+    meta = AdapterMetadata(
+        language=lang.code,
+        whisper_language=lang.whisper,
+        base={k: v for k, v in info.__dict__.items() if k != "path"},
+        lora=spec.to_dict(),
+        data={"fingerprint": "test", "train_utterances": 0, "train_seconds": 0, "source": "random"},
+    )
+    return save_adapter(model, out / lang.code, meta)
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory, tiny_dir) -> Path:
+    root = tmp_path_factory.mktemp("registry")
+    for seed, lang in enumerate(("sw", "cs", "ary")):
+        make_tiny_adapter(tiny_dir, root, lang, seed)
+    return root

@@ -156,6 +156,81 @@ def _cmd_convert(a) -> int:
     return 0
 
 
+def _cmd_transcribe(a) -> int:
+    from .transcriber import Transcriber
+
+    t = Transcriber(
+        a.base,
+        a.adapters,
+        precision=a.precision or "int8",
+        device=a.device or "auto",
+        num_beams=a.beams,
+        detect_threshold=a.threshold,
+    )
+    for f in a.files:
+        r = t.transcribe(f, a.language)
+        if a.json:
+            print(json.dumps({"file": f, **r.to_dict()}, ensure_ascii=False))
+        else:
+            prob = f" p={r.language_probability:.2f}" if r.language_probability is not None else ""
+            print(f"{f}\t[{r.language}{prob} adapter={r.adapter or 'base'}]\t{r.text}")
+    return 0
+
+
+def _cmd_adapters(a) -> int:
+    from .registry import AdapterRegistry
+
+    reg = AdapterRegistry(a.adapters)
+    rows = []
+    for e in reg.entries():
+        m = e.metadata.metrics
+        rows.append(
+            {
+                "language": e.name,
+                "whisper_language": e.whisper_language,
+                "path": str(e.path),
+                "base": e.metadata.base.get("name"),
+                "rank": e.metadata.lora.get("r"),
+                "size_mb": round(sum(f.stat().st_size for f in e.path.iterdir()) / 1e6, 2),
+                "test_wer": (m.get("adapter") or {}).get("wer"),
+                "base_test_wer": (m.get("base") or {}).get("wer"),
+                "test_cer": (m.get("adapter") or {}).get("cer"),
+                "base_test_cer": (m.get("base") or {}).get("cer"),
+            }
+        )
+    if a.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(f"{'lang':<6}{'whisper':<9}{'base':<14}{'r':>4}{'MB':>7}{'WER':>8}{'base WER':>10}{'CER':>8}{'base CER':>10}")
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
+    for r in rows:
+        print(
+            f"{r['language']:<6}{r['whisper_language']:<9}{str(r['base']):<14}{r['rank']:>4}{r['size_mb']:>7}"
+            f"{fmt(r['test_wer']):>8}{fmt(r['base_test_wer']):>10}{fmt(r['test_cer']):>8}{fmt(r['base_test_cer']):>10}"
+        )
+    return 0
+
+
+def _cmd_merge(a) -> int:
+    from .adapter_io import read_metadata
+    from .merge import merge_adapter
+
+    examples = None
+    if a.data:
+        from .config import TrainConfig
+        from .model import load_base_model
+        from .train import prepare_data
+
+        meta = read_metadata(a.adapter)
+        cfg = TrainConfig(language=meta.language, data=a.data, base=a.base or meta.base["name"], max_bad_fraction=1.0)
+        _, processor = load_base_model(cfg.base, "fp32", "cpu")
+        examples = prepare_data(cfg, processor, progress=False).get("test", [])[: a.limit]
+    report = merge_adapter(a.adapter, a.out, a.base, a.precision or "fp32", examples, a.ct2, a.ct2_quantization)
+    print(report.to_json())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisper-lora", description="Per-language LoRA adapters for Whisper")
     sub = p.add_subparsers(dest="command", required=True)
@@ -196,6 +271,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=128)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(fn=_cmd_eval)
+
+    tr = sub.add_parser("transcribe", help="transcribe files, routing each to its language's adapter")
+    tr.add_argument("files", nargs="+")
+    tr.add_argument("--language", default="auto", help="language code, or auto (Whisper's language ID picks)")
+    tr.add_argument("--adapters", help="adapter registry directory (default: the repository's adapters/)")
+    _add_common(tr)
+    tr.add_argument("--beams", type=int, default=1)
+    tr.add_argument("--threshold", type=float, default=0.5, help="auto mode: below this confidence the base is used")
+    tr.add_argument("--json", action="store_true", help="one JSON line per file")
+    tr.set_defaults(fn=_cmd_transcribe)
+
+    ad = sub.add_parser("adapters", help="inspect the adapter registry")
+    ad_sub = ad.add_subparsers(dest="action", required=True)
+    ls = ad_sub.add_parser("list", help="adapters by language with their held-out WER/CER")
+    ls.add_argument("--adapters", help="registry directory (default: the repository's adapters/)")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=_cmd_adapters)
+
+    m = sub.add_parser("merge", help="merge an adapter into its base: a standalone checkpoint")
+    m.add_argument("--adapter", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--base", help="base model (default: the one in the adapter's metadata)")
+    m.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"], help="merge into this base precision (default fp32)"
+    )
+    m.add_argument("--data", help="corpus whose test split measures WER unmerged vs merged")
+    m.add_argument("--limit", type=int, default=32, help="test utterances used with --data")
+    m.add_argument("--ct2", help="also export the merged model to CTranslate2 here")
+    m.add_argument("--ct2-quantization", help="CTranslate2 quantization (int8, float16, ...)")
+    m.set_defaults(fn=_cmd_merge)
 
     c = sub.add_parser("convert", help="convert a CTranslate2 (faster-whisper) checkpoint to transformers")
     c.add_argument("src", nargs="+", help="directory (or directories holding model.bin.partN pieces)")

@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Inference benchmarks on the real whisper-base and the shipped adapters; prints tables, writes JSON.
+
+    python bench/inference.py [--precision int8] [--repeats 5] [--json bench/results/inference.json]
+
+All ratios are measured side by side in one run (the machines are noisy).
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from whisper_lora.data.synth import shipped_sentences, synthesize
+from whisper_lora.model import load_base_model
+from whisper_lora.transcriber import Transcriber
+
+LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
+
+
+def timed(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def table(title, rows, cols):
+    print(f"\n{title}")
+    print("".join(f"{c:>22}" for c in cols))
+    for r in rows:
+        print("".join(f"{r[c]:>22.4g}" if isinstance(r[c], float) else f"{r[c]:>22}" for c in cols))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--adapters", default=str(Path(__file__).resolve().parent.parent / "adapters"))
+    p.add_argument("--json", default="bench/results/inference.json")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    results = {"precision": a.precision, "threads": torch.get_num_threads()}
+
+    # audio: two held-out sentences per language, spoken by espeak-ng test voices
+    audio = {
+        lang: [
+            synthesize(s, lang if lang != "en" else "en", v)
+            for s, v in zip(shipped_sentences(lang if lang != "en" else "sw", "test")[:2], ("m2", "f2"), strict=True)
+        ]
+        for lang in LANGS
+    }
+    seconds = sum(len(x) for xs in audio.values() for x in xs) / 16000
+
+    # 1. swap latency
+    swap = Transcriber("whisper-base", a.adapters, precision=a.precision, mode="hotswap", max_new_tokens=48)
+    swap.swap("sw"), swap.swap("id")  # both cached in memory
+    order = iter(["sw", "id"] * 1000)
+    t_hot = timed(lambda: swap.swap(next(order)), a.repeats * 4)
+    peft = swap._peft
+    entry = swap.registry.get("cs")
+
+    def load_set():
+        peft.load_adapter(str(entry.path), adapter_name="bench")
+        peft.set_adapter("bench")
+        peft.set_adapter("active")
+        peft.delete_adapter("bench")
+
+    t_load = timed(load_set, a.repeats)
+
+    def reload_base():
+        from whisper_lora.adapter_io import load_adapter
+
+        m, _ = load_base_model("whisper-base", a.precision)
+        load_adapter(m, entry.path)
+
+    t_reload = timed(reload_base, max(1, a.repeats // 2))
+    results["swap"] = {
+        "hotswap_ms": t_hot * 1e3,
+        "load_adapter_set_adapter_ms": t_load * 1e3,
+        "reload_base_ms": t_reload * 1e3,
+        "speedup_vs_load": t_load / t_hot,
+        "speedup_vs_reload": t_reload / t_hot,
+    }
+    table("Adapter swap latency (median)", [results["swap"]], list(results["swap"]))
+    del swap
+
+    # 2. mixed-language batch vs single-adapter batch vs per-language sub-batches
+    t = Transcriber("whisper-base", a.adapters, precision=a.precision, mode="routed", max_new_tokens=48)
+    clips = [x for lang in LANGS for x in audio[lang]]
+    langs = [lang for lang in LANGS for _ in audio[lang]]
+    t_mixed = timed(lambda: t.transcribe_batch(clips, langs), a.repeats)
+    t_single = timed(lambda: t.transcribe_batch(clips, "sw"), a.repeats)
+    t_seq = timed(lambda: [t.transcribe_batch(audio[lang], lang) for lang in LANGS], a.repeats)
+    n = len(clips)
+    results["mixed_batch"] = {
+        "utterances": n,
+        "languages": len(LANGS),
+        "mixed_utt_per_s": n / t_mixed,
+        "single_adapter_utt_per_s": n / t_single,
+        "sequential_utt_per_s": n / t_seq,
+        "mixed_vs_single": t_single / t_mixed,
+        "mixed_vs_sequential": t_seq / t_mixed,
+    }
+    table("Mixed-language batch (8 utterances, 4 languages)", [results["mixed_batch"]], list(results["mixed_batch"]))
+
+    # 3. real-time factor: plain base, unmerged adapter, merged adapter (fp32 base for an exact merge)
+    feats = t._features([x for xs in audio.values() for x in xs])
+    base, _ = load_base_model("whisper-base", "fp32")
+    from whisper_lora.adapter_io import load_adapter
+
+    unmerged = load_adapter(load_base_model("whisper-base", "fp32")[0], t.registry.get("sw").path).eval()
+    merged = (
+        load_adapter(load_base_model("whisper-base", "fp32")[0], t.registry.get("sw").path).merge_and_unload().eval()
+    )
+
+    def run(m):
+        # fixed length so the three models do the same amount of work
+        with torch.no_grad():
+            m.generate(
+                input_features=feats.float(), language="sw", task="transcribe", min_new_tokens=32, max_new_tokens=32
+            )
+
+    rt = {
+        name: timed(lambda m=m: run(m), a.repeats)
+        for name, m in (("base", base), ("unmerged", unmerged), ("merged", merged))
+    }
+    results["rtf"] = {
+        "audio_s": seconds,
+        **{f"{k}_rtf": v / seconds for k, v in rt.items()},
+        "merged_vs_base": rt["merged"] / rt["base"],
+        "unmerged_vs_base": rt["unmerged"] / rt["base"],
+    }
+    table(
+        "Real-time factor, fp32, 8 utterances, 32 tokens each (lower is faster)", [results["rtf"]], list(results["rtf"])
+    )
+
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+import torch
+
+from whisper_lora.errors import ConfigError
+from whisper_lora.merge import merge_adapter
+from whisper_lora.model import load_base_model
+from whisper_lora.transcriber import Transcriber
+
+
+def test_fp32_merge_matches_the_unmerged_adapter(tiny_dir, tiny_registry, tmp_path):
+    report = merge_adapter(tiny_registry / "sw", tmp_path / "merged", base=str(tiny_dir), precision="fp32")
+    assert report.max_logit_diff < 1e-3
+    merged, processor = load_base_model(str(tmp_path / "merged"), "fp32", "cpu")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    audio = torch.randn(16000 * 3).numpy() * 0.1
+    ids = merged.generate(input_features=t._features([audio]), language="sw", task="transcribe", max_new_tokens=8)
+    assert processor.batch_decode(ids, skip_special_tokens=True)[0].strip() == t.transcribe(audio, "sw").text
+    assert json.loads((tmp_path / "merged" / "whisper_lora_merge.json").read_text())["precision"] == "fp32"
+
+
+def test_int8_merge_reports_its_rounding(tiny_dir, tiny_registry, tmp_path):
+    fp = merge_adapter(tiny_registry / "cs", tmp_path / "fp", base=str(tiny_dir), precision="fp32")
+    q = merge_adapter(tiny_registry / "cs", tmp_path / "q", base=str(tiny_dir), precision="int8")
+    assert q.max_logit_diff > fp.max_logit_diff  # requantising the merged weights rounds
+    with pytest.raises(ConfigError, match="valid: bf16, fp32, int8"):
+        merge_adapter(tiny_registry / "cs", tmp_path / "x", base=str(tiny_dir), precision="nf4")
+
+
+def test_ctranslate2_export_transcribes_the_same(tiny_dir, tiny_registry, tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    report = merge_adapter(tiny_registry / "sw", tmp_path / "merged", base=str(tiny_dir), ct2_out=tmp_path / "ct2")
+    merged, processor = load_base_model(str(tmp_path / "merged"), "fp32", "cpu")
+    feats = processor.feature_extractor(
+        torch.randn(16000 * 2).numpy() * 0.1, sampling_rate=16000, return_tensors="pt"
+    ).input_features
+    ours = merged.generate(input_features=feats, language="sw", task="transcribe", max_new_tokens=8)[0].tolist()
+    ct2 = ctranslate2.models.Whisper(report.ct2, device="cpu", compute_type="float32")
+    prompt = ["<|startoftranscript|>", "<|sw|>", "<|transcribe|>", "<|notimestamps|>"]
+    theirs = ct2.generate(ctranslate2.StorageView.from_array(feats.numpy()), [prompt], max_length=12)[0].sequences_ids[
+        0
+    ]
+    eot = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert [t for t in ours if t < eot] == theirs[: len([t for t in ours if t < eot])]
+    assert len(theirs) > 0

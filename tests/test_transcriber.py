@@ -1,0 +1,118 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import LIBRIVOX
+from whisper_lora.data.audio import load_audio
+from whisper_lora.errors import ConfigError
+from whisper_lora.transcriber import Transcriber
+
+CLIPS = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
+LANGS = ["sw", "cs", "en", "ary", "sw", "en"]  # en has no adapter: the base serves it
+
+
+def _audio(i):
+    rng = np.random.default_rng(i)
+    return (CLIPS[i % len(CLIPS)] + rng.normal(0, 0.01, len(CLIPS[i % len(CLIPS)]))).astype(np.float32)
+
+
+AUDIO = [_audio(i) for i in range(len(LANGS))]
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def routed(request, tiny_dir, tiny_registry):
+    return Transcriber(str(tiny_dir), tiny_registry, precision=request.param, device="cpu", max_new_tokens=8)
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_mixed_batch_equals_isolated_runs(routed, beams):
+    mixed = routed.transcribe_batch(AUDIO, LANGS, num_beams=beams)
+    alone = [routed.transcribe(a, lang, num_beams=beams) for a, lang in zip(AUDIO, LANGS, strict=True)]
+    assert [m.text for m in mixed] == [a.text for a in alone]
+    assert [m.adapter for m in mixed] == ["sw", "cs", None, "ary", "sw", None]
+    assert len({m.text for m in mixed}) > 2  # adapters really change the output
+
+
+def test_language_without_adapter_is_bit_identical_to_base(routed, tiny_dir):
+    from whisper_lora.model import load_base_model
+
+    routed.transcribe_batch(AUDIO[:2], ["sw", "cs"])  # adapters attached
+    base, processor = load_base_model(str(tiny_dir), routed.base_info.precision, "cpu")
+    feats = routed._features(AUDIO[:2])
+    with torch.no_grad(), routed._peft.disable_adapter():
+        ours = routed._peft(input_features=feats, decoder_input_ids=torch.tensor([[50258, 50259]] * 2)).logits
+    with torch.no_grad():
+        ref = base(input_features=feats, decoder_input_ids=torch.tensor([[50258, 50259]] * 2)).logits
+    assert torch.equal(ours, ref)
+    ids = base.generate(input_features=feats, language="en", task="transcribe", max_new_tokens=8)
+    expected = [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+    got = routed.transcribe_batch(AUDIO[:2], "en")
+    assert [g.text for g in got] == expected and all(g.adapter is None for g in got)
+
+
+def test_hotswap_equals_a_fresh_load(tiny_dir, tiny_registry):
+    swap = Transcriber(
+        str(tiny_dir), tiny_registry, precision="fp32", device="cpu", mode="hotswap", max_loaded=2, max_new_tokens=8
+    )
+    seq = [swap.transcribe(AUDIO[0], lang).text for lang in ("sw", "cs", "ary", "sw", "en", "cs")]
+    for lang, text in zip(("sw", "cs", "ary", "sw", "en", "cs"), seq, strict=True):
+        fresh = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+        assert fresh.transcribe(AUDIO[0], lang).text == text, lang
+    assert len(swap._loaded) == 2  # the LRU cap holds
+    mixed = swap.transcribe_batch(AUDIO, LANGS)
+    routed = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    assert [m.text for m in mixed] == [r.text for r in routed.transcribe_batch(AUDIO, LANGS)]
+
+
+def test_routed_lru_evicts_but_results_stay_right(tiny_dir, tiny_registry):
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_loaded=1, max_new_tokens=8)
+    ref = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    for lang in ("sw", "cs", "sw"):
+        assert t.transcribe(AUDIO[1], lang).text == ref.transcribe(AUDIO[1], lang).text
+    assert list(t._loaded) == ["sw"]
+    with pytest.raises(ConfigError, match="needs 2 adapters but max_loaded=1"):
+        t.transcribe_batch(AUDIO[:2], ["sw", "cs"])
+
+
+def test_bad_input_leaves_the_model_working(routed):
+    before = routed.transcribe_batch(AUDIO[:3], LANGS[:3], num_beams=2)
+    with pytest.raises(ConfigError, match="unknown language 'zz'"):
+        routed.transcribe_batch(AUDIO[:3], ["sw", "zz", "en"], num_beams=2)
+    with pytest.raises(ConfigError, match="3 inputs but 2 languages"):
+        routed.transcribe_batch(AUDIO[:3], ["sw", "cs"])
+    after = routed.transcribe_batch(AUDIO[:3], LANGS[:3], num_beams=2)
+    assert [a.text for a in after] == [b.text for b in before]
+
+
+def test_threads_equal_isolated_calls(tiny_dir, tiny_registry):
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    expected = {i: t.transcribe(AUDIO[i], LANGS[i]).text for i in range(len(LANGS))}
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            for j in range(3):
+                i = (k + j) % len(LANGS)
+                got[(k, j)] = (i, t.transcribe(AUDIO[i], LANGS[i]).text)
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and len(got) == 24
+    assert all(text == expected[i] for i, text in got.values())
+
+
+def test_long_audio_is_chunked_with_the_same_adapter(tiny_dir, tiny_registry):
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    long = np.concatenate([AUDIO[0]] * 6)  # > 30 s
+    assert len(long) > 30 * 16000
+    first, second = long[: 30 * 16000], long[30 * 16000 :]
+    r = t.transcribe(long, "sw")
+    parts = [t.transcribe(first, "sw").text, t.transcribe(second, "sw").text]
+    assert r.text == " ".join(p for p in parts if p) and r.adapter == "sw"
