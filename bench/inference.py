@@ -89,7 +89,7 @@ def main():
         "speedup_vs_reload": t_reload / t_hot,
     }
     table("Adapter swap latency (median)", [results["swap"]], list(results["swap"]))
-    del swap
+    swap = peft = None  # free the hot-swap model before the next section
 
     # 2. mixed-language batch vs single-adapter batch vs per-language sub-batches
     t = Transcriber("whisper-base", a.adapters, precision=a.precision, mode="routed", max_new_tokens=48)
