@@ -28,6 +28,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for f in tmp.rglob("*"):  # some writers create owner-only files; results follow the umask
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

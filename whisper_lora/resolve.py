@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from .errors import ModelNotFoundError, format_choices
 
 DEFAULT_BASE = "whisper-base"
@@ -119,27 +121,37 @@ def resolve_base(name_or_path: str | os.PathLike) -> str:
 
 
 def fingerprint_checkpoint(path: str | os.PathLike) -> str:
-    """A content fingerprint (sha256 prefix) of a checkpoint's weight files, cached beside them."""
+    """A content fingerprint of a checkpoint's weights, independent of how the files were written.
+
+    sha256 over (name, dtype, shape, bytes) of every tensor in name order; cached beside the
+    files and recomputed when they change. ``unknown`` for hub ids that are not local.
+    """
+    from safetensors import safe_open
+
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
     if not files:
         return "unknown"
-    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     side = path / ".whisper_lora_fingerprint.json"
     try:
         cached = json.loads(side.read_text())
-        if cached["stamp"] == json.loads(json.dumps(stamp)):
+        if cached["stamp"] == stamp and cached.get("scheme") == 2:
             return cached["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    h = hashlib.sha256()
+    tensors = {}
     for f in files:
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
+        handle = safe_open(str(f), framework="pt")
+        tensors.update({name: handle for name in handle.keys()})
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].get_tensor(name).contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     digest = h.hexdigest()[:16]
     try:
-        side.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
+        side.write_text(json.dumps({"stamp": stamp, "sha256": digest, "scheme": 2}))
     except OSError:
         pass
     return digest
