@@ -16,13 +16,23 @@ from .errors import (
 from .evaluate import compare_base_and_adapter, score
 from .languages import resolve_language
 from .lora import LoraSpec, apply_lora, count_parameters
+from .merge import MergeReport, export_ctranslate2, merge_adapter
 from .model import load_base_model, silence_bitsandbytes
+from .registry import AdapterEntry, AdapterRegistry
 from .resolve import resolve_base
 from .train import TrainResult, train_adapter
+from .transcriber import Transcriber, Transcription
 
 silence_bitsandbytes()  # before bitsandbytes is first imported, so its import-time notice is dropped too
 
 __all__ = [
+    "AdapterEntry",
+    "AdapterRegistry",
+    "MergeReport",
+    "Transcriber",
+    "Transcription",
+    "export_ctranslate2",
+    "merge_adapter",
     "AdapterError",
     "AdapterMetadata",
     "BadRows",
