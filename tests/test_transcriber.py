@@ -116,3 +116,16 @@ def test_long_audio_is_chunked_with_the_same_adapter(tiny_dir, tiny_registry):
     r = t.transcribe(long, "sw")
     parts = [t.transcribe(first, "sw").text, t.transcribe(second, "sw").text]
     assert r.text == " ".join(p for p in parts if p) and r.adapter == "sw"
+
+
+def test_forced_adapter_and_forced_base(tiny_dir, tiny_registry):
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    routed = t.transcribe(AUDIO[0], "cs")
+    forced = t.transcribe(AUDIO[0], "auto", adapter="cs")  # the adapter's own language is used
+    assert (forced.text, forced.adapter, forced.language) == (routed.text, "cs", "cs")
+    base = t.transcribe(AUDIO[0], "cs", adapter=None)
+    assert base.adapter is None and base.text != routed.text
+    mixed = t.transcribe_batch(AUDIO[:3], ["sw", "sw", "sw"], adapter=["cs", None, "route"])
+    assert [m.adapter for m in mixed] == ["cs", None, "sw"]
+    with pytest.raises(Exception, match="no adapter 'de'"):
+        t.transcribe(AUDIO[0], "sw", adapter="de")

@@ -231,6 +231,23 @@ def _cmd_merge(a) -> int:
     return 0
 
 
+def _cmd_serve(a) -> int:
+    from .serving.server import ServerConfig, serve
+    from .transcriber import Transcriber
+
+    t = Transcriber(
+        a.base,
+        a.adapters,
+        precision=a.precision or "int8",
+        device=a.device or "auto",
+        num_beams=a.beams,
+        max_new_tokens=a.max_new_tokens,
+    )
+    cfg = ServerConfig(max_upload_bytes=int(a.max_upload_mb * 2**20), max_batch=a.max_batch, max_wait_ms=a.max_wait_ms)
+    serve(t, a.host, a.port, cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisper-lora", description="Per-language LoRA adapters for Whisper")
     sub = p.add_subparsers(dest="command", required=True)
@@ -301,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ct2", help="also export the merged model to CTranslate2 here")
     m.add_argument("--ct2-quantization", help="CTranslate2 quantization (int8, float16, ...)")
     m.set_defaults(fn=_cmd_merge)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible /v1/audio/transcriptions server")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--adapters", help="adapter registry directory (default: the repository's adapters/)")
+    _add_common(sv)
+    sv.add_argument("--beams", type=int, default=1)
+    sv.add_argument("--max-new-tokens", type=int, default=224)
+    sv.add_argument("--max-upload-mb", type=float, default=25.0)
+    sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
+    sv.set_defaults(fn=_cmd_serve)
 
     c = sub.add_parser("convert", help="convert a CTranslate2 (faster-whisper) checkpoint to transformers")
     c.add_argument("src", nargs="+", help="directory (or directories holding model.bin.partN pieces)")

@@ -21,6 +21,7 @@ from .registry import AdapterEntry, AdapterRegistry
 
 BASE = "__base__"  # peft's name for "no adapter" in mixed batches
 AUTO = "auto"
+ROUTE = "route"  # adapter choice: let the language pick
 HOTSWAP_SLOT = "active"
 Mode = Literal["routed", "hotswap"]
 
@@ -198,14 +199,28 @@ class Transcriber:
         audios: Sequence[str | Path | np.ndarray],
         language: str | Sequence[str] = AUTO,
         num_beams: int | None = None,
+        adapter: str | None | Sequence[str | None] = ROUTE,
     ) -> list[Transcription]:
-        """Transcribe several inputs, each with its own language (or ``auto``) and adapter."""
+        """Transcribe several inputs, each with its own language (or ``auto``) and adapter.
+
+        ``adapter`` is ``"route"`` (the language picks it), ``None`` (the untouched base) or an
+        adapter name, for all inputs or one per input. A named adapter with ``language="auto"``
+        decodes in the adapter's own language.
+        """
         langs = [language] * len(audios) if isinstance(language, str) else list(language)
-        if len(langs) != len(audios):
-            raise ConfigError(f"{len(audios)} inputs but {len(langs)} languages")
+        forced = [adapter] * len(audios) if adapter is None or isinstance(adapter, str) else list(adapter)
+        if len(langs) != len(audios) or len(forced) != len(audios):
+            raise ConfigError(f"{len(audios)} inputs but {len(langs)} languages and {len(forced)} adapter choices")
         for lang in langs:
             if lang != AUTO:
                 resolve_language(lang)  # validate before touching the model
+        entries = {}
+        for name in {f for f in forced if f not in (None, ROUTE)}:
+            entries[name] = self.registry.get(name)
+            self.registry.check_compatible(entries[name], self.base_info)
+        for i, f in enumerate(forced):
+            if f in entries and langs[i] == AUTO:
+                langs[i] = entries[f].language
         beams = self.num_beams if num_beams is None else num_beams
         if beams < 1:
             raise ConfigError(f"num_beams={beams!r} must be >= 1")
@@ -219,7 +234,7 @@ class Transcriber:
             feats = self._features(chunks)
             first = [owner.index(i) for i in range(len(arrays))]
             detected: dict[int, tuple[str, float]] = {}
-            auto = [i for i, lang in enumerate(langs) if lang == AUTO]
+            auto = [i for i, lang in enumerate(langs) if lang == AUTO]  # forced adapters already set theirs
             if auto:
                 for i, d in zip(auto, self.detect_language(feats[[first[i] for i in auto]]), strict=True):
                     detected[i] = d
@@ -227,11 +242,13 @@ class Transcriber:
             for i, lang in enumerate(langs):
                 if lang == AUTO:
                     code, prob = detected[i]
-                    entry = self._entry_for(code) if prob >= self.detect_threshold else None
+                    routed = forced[i] == ROUTE and prob >= self.detect_threshold
+                    entry = self._entry_for(code) if routed else entries.get(forced[i])
                     plans.append((code, prob, entry, code))
                 else:
                     info = resolve_language(lang)
-                    plans.append((info.code, None, self._entry_for(info.code), info.whisper))
+                    entry = self._entry_for(info.code) if forced[i] == ROUTE else entries.get(forced[i])
+                    plans.append((info.code, None, entry, info.whisper))
             texts = self._decode(feats, owner, plans, beams)
         return [
             Transcription(" ".join(t for t in texts[i] if t), p[0], p[1], p[2].name if p[2] else None)
@@ -268,10 +285,14 @@ class Transcriber:
         return out
 
     def transcribe(
-        self, audio: str | Path | np.ndarray, language: str = AUTO, num_beams: int | None = None
+        self,
+        audio: str | Path | np.ndarray,
+        language: str = AUTO,
+        num_beams: int | None = None,
+        adapter: str | None = ROUTE,
     ) -> Transcription:
         """Transcribe one input with its language's adapter (``auto``: detect it first)."""
-        return self.transcribe_batch([audio], language, num_beams)[0]
+        return self.transcribe_batch([audio], language, num_beams, adapter)[0]
 
     def adapters(self) -> list[str]:
         """Languages with an adapter in the registry."""

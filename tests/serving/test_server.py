@@ -1,0 +1,155 @@
+"""The HTTP API through real clients against a real server process on loopback."""
+
+import io
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.test_transcriber import AUDIO
+
+CASES = [("sw", None), ("cs", None), ("ary", None), ("auto", "en"), ("auto", "sw"), ("whisper-tiny-random", "cs")]
+
+
+def _wav(audio: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+WAVS = [_wav(a) for a in AUDIO]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, tiny_registry):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "whisper_lora.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--base",
+        str(tiny_dir),
+        "--adapters",
+        str(tiny_registry),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "8",
+        "--max-upload-mb",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read())
+        time.sleep(0.25)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _post(url, wav, model, language=None, fmt="verbose_json", filename="a.wav"):
+    data = {"model": model, "response_format": fmt}
+    if language:
+        data["language"] = language
+    return httpx.post(f"{url}/v1/audio/transcriptions", data=data, files={"file": (filename, wav)}, timeout=120)
+
+
+def test_health_and_models(server):
+    assert httpx.get(f"{server}/health").json()["adapters"] == ["ary", "cs", "sw"]
+    ids = [m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]]
+    assert ids[0] == "whisper-tiny-random" and {"sw", "cs", "ary", "auto"} <= set(ids)
+
+
+def test_formats_and_routing(server):
+    r = _post(server, WAVS[0], "sw").json()
+    assert r["adapter"] == "sw" and r["language"] == "sw" and r["text"]
+    assert _post(server, WAVS[0], "sw", fmt="json").json() == {"text": r["text"]}
+    text = _post(server, WAVS[0], "sw", fmt="text")
+    assert text.headers["content-type"].startswith("text/plain") and text.text == r["text"]
+    assert _post(server, WAVS[0], "swahili").json()["adapter"] == "sw"  # aliases name adapters too
+    routed = _post(server, WAVS[0], "auto", "cs").json()
+    assert routed["adapter"] == "cs" and routed["language_probability"] is None
+    base = _post(server, WAVS[0], "whisper-tiny-random", "sw").json()
+    assert base["adapter"] is None
+
+
+def test_official_openai_client(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed")
+    out = client.audio.transcriptions.create(model="cs", file=("clip.wav", WAVS[1]), response_format="verbose_json")
+    assert out.text == _post(server, WAVS[1], "cs").json()["text"]
+    assert [m.id for m in client.models.list()][0] == "whisper-tiny-random"
+    with pytest.raises(openai.NotFoundError):
+        client.audio.transcriptions.create(model="de", file=("clip.wav", WAVS[1]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        ({"wav": b""}, 400, "empty"),
+        ({"wav": b"RIFF\x00\x00\x00\x00WAVEjunk" * 10, "filename": "x.wav"}, 400, "could not decode"),
+        ({"wav": b"\x00" * (2**20 + 10)}, 413, "larger than the limit"),
+        ({"model": "klingon"}, 404, "unknown model 'klingon'; valid models: whisper-tiny-random, auto"),
+        ({"language": "xx"}, 400, "unknown language 'xx'"),
+        ({"fmt": "srt"}, 400, "unsupported response_format 'srt'; valid: json, text, verbose_json"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(server, kwargs, status, message):
+    args = {"wav": WAVS[0], "model": "sw", **kwargs}
+    r = _post(
+        server,
+        args.pop("wav"),
+        args.pop("model"),
+        args.pop("language", None),
+        args.pop("fmt", "verbose_json"),
+        args.pop("filename", "a.wav"),
+    )
+    assert r.status_code == status and message in r.json()["error"]["message"]
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_missing_fields_are_400(server):
+    r = httpx.post(f"{server}/v1/audio/transcriptions", data={"model": "sw"}, timeout=30)
+    assert r.status_code == 400 and "file" in r.json()["error"]["message"]
+
+
+def test_concurrent_mixed_load_equals_isolated(server):
+    expected = {}
+    for i, (model, lang) in enumerate(CASES):  # isolated, one at a time
+        expected[i] = _post(server, WAVS[i % len(WAVS)], model, lang).json()["text"]
+    before = httpx.get(f"{server}/health").json()
+    jobs = [i % len(CASES) for i in range(50)]
+
+    def one(i):
+        model, lang = CASES[i]
+        t = time.perf_counter()
+        r = _post(server, WAVS[i % len(WAVS)], model, lang)
+        return i, r.status_code, r.json().get("text"), time.perf_counter() - t
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, jobs))
+    assert all(code == 200 for _, code, _, _ in results)
+    assert all(text == expected[i] for i, _, text, _ in results)
+    after = httpx.get(f"{server}/health").json()
+    assert after["served"] - before["served"] == 50
+    assert after["batches"] - before["batches"] < 50  # requests really shared decode calls

@@ -1,0 +1,198 @@
+"""OpenAI-compatible transcription API (``POST /v1/audio/transcriptions``) over one base and many adapters.
+
+``model`` picks the adapter, as in vLLM: an adapter or language name (``sw``, ``swa``, ``darija``)
+uses that adapter; the base's name uses the untouched base; ``auto`` or ``whisper-1`` routes by
+``language`` (or by Whisper's language ID when it is omitted or ``auto``).
+"""
+
+import io
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..data.audio import SAMPLE_RATE, resample
+from ..errors import AdapterError, ConfigError, WhisperLoraError
+from ..languages import resolve_language
+from ..transcriber import AUTO, ROUTE, Transcriber
+from .batcher import MicroBatcher
+
+ROUTER_MODELS = ("auto", "whisper-1")
+FORMATS = ("json", "text", "verbose_json")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and batching of the HTTP server."""
+
+    max_upload_bytes: int = 25 * 2**20  # larger uploads get 413 (OpenAI's limit is 25 MB)
+    max_batch: int = 8  # requests decoded together
+    max_wait_ms: float = 10.0  # how long the first request waits for company
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def decode_upload(data: bytes, filename: str) -> np.ndarray:
+    """Decode uploaded bytes (wav/flac/ogg via soundfile, mp3 and others via librosa) to 16 kHz mono."""
+    import soundfile as sf
+
+    if not data:
+        raise ApiError(400, "the uploaded file is empty", "file")
+    try:
+        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        audio = audio.mean(axis=1)
+    except Exception:
+        import os
+        import tempfile
+
+        import librosa
+
+        suffix = os.path.splitext(filename or "")[1] or ".bin"
+        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+            f.write(data)
+            f.flush()
+            try:
+                audio, sr = librosa.load(f.name, sr=None, mono=True)
+            except Exception:
+                raise ApiError(
+                    400, f"could not decode {filename or 'the upload'} as audio; send wav, flac, ogg or mp3", "file"
+                ) from None
+    if audio.size == 0:
+        raise ApiError(400, f"{filename or 'the upload'} holds no audio samples", "file")
+    return resample(np.asarray(audio, np.float32), int(sr), SAMPLE_RATE)
+
+
+def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
+    """The FastAPI application; one ``Transcriber`` serves every request through a micro-batcher."""
+    config = config or ServerConfig()
+    batcher = MicroBatcher(transcriber, config.max_batch, config.max_wait_ms)
+    base_name = (
+        transcriber.base_info.name.rstrip("/").rsplit("/", 1)[-1]
+        if "/" in transcriber.base_info.name
+        else (transcriber.base_info.name)
+    )  # a path's last part, or the short name / hub id's name
+    app = FastAPI(title="whisper-lora", description=__doc__)
+    app.state.batcher = batcher
+
+    def err(status, message, param=None, code="invalid_request_error"):
+        return JSONResponse({"error": {"message": message, "type": code, "param": param, "code": status}}, status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_, e: ApiError):
+        return err(e.status, e.message, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_, e: RequestValidationError):
+        fields = ", ".join(".".join(str(p) for p in x["loc"][1:]) + f" ({x['msg']})" for x in e.errors())
+        return err(400, f"bad request: {fields}")
+
+    @app.exception_handler(WhisperLoraError)
+    async def _library_error(_, e: WhisperLoraError):
+        return err(400, str(e))
+
+    @app.get("/health")
+    def health():
+        return {
+            "status": "ok",
+            "base": base_name,
+            "precision": transcriber.base_info.precision,
+            "adapters": transcriber.adapters(),
+            "batches": batcher.batches,
+            "served": batcher.served,
+        }
+
+    @app.get("/v1/models")
+    def models():
+        now = int(time.time())
+        data = [{"id": base_name, "object": "model", "created": now, "owned_by": "whisper-lora", "root": base_name}]
+        data += [
+            {
+                "id": m,
+                "object": "model",
+                "created": now,
+                "owned_by": "whisper-lora",
+                "root": base_name,
+                "parent": base_name,
+            }
+            for m in (*ROUTER_MODELS, *transcriber.adapters())
+        ]
+        return {"object": "list", "data": data}
+
+    def pick_adapter(model: str) -> str | None:
+        if model in ROUTER_MODELS:
+            return ROUTE
+        if model in (base_name, transcriber.base_info.name):
+            return None
+        try:
+            entry = transcriber.registry.find(model)
+        except (ConfigError, AdapterError):
+            entry = None
+        if entry is None:
+            valid = ", ".join([base_name, *ROUTER_MODELS, *transcriber.adapters()])
+            raise ApiError(404, f"unknown model {model!r}; valid models: {valid}", "model", "model_not_found")
+        return entry.name
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(
+        file: Annotated[UploadFile, File()],
+        model: Annotated[str, Form()],
+        language: Annotated[str | None, Form()] = None,
+        response_format: Annotated[str, Form()] = "json",
+        prompt: Annotated[str | None, Form()] = None,  # accepted for compatibility; not used
+        temperature: Annotated[float | None, Form()] = None,  # accepted for compatibility; decoding is greedy
+    ):
+        if response_format not in FORMATS:
+            raise ApiError(
+                400, f"unsupported response_format {response_format!r}; valid: {', '.join(FORMATS)}", "response_format"
+            )
+        lang = (language or AUTO).strip().lower()
+        if lang != AUTO:
+            try:
+                resolve_language(lang)
+            except ConfigError as e:
+                raise ApiError(400, str(e), "language") from None
+        adapter = pick_adapter(model)
+        data = await file.read(config.max_upload_bytes + 1)
+        if len(data) > config.max_upload_bytes:
+            raise ApiError(413, f"file is larger than the limit of {config.max_upload_bytes} bytes", "file")
+        audio = await run_in_threadpool(decode_upload, data, file.filename or "")
+        started = time.perf_counter()
+        result = await run_in_threadpool(batcher.submit, audio, lang, adapter)
+        if response_format == "text":
+            return PlainTextResponse(result.text)
+        if response_format == "json":
+            return {"text": result.text}
+        return {
+            "task": "transcribe",
+            "language": result.language,
+            "language_probability": result.language_probability,
+            "adapter": result.adapter,
+            "duration": round(len(audio) / SAMPLE_RATE, 3),
+            "text": result.text,
+            "segments": [],
+            "processing_seconds": round(time.perf_counter() - started, 3),
+        }
+
+    @app.on_event("shutdown")
+    def _stop():
+        batcher.close()
+
+    return app
+
+
+def serve(
+    transcriber: Transcriber, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None
+) -> None:
+    """Run the API with uvicorn (blocking)."""
+    import uvicorn
+
+    uvicorn.run(create_app(transcriber, config), host=host, port=port, log_level="info")
