@@ -248,6 +248,17 @@ def _cmd_serve(a) -> int:
     return 0
 
 
+def _cmd_demo(a) -> int:
+    from .serving.demo import build_demo
+    from .transcriber import Transcriber
+
+    t = Transcriber(
+        a.base, a.adapters, precision=a.precision or "int8", device=a.device or "auto", max_new_tokens=a.max_new_tokens
+    )
+    build_demo(t).launch(server_name=a.host, server_port=a.port, share=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisper-lora", description="Per-language LoRA adapters for Whisper")
     sub = p.add_subparsers(dest="command", required=True)
@@ -330,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
     sv.set_defaults(fn=_cmd_serve)
+
+    dm = sub.add_parser("demo", help="gradio demo: adapter and base transcripts side by side")
+    dm.add_argument("--host", default="127.0.0.1")
+    dm.add_argument("--port", type=int, default=7860)
+    dm.add_argument("--adapters", help="adapter registry directory (default: the repository's adapters/)")
+    _add_common(dm)
+    dm.add_argument("--max-new-tokens", type=int, default=224)
+    dm.set_defaults(fn=_cmd_demo)
 
     c = sub.add_parser("convert", help="convert a CTranslate2 (faster-whisper) checkpoint to transformers")
     c.add_argument("src", nargs="+", help="directory (or directories holding model.bin.partN pieces)")

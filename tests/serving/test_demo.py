@@ -1,0 +1,89 @@
+"""The gradio demo in headless Chromium (Debian's chromium, driven by playwright): upload, read the page."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import LIBRIVOX
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CLIP = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_dir, tiny_registry):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "whisper_lora.cli",
+        "demo",
+        "--port",
+        str(port),
+        "--base",
+        str(tiny_dir),
+        "--adapters",
+        str(tiny_registry),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "8",
+    ]
+    env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **__import__("os").environ}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read())
+        time.sleep(0.25)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_upload_and_read_transcripts(demo, tiny_dir, tiny_registry):
+    from playwright.sync_api import sync_playwright
+
+    from whisper_lora.transcriber import Transcriber
+
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    expected_adapter = t.transcribe(str(CLIP), "sw").text
+    expected_base = t.transcribe(str(CLIP), "sw", adapter=None).text
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        page = browser.new_page()
+        page.goto(demo, wait_until="networkidle")
+        page.locator("#audio input[type=file]").set_input_files(str(CLIP))
+        page.locator("#language input").fill("sw")
+        page.keyboard.press("Enter")
+        page.locator("#transcribe").click()
+        details = page.locator("#details textarea")
+        details.wait_for(state="visible")
+        page.wait_for_function("document.querySelector('#details textarea').value.includes('adapter:')", timeout=60000)
+        assert "adapter: sw" in details.input_value()
+        assert page.locator("#adapter-text textarea").input_value() == expected_adapter
+        assert page.locator("#base-text textarea").input_value() == expected_base
+        browser.close()
