@@ -114,7 +114,7 @@ def _cmd_eval(a) -> int:
         max_bad_fraction=1.0,
     )
     model, processor = load_base_model(cfg.base, cfg.precision, cfg.device)
-    data = prepare_data(cfg, processor, progress=not a.json)
+    data = prepare_data(cfg, processor, progress=not a.json, splits=(a.split,))
     examples = data.get(a.split) or []
     if not examples:
         raise WhisperLoraError(
@@ -225,7 +225,7 @@ def _cmd_merge(a) -> int:
         meta = read_metadata(a.adapter)
         cfg = TrainConfig(language=meta.language, data=a.data, base=a.base or meta.base["name"], max_bad_fraction=1.0)
         _, processor = load_base_model(cfg.base, "fp32", "cpu")
-        examples = prepare_data(cfg, processor, progress=False).get("test", [])[: a.limit]
+        examples = prepare_data(cfg, processor, progress=False, splits=("test",))["test"][: a.limit]
     report = merge_adapter(a.adapter, a.out, a.base, a.precision or "fp32", examples, a.ct2, a.ct2_quantization)
     print(report.to_json())
     return 0

@@ -79,16 +79,18 @@ def _cache_encoder_outputs(model, examples: Sequence[Example], batch_size: int, 
     return out
 
 
-def prepare_data(cfg: TrainConfig, processor, progress: bool = True) -> dict[str, list[Example]]:
-    """Read, check and featurise every split; fails with the bad-row report when too many are bad."""
-    splits, bad = load_corpus(cfg.data, cfg.language, cfg.data_format, cfg.split_fractions, cfg.seed)
+def prepare_data(
+    cfg: TrainConfig, processor, progress: bool = True, splits: tuple[str, ...] = ("train", "dev", "test")
+) -> dict[str, list[Example]]:
+    """Read, check and featurise the given splits; fails with the bad-row report when too many are bad."""
+    records, bad = load_corpus(cfg.data, cfg.language, cfg.data_format, cfg.split_fractions, cfg.seed)
     out = {}
-    for name, records in splits.items():
-        out[name], bad = featurize(records, processor, bad, progress=progress)
+    for name in splits:
+        out[name], bad = featurize(records.get(name, []), processor, bad, progress=progress)
     bad.check(cfg.max_bad_fraction, f"corpus {cfg.data}")
     if bad.bad:
         print(f"[whisper-lora] skipped rows: {bad.summary()}")
-    if not out.get("train"):
+    if "train" in splits and not out.get("train"):
         raise DataError(f"corpus {cfg.data} has no usable training utterances ({bad.summary()})")
     return out
 
@@ -215,6 +217,8 @@ def train_adapter(
     bar.close()
     if not state.history or "dev" not in state.history[-1]:
         evaluate_dev()
+    if not dev:  # nothing to select on: keep the last weights
+        best = _trainable_state(raw)
     _load_trainable(raw, best)
 
     metadata = AdapterMetadata(
