@@ -6,14 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+
 SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # Whisper's input window
 SILENCE_RMS = 1e-4  # below this the clip is treated as silence
 
 
-class AudioError(Exception):
-    """A file could not be decoded (the reason goes into the bad-row report)."""
+class AudioError(DataError):
+    """A file is missing or could not be decoded (in a corpus, a bad row with its reason)."""
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
