@@ -159,6 +159,9 @@ def _cmd_convert(a) -> int:
 def _cmd_transcribe(a) -> int:
     from .transcriber import Transcriber
 
+    missing = [f for f in a.files if not Path(f).is_file()]
+    if missing:
+        raise WhisperLoraError(f"no such file: {', '.join(missing)}")
     t = Transcriber(
         a.base,
         a.adapters,
