@@ -98,6 +98,8 @@ def test_synth_writes_dvoice_layout_with_chosen_voices(tmp_path):
         (["eval", "--language", "sw", "--data", "/nonexistent"], "corpus /nonexistent does not exist"),
         (["synth", "--language", "sw", "--out", "o", "--voices", "nobody"], "unknown espeak-ng variants ['nobody']"),
         (["train", "--language", "sw"], "train needs --data"),
+        (["transcribe", "/nonexistent.wav"], "no such file: /nonexistent.wav"),
+        (["adapters", "list", "--adapters", "/nonexistent"], "adapter registry /nonexistent does not exist"),
     ],
 )
 def test_bad_input_is_named(args, message, capsys, tmp_path, monkeypatch):
@@ -108,3 +110,16 @@ def test_bad_input_is_named(args, message, capsys, tmp_path, monkeypatch):
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_adapters_list_and_transcribe_json(tiny_dir, tiny_registry, capsys):
+    assert main(["adapters", "list", "--adapters", str(tiny_registry), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["language"] for r in rows] == ["ary", "cs", "sw"] and rows[0]["whisper_language"] == "ar"
+    clip = "tests/data/librivox/sense_and_sensibility_01_austen_64kb-0930.wav"
+    r = _run("transcribe", clip, "--language", "sw", "--adapters", str(tiny_registry), "--base", str(tiny_dir),
+             "--precision", "fp32", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(line) == {"file", "language", "language_probability", "adapter", "text"}
+    assert line["adapter"] == "sw" and line["language_probability"] is None and line["file"] == clip
