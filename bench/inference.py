@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
+from whisper_lora.data.audio import load_audio
 from whisper_lora.data.synth import shipped_sentences, synthesize
 from whisper_lora.model import load_base_model
 from whisper_lora.transcriber import Transcriber
 
+ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
 
 
@@ -32,10 +34,12 @@ def timed(fn, repeats):
 
 
 def table(title, rows, cols):
-    print(f"\n{title}")
-    print("".join(f"{c:>22}" for c in cols))
+    """Print a markdown table (pastes into the README as it is)."""
+    print(f"\n{title}\n")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
     for r in rows:
-        print("".join(f"{r[c]:>22.4g}" if isinstance(r[c], float) else f"{r[c]:>22}" for c in cols))
+        print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
 
 
 def main():
@@ -48,14 +52,15 @@ def main():
     torch.manual_seed(0)
     results = {"precision": a.precision, "threads": torch.get_num_threads()}
 
-    # audio: two held-out sentences per language, spoken by espeak-ng test voices
+    # audio: two utterances per language -- espeak-ng test voices for sw/id, real speech for cs/en
     audio = {
-        lang: [
-            synthesize(s, lang if lang != "en" else "en", v)
-            for s, v in zip(shipped_sentences(lang if lang != "en" else "sw", "test")[:2], ("m2", "f2"), strict=True)
-        ]
-        for lang in LANGS
+        lang: [synthesize(x, lang, v) for x, v in zip(shipped_sentences(lang, "test")[:2], ("m2", "f2"), strict=True)]
+        for lang in ("sw", "id")
     }
+    audio["cs"] = [load_audio(p) for p in sorted(Path("/usr/share/games/fillets-ng/sound").glob("*/cs/*.ogg"))[100:102]]
+    audio["en"] = [load_audio(p) for p in sorted((ROOT / "tests" / "data" / "librivox").glob("*.wav"))[:2]]
+    if len(audio["cs"]) < 2:
+        raise SystemExit("needs Debian's fillets-ng-data-cs for the Czech clips")
     seconds = sum(len(x) for xs in audio.values() for x in xs) / 16000
 
     # 1. swap latency

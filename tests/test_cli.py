@@ -117,8 +117,21 @@ def test_adapters_list_and_transcribe_json(tiny_dir, tiny_registry, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["language"] for r in rows] == ["ary", "cs", "sw"] and rows[0]["whisper_language"] == "ar"
     clip = "tests/data/librivox/sense_and_sensibility_01_austen_64kb-0930.wav"
-    r = _run("transcribe", clip, "--language", "sw", "--adapters", str(tiny_registry), "--base", str(tiny_dir),
-             "--precision", "fp32", "--device", "cpu", "--json")
+    r = _run(
+        "transcribe",
+        clip,
+        "--language",
+        "sw",
+        "--adapters",
+        str(tiny_registry),
+        "--base",
+        str(tiny_dir),
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     line = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(line) == {"file", "language", "language_probability", "adapter", "text"}

@@ -113,7 +113,7 @@ def _cmd_eval(a) -> int:
         device=a.device or "auto",
         max_bad_fraction=1.0,
     )
-    model, processor = load_base_model(cfg.base, cfg.precision, cfg.device)
+    model, processor = load_base_model(cfg.base, cfg.precision, cfg.device, a.int8_threshold)
     data = prepare_data(cfg, processor, progress=not a.json, splits=(a.split,))
     examples = data.get(a.split) or []
     if not examples:
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="score only the first N utterances")
     e.add_argument("--max-new-tokens", type=int, default=128)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument(
+        "--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold (0: batch-independent)"
+    )
     e.set_defaults(fn=_cmd_eval)
 
     tr = sub.add_parser("transcribe", help="transcribe files, routing each to its language's adapter")

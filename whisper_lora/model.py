@@ -58,12 +58,12 @@ class BaseModelInfo:
     vocab_size: int
 
 
-def quantization_config(precision: str, device: torch.device):
+def quantization_config(precision: str, device: torch.device, int8_threshold: float = 6.0):
     """The ``BitsAndBytesConfig`` for a quantised precision (None for bf16/fp32)."""
     from transformers import BitsAndBytesConfig
 
     if precision == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
     if precision == "nf4":
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         return BitsAndBytesConfig(
@@ -79,9 +79,13 @@ def load_base_model(
     name_or_path: str = DEFAULT_BASE,
     precision: Precision = "int8",
     device: str | torch.device | None = "auto",
+    int8_threshold: float = 6.0,
 ):
     """Load a Whisper checkpoint and its processor.
 
+    ``int8_threshold`` is LLM.int8()'s outlier threshold: 6.0 (bitsandbytes' default) computes
+    outlier columns in 16 bit, chosen over the whole batch, so a result can depend on what else
+    is in the batch; 0.0 quantises every row on its own, which makes results batch-independent.
     Returns ``(model, processor)``; ``model.whisper_lora_base`` holds a ``BaseModelInfo``.
     """
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -92,7 +96,7 @@ def load_base_model(
     silence_bitsandbytes()
     path = resolve_base(name_or_path)
     kwargs: dict = {}
-    qc = quantization_config(precision, dev)
+    qc = quantization_config(precision, dev, int8_threshold)
     if qc is not None:
         kwargs.update(quantization_config=qc, device_map={"": str(dev)}, dtype=torch.float32)
     else:

@@ -51,7 +51,8 @@ class Transcriber:
     that mix languages in one ``generate`` call (peft ``adapter_names``). ``mode="hotswap"``
     keeps one adapter slot and swaps weights in place (peft hot-swap); up to ``max_loaded``
     adapters' weights stay cached in memory. Languages without an adapter get the base model.
-    Calls are serialised by a lock, so threads can share one instance.
+    Calls are serialised by a lock, so threads can share one instance. int8 bases load with
+    ``int8_threshold=0.0`` by default so that batch composition never changes a result.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Transcriber:
         detect_threshold: float = 0.5,
         num_beams: int = 1,
         max_new_tokens: int = 224,
+        int8_threshold: float = 0.0,
     ):
         if mode not in ("routed", "hotswap"):
             raise ConfigError(f"invalid mode {mode!r}; valid: hotswap, routed")
@@ -74,7 +76,8 @@ class Transcriber:
         if base is None:  # the base the shipped adapters were trained on
             names = {e.metadata.base.get("name") for e in self.registry.entries()} or {"whisper-base"}
             base = sorted(names)[0]
-        self.model, self.processor = load_base_model(base, precision, device)
+        # threshold 0: no batch-wide outlier columns, so a mixed batch equals isolated calls in int8 too
+        self.model, self.processor = load_base_model(base, precision, device, int8_threshold)
         self.base_info = self.model.whisper_lora_base
         self.mode, self.max_loaded = mode, max_loaded
         self.detect_threshold, self.num_beams, self.max_new_tokens = detect_threshold, num_beams, max_new_tokens
