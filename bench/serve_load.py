@@ -10,10 +10,7 @@ checks every concurrent answer against an isolated request, and reports requests
 import argparse
 import io
 import json
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +19,7 @@ import httpx
 import soundfile as sf
 
 from whisper_lora.data.synth import shipped_sentences, synthesize
+from whisper_lora.serving.process import running
 
 ROOT = Path(__file__).resolve().parent.parent
 CZECH = Path("/usr/share/games/fillets-ng/sound")
@@ -49,35 +47,8 @@ def main():
     cz = sorted(CZECH.glob("*/cs/*.ogg"))
     if cz:
         cases.append(("cs", cz[len(cz) // 2].read_bytes()))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "whisper_lora.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--precision",
-            a.precision,
-            "--max-batch",
-            str(a.max_batch),
-            "--max-new-tokens",
-            "96",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+    args = ["serve", "--precision", a.precision, "--max-batch", str(a.max_batch), "--max-new-tokens", "96"]
+    with running(args, timeout=600) as url:
 
         def post(model, data):
             t = time.perf_counter()
@@ -96,9 +67,6 @@ def main():
             results = list(pool.map(lambda i: (i, *post(*cases[i])), jobs))
         wall = time.perf_counter() - started
         health = httpx.get(f"{url}/health").json()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     lat = sorted(r[3] for r in results)
     errors = sum(1 for r in results if r[1] != 200)
     mismatches = sum(1 for i, code, text, _ in results if code == 200 and text != isolated[i][1])

@@ -18,6 +18,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
 
 
+def _add_server(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--adapters", help="adapter registry directory (default: the repository's adapters/)")
+    _add_common(p)
+    p.add_argument("--max-new-tokens", type=int, default=224)
+
+
 def _cmd_synth(a) -> int:
     from .data.synth import TEST_VOICES, TRAIN_VOICES, SynthConfig, SynthSplit, read_sentences, synthesize_corpus
     from .data.synth_presets import default_synth_config
@@ -337,23 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=_cmd_merge)
 
     sv = sub.add_parser("serve", help="OpenAI-compatible /v1/audio/transcriptions server")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--adapters", help="adapter registry directory (default: the repository's adapters/)")
-    _add_common(sv)
+    _add_server(sv, port=8000)
     sv.add_argument("--beams", type=int, default=1)
-    sv.add_argument("--max-new-tokens", type=int, default=224)
     sv.add_argument("--max-upload-mb", type=float, default=25.0)
     sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
     sv.set_defaults(fn=_cmd_serve)
 
     dm = sub.add_parser("demo", help="gradio demo: adapter and base transcripts side by side")
-    dm.add_argument("--host", default="127.0.0.1")
-    dm.add_argument("--port", type=int, default=7860)
-    dm.add_argument("--adapters", help="adapter registry directory (default: the repository's adapters/)")
-    _add_common(dm)
-    dm.add_argument("--max-new-tokens", type=int, default=224)
+    _add_server(dm, port=7860)
     dm.set_defaults(fn=_cmd_demo)
 
     c = sub.add_parser("convert", help="convert a CTranslate2 (faster-whisper) checkpoint to transformers")

@@ -1,15 +1,12 @@
 """The gradio demo in headless Chromium (Debian's chromium, driven by playwright): upload, read the page."""
 
+import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 from tests.conftest import LIBRIVOX
+from whisper_lora.serving.process import running
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CLIP = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"
@@ -17,16 +14,8 @@ CLIP = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"
 
 @pytest.fixture(scope="module")
 def demo(tiny_dir, tiny_registry):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "whisper_lora.cli",
+    args = [
         "demo",
-        "--port",
-        str(port),
         "--base",
         str(tiny_dir),
         "--adapters",
@@ -38,21 +27,8 @@ def demo(tiny_dir, tiny_registry):
         "--max-new-tokens",
         "8",
     ]
-    env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **__import__("os").environ}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read())
-        time.sleep(0.25)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running(args, ready_path="/", timeout=240, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}) as url:
+        yield url
 
 
 def test_upload_and_read_transcripts(demo, tiny_dir, tiny_registry):

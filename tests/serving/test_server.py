@@ -1,9 +1,6 @@
 """The HTTP API through real clients against a real server process on loopback."""
 
 import io
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from tests.test_transcriber import AUDIO
+from whisper_lora.serving.process import running
 
 CASES = [("sw", None), ("cs", None), ("ary", None), ("auto", "en"), ("auto", "sw"), ("whisper-tiny-random", "cs")]
 
@@ -28,16 +26,8 @@ WAVS = [_wav(a) for a in AUDIO]
 
 @pytest.fixture(scope="module")
 def server(tiny_dir, tiny_registry):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "whisper_lora.cli",
+    args = [
         "serve",
-        "--port",
-        str(port),
         "--base",
         str(tiny_dir),
         "--adapters",
@@ -51,20 +41,8 @@ def server(tiny_dir, tiny_registry):
         "--max-upload-mb",
         "1",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read())
-        time.sleep(0.25)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running(args, timeout=240) as url:
+        yield url
 
 
 def _post(url, wav, model, language=None, fmt="verbose_json", filename="a.wav"):
