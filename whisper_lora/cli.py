@@ -164,20 +164,18 @@ def _cmd_convert(a) -> int:
     return 0
 
 
-def _cmd_transcribe(a) -> int:
+def _transcriber(a, **kw):
     from .transcriber import Transcriber
+
+    return Transcriber(a.base, a.adapters, precision=a.precision or "int8", device=a.device or "auto", **kw)
+
+
+def _cmd_transcribe(a) -> int:
 
     missing = [f for f in a.files if not Path(f).is_file()]
     if missing:
         raise WhisperLoraError(f"no such file: {', '.join(missing)}")
-    t = Transcriber(
-        a.base,
-        a.adapters,
-        precision=a.precision or "int8",
-        device=a.device or "auto",
-        num_beams=a.beams,
-        detect_threshold=a.threshold,
-    )
+    t = _transcriber(a, num_beams=a.beams, detect_threshold=a.threshold)
     for f in a.files:
         r = t.transcribe(f, a.language)
         if a.json:
@@ -244,16 +242,8 @@ def _cmd_merge(a) -> int:
 
 def _cmd_serve(a) -> int:
     from .serving.server import ServerConfig, serve
-    from .transcriber import Transcriber
 
-    t = Transcriber(
-        a.base,
-        a.adapters,
-        precision=a.precision or "int8",
-        device=a.device or "auto",
-        num_beams=a.beams,
-        max_new_tokens=a.max_new_tokens,
-    )
+    t = _transcriber(a, num_beams=a.beams, max_new_tokens=a.max_new_tokens)
     cfg = ServerConfig(max_upload_bytes=int(a.max_upload_mb * 2**20), max_batch=a.max_batch, max_wait_ms=a.max_wait_ms)
     serve(t, a.host, a.port, cfg)
     return 0
@@ -261,11 +251,8 @@ def _cmd_serve(a) -> int:
 
 def _cmd_demo(a) -> int:
     from .serving.demo import build_demo
-    from .transcriber import Transcriber
 
-    t = Transcriber(
-        a.base, a.adapters, precision=a.precision or "int8", device=a.device or "auto", max_new_tokens=a.max_new_tokens
-    )
+    t = _transcriber(a, max_new_tokens=a.max_new_tokens)
     build_demo(t).launch(server_name=a.host, server_port=a.port, share=False)
     return 0
 
