@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import pytest
+
+from whisper_lora.config import TrainConfig
+from whisper_lora.errors import ConfigError
+from whisper_lora.lora import LoraSpec
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "recipes" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_recipe_configs_are_valid(path):
+    cfg = TrainConfig.from_yaml(path)
+    assert isinstance(cfg.lora, LoraSpec) and cfg.out_dir.parts[0] == "adapters"
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(
+            language="klingon", data="d", precision="int3", max_steps=0, learning_rate=-1, split_fractions=(0.6, 0.6)
+        )
+    msg = str(e.value)
+    for part in (
+        "unknown language 'klingon'",
+        "precision='int3'; valid: bf16, fp32, int8, nf4",
+        "max_steps=0",
+        "learning_rate=-1",
+        "split_fractions",
+    ):
+        assert part in msg
+
+
+def test_unknown_yaml_keys_are_named(tmp_path):
+    (tmp_path / "c.yaml").write_text("language: sw\ndata: d\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown training config keys \['learning_rat'\]"):
+        TrainConfig.from_yaml(tmp_path / "c.yaml")
