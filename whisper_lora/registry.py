@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapter_io import PEFT_FILES, AdapterMetadata, read_metadata
-from .errors import AdapterError, ConfigError, format_choices
+from .errors import AdapterError, format_choices
 from .languages import resolve_language
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "adapters"
@@ -79,10 +79,7 @@ class AdapterRegistry:
 
     def find(self, language: str) -> AdapterEntry | None:
         """The adapter for a language code or alias (``ary``, ``darija``, ``swa``), or None."""
-        try:
-            code = resolve_language(language).code
-        except ConfigError:
-            raise
+        code = resolve_language(language).code  # ConfigError names the valid codes
         return self.get(code) if code in self.names() else None
 
     def check_compatible(self, entry: AdapterEntry, base_info) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -159,7 +160,7 @@ class Transcriber:
         model = self._peft or self.model
         sot = self.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
         dec = torch.full((features.shape[0], 1), sot, dtype=torch.long, device=features.device)
-        ctx = self._peft.disable_adapter() if self._peft is not None else _nullcontext()
+        ctx = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
         with ctx:
             logits = model(input_features=features, decoder_input_ids=dec).logits[:, -1]
         tokens, ids = zip(*self._lang_ids.items(), strict=True)
@@ -186,7 +187,7 @@ class Transcriber:
             max_new_tokens=self.max_new_tokens,
         )
         if self._peft is None or all(n == BASE for n in names):
-            ctx = self._peft.disable_adapter() if self._peft is not None else _nullcontext()
+            ctx = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
             with ctx:
                 ids = (self._peft or self.model).generate(**kw)
         elif len(set(names)) == 1:
@@ -306,11 +307,3 @@ class Transcriber:
             f"Transcriber(base={self.base_info.name!r}, precision={self.base_info.precision!r}, mode={self.mode!r}, "
             f"adapters={format_choices(self.adapters()) or 'none'})"
         )
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
