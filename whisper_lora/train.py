@@ -66,7 +66,7 @@ def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def _cache_encoder_outputs(model, examples: Sequence[Example], batch_size: int, progress: bool) -> list[torch.Tensor]:
-    """Encoder outputs of the frozen encoder, computed once (exact: no adapter sits there)."""
+    """Encoder outputs of the frozen encoder, computed once (no adapter sits there, so they do not change)."""
     from tqdm.auto import tqdm
 
     out: list[torch.Tensor] = []
