@@ -85,6 +85,8 @@ class Transcriber:
         self._peft = None  # PeftModel, created with the first adapter
         self._loaded: OrderedDict[str, object] = OrderedDict()  # routed: names; hotswap: (config, state)
         self._active: str | None = None  # hotswap: adapter currently in the slot
+        self._slot_config = None  # hotswap: LoraConfig of the adapter in the slot
+        self._slot_params: dict | None = None  # hotswap: the slot's parameters by name
         self._lock = threading.RLock()
         gen = self.model.generation_config
         self._lang_ids = dict(gen.lang_to_id) if getattr(gen, "lang_to_id", None) else {}
@@ -139,9 +141,37 @@ class Transcriber:
             self._peft = load_adapter(self.model, entry.path, adapter_name=HOTSWAP_SLOT)
         else:
             check_hotswap_configs_compatible(self._peft.peft_config[HOTSWAP_SLOT], config)
-            hotswap_adapter_from_state_dict(self._peft, state, HOTSWAP_SLOT, config)
-        self._active = entry.name
+            if not self._copy_into_slot(config, state):
+                hotswap_adapter_from_state_dict(self._peft, state, HOTSWAP_SLOT, config)
+        self._slot_config, self._active = config, entry.name
         return HOTSWAP_SLOT
+
+    @staticmethod
+    def _shape_key(config) -> tuple:
+        return (
+            config.r,
+            config.lora_alpha,
+            config.use_rslora,
+            sorted(config.target_modules),
+            sorted(config.rank_pattern.items()),
+            sorted(config.alpha_pattern.items()),
+        )
+
+    def _copy_into_slot(self, config, state: dict) -> bool:
+        """Fast path of a hot-swap: same ranks and scaling as the adapter in the slot, so copying the
+        weights is the whole swap (peft's hot-swap also looks modules up and rescales). False: not
+        applicable, use peft's."""
+        if self._slot_config is None or self._shape_key(config) != self._shape_key(self._slot_config):
+            return False
+        if self._slot_params is None:
+            self._slot_params = dict(self._peft.named_parameters())
+        params = self._slot_params
+        if any(k not in params or params[k].shape != v.shape for k, v in state.items()):
+            return False
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v)
+        return True
 
     def swap(self, language: str) -> str | None:
         """Make a language's adapter ready (hot-swap mode: put it in the slot); returns its name."""
