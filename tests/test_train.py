@@ -44,7 +44,7 @@ class _Interrupt(Exception):
 def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path):
     full = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "full"), progress=False)
 
-    def stop_at_2(state):
+    def stop_at_2(state, model):
         if state.step == 2:
             raise _Interrupt
 
@@ -64,7 +64,7 @@ def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path):
 
 
 def test_resume_refuses_a_changed_config(tiny_dir, sw_corpus, tmp_path):
-    def stop(state):
+    def stop(state, model):
         raise _Interrupt
 
     with pytest.raises(_Interrupt):

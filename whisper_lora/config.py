@@ -40,6 +40,7 @@ class TrainConfig:
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = 128  # decoding cap for evaluation
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
+    final_eval: bool = True  # score base and adapter on the test split and store it in the metadata
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
 
     def __post_init__(self) -> None:

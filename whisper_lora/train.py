@@ -99,13 +99,13 @@ def train_adapter(
     cfg: TrainConfig,
     resume: bool = False,
     progress: bool = True,
-    callbacks: Sequence[Callable[[TrainState], None]] = (),
+    callbacks: Sequence[Callable[[TrainState, object], None]] = (),
 ) -> TrainResult:
     """Train only the adapter, keep the best on dev CER, evaluate on test, save atomically.
 
     A checkpoint under ``<out>.checkpoint`` is written every ``checkpoint_every`` steps;
     ``resume=True`` continues from it and gives the same adapter as an uninterrupted run.
-    ``callbacks`` are called after every optimizer step with the current state.
+    ``callbacks`` are called after every optimizer step with the state and the (unwrapped) model.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -213,7 +213,7 @@ def train_adapter(
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             checkpoint()
         for cb in callbacks:
-            cb(state)
+            cb(state, raw)
     bar.close()
     if not state.history or "dev" not in state.history[-1]:
         evaluate_dev()
@@ -242,7 +242,7 @@ def train_adapter(
         },
     )
     if main:
-        if test:
+        if test and cfg.final_eval:
             metadata.metrics = {
                 "split": "test",
                 "n": len(test),
