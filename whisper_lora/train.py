@@ -143,8 +143,9 @@ def train_adapter(
     best = _trainable_state(model)
     if resume and (ckpt_dir / CHECKPOINT_STATE).exists():
         saved = torch.load(ckpt_dir / CHECKPOINT_STATE, weights_only=False)
-        if saved["config"] != cfg.to_dict():
-            diff = sorted(k for k in saved["config"] if saved["config"][k] != cfg.to_dict().get(k))
+        current = cfg.to_dict()
+        if saved["config"] != current:
+            diff = sorted(k for k in saved["config"] if saved["config"][k] != current.get(k))
             raise ConfigError(f"cannot resume from {ckpt_dir}: the config changed ({', '.join(diff)})")
         _load_trainable(model, saved["model"])
         opt.load_state_dict(saved["optimizer"])

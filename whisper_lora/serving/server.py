@@ -5,7 +5,8 @@ uses that adapter; the base's name uses the untouched base; ``auto`` or ``whispe
 ``language`` (or by Whisper's language ID when it is omitted or ``auto``).
 """
 
-import io
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..data.audio import SAMPLE_RATE, resample
+from ..data.audio import SAMPLE_RATE, AudioError, load_audio
 from ..errors import AdapterError, ConfigError, WhisperLoraError
 from ..languages import resolve_language
 from ..transcriber import AUTO, ROUTE, Transcriber
@@ -42,33 +43,22 @@ class ApiError(Exception):
 
 
 def decode_upload(data: bytes, filename: str) -> np.ndarray:
-    """Decode uploaded bytes (wav/flac/ogg via soundfile, mp3 and others via librosa) to 16 kHz mono."""
-    import soundfile as sf
-
+    """Decode uploaded bytes to 16 kHz mono with the library's one decoder (``data.audio.load_audio``)."""
     if not data:
         raise ApiError(400, "the uploaded file is empty", "file")
-    try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1)
-    except Exception:
-        import os
-        import tempfile
-
-        import librosa
-
-        suffix = os.path.splitext(filename or "")[1] or ".bin"
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-            f.write(data)
-            f.flush()
-            try:
-                audio, sr = librosa.load(f.name, sr=None, mono=True)
-            except Exception:
-                raise ApiError(
-                    400, f"could not decode {filename or 'the upload'} as audio; send wav, flac, ogg or mp3", "file"
-                ) from None
+    suffix = os.path.splitext(filename or "")[1] or ".bin"  # librosa's backends go by the extension
+    with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+        f.write(data)
+        f.flush()
+        try:
+            audio = load_audio(f.name)
+        except AudioError:
+            raise ApiError(
+                400, f"could not decode {filename or 'the upload'} as audio; send wav, flac, ogg or mp3", "file"
+            ) from None
     if audio.size == 0:
         raise ApiError(400, f"{filename or 'the upload'} holds no audio samples", "file")
-    return resample(np.asarray(audio, np.float32), int(sr), SAMPLE_RATE)
+    return audio
 
 
 def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
