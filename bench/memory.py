@@ -3,13 +3,16 @@
 
     python bench/memory.py [--shapes tiny base small] [--precisions int8 nf4 fp32]
 
-Each configuration runs in its own process. On CPU the figure is the peak resident memory
-during the step (weights + activations + adapter state; the kernel's peak mark is reset after
-loading), on CUDA ``torch.cuda.max_memory_allocated``.
-medium and large-v3 work the same way but take minutes per step on a 2-core CPU.
+Each configuration runs in its own process. On CUDA the figure is ``torch.cuda.max_memory_allocated``.
+On CPU it is the peak resident memory during the step minus the process's resident memory before the
+model was loaded (the interpreter and libraries), so it counts weights + activations + gradients +
+optimizer state like the CUDA figure: freed heap is handed back (``malloc_trim``) and the kernel's
+peak mark is reset after loading, so load-time copies do not count. The absolute peak is in the JSON.
+medium and large-v3 work the same way but take a minute or more per step on a 2-core CPU.
 """
 
 import argparse
+import ctypes
 import gc
 import json
 import subprocess
@@ -60,6 +63,7 @@ def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     from whisper_lora.model import pick_device, quantization_config
 
     dev = pick_device("auto")
+    before = _status_kb("VmRSS") * 1024
     qc = quantization_config(precision, dev)
     kw = {"quantization_config": qc, "device_map": {"": str(dev)}} if qc else {}
     model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32, **kw)
@@ -75,13 +79,16 @@ def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     labels = torch.randint(0, 50000, (1, 32), device=dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    else:  # reset the kernel's peak-RSS mark, so loading-time copies do not count
+    else:  # give freed load-time buffers back, then reset the kernel's peak-RSS mark
         gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
     model(input_features=feats, labels=labels).loss.backward()
     opt.step()
-    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _status_kb("VmHWM") * 1024
-    return {"peak_mb": peak / 2**20, "device": dev.type}
+    if dev.type == "cuda":
+        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "device": "cuda"}
+    peak = _status_kb("VmHWM") * 1024
+    return {"peak_mb": (peak - before) / 2**20, "rss_peak_mb": peak / 2**20, "device": "cpu"}
 
 
 def _status_kb(key: str) -> int:
@@ -111,20 +118,27 @@ def main():
                     r = subprocess.run(
                         [sys.executable, __file__, "--one", str(path), prec, str(gc)], capture_output=True, text=True
                     )
+                    key = f"{prec}{'+gc' if gc else ''}_mb"
+                    if r.returncode in (-9, 137):  # killed by the kernel's OOM killer
+                        row[key] = "OOM"
+                        continue
                     if r.returncode:
                         raise SystemExit(r.stderr[-2000:])
-                    row[f"{prec}{'+gc' if gc else ''}_mb"] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"]
-            if "fp32_mb" in row and "int8_mb" in row:
-                row["int8/fp32"] = row["int8_mb"] / row["fp32_mb"]
-                row["int8+gc/fp32"] = row["int8+gc_mb"] / row["fp32_mb"]
+                    row[key] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"]
+            for a_, b_ in (("int8", "fp32"), ("int8+gc", "fp32"), ("int8+gc", "fp32+gc")):
+                x, y = row.get(f"{a_}_mb"), row.get(f"{b_}_mb")
+                if isinstance(x, float) and isinstance(y, float):
+                    row[f"{a_}/{b_}"] = x / y
             rows.append(row)
             print(json.dumps(row), flush=True)
-    cols = list(rows[0])
-    print("\nPeak memory of one training step, batch 1, LoRA r=32 on q/v (MB; CPU: peak RSS during the step)\n")
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    print("\nPeak memory of one training step, batch 1, LoRA r=32 on q/v (MB; CPU: step peak RSS minus pre-load RSS)\n")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print(
+            "| " + " | ".join(f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |"
+        )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(rows, indent=2))
 

@@ -18,7 +18,14 @@ def test_recipe_configs_are_valid(path):
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as e:
         TrainConfig(
-            language="klingon", data="d", precision="int3", max_steps=0, learning_rate=-1, split_fractions=(0.6, 0.6)
+            language="klingon",
+            data="d",
+            precision="int3",
+            max_steps=0,
+            learning_rate=-1,
+            split_fractions=(0.6, 0.6),
+            cache_precision="int4",
+            mixed_precision="fp16",
         )
     msg = str(e.value)
     for part in (
@@ -27,6 +34,8 @@ def test_every_problem_is_reported_at_once():
         "max_steps=0",
         "learning_rate=-1",
         "split_fractions",
+        "cache_precision='int4'; valid: auto, base, bf16, fp32",
+        "mixed_precision='fp16'; valid: auto, bf16, no",
     ):
         assert part in msg
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .encoder_cache import CACHE_PRECISIONS
 from .errors import ConfigError, format_choices
 from .languages import resolve_language
 from .lora import LoraSpec
 from .model import PRECISIONS
 from .resolve import DEFAULT_BASE
+
+MIXED_PRECISIONS = ("no", "bf16", "auto")
 
 
 @dataclass
@@ -35,7 +38,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = True  # recompute activations (use_reentrant=False)
-    cache_encoder: bool = True  # precompute encoder outputs when no adapter sits in the encoder
+    cache_encoder: bool = True  # encode each utterance once when no adapter sits in the encoder
+    cache_precision: str = "base"  # encoder for that pass: base (the base's own), auto, bf16, fp32
+    mixed_precision: str = "no"  # bf16 autocast of the training forward: no, bf16, auto (where bf16 is fast)
     eval_every: int = 50  # steps between dev evaluations (0: only at the end)
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = 128  # decoding cap for evaluation
@@ -54,6 +59,10 @@ class TrainConfig:
             problems.append(str(e))
         if self.precision not in PRECISIONS:
             problems.append(f"precision={self.precision!r}; valid: {format_choices(PRECISIONS)}")
+        if self.cache_precision not in CACHE_PRECISIONS:
+            problems.append(f"cache_precision={self.cache_precision!r}; valid: {format_choices(CACHE_PRECISIONS)}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            problems.append(f"mixed_precision={self.mixed_precision!r}; valid: {format_choices(MIXED_PRECISIONS)}")
         if self.data_format not in ("auto", "dvoice", "commonvoice", "manifest"):
             problems.append(f"data_format={self.data_format!r}; valid: auto, commonvoice, dvoice, manifest")
         for name in ("max_steps", "batch_size"):

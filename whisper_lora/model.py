@@ -44,6 +44,18 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"invalid device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: assume no native bf16
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass(frozen=True)
 class BaseModelInfo:
     """Identity of a loaded base model, written into every adapter's metadata."""

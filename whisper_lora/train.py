@@ -17,11 +17,12 @@ from .atomic import atomic_directory
 from .config import TrainConfig
 from .data.features import Example, collate, featurize
 from .data.readers import load_corpus
+from .encoder_cache import EncoderCache
 from .errors import ConfigError, DataError
 from .evaluate import compare_base_and_adapter, evaluate_examples
 from .languages import resolve_language
 from .lora import apply_lora, count_parameters
-from .model import load_base_model
+from .model import fast_bf16, load_base_model
 
 CHECKPOINT_STATE = "trainer_state.pt"
 
@@ -63,20 +64,6 @@ def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for k, v in state.items():
             params[k].copy_(v)
-
-
-def _cache_encoder_outputs(model, examples: Sequence[Example], batch_size: int, progress: bool) -> list[torch.Tensor]:
-    """Encoder outputs of the frozen encoder, computed once (no adapter sits there, so they do not change)."""
-    from tqdm.auto import tqdm
-
-    out: list[torch.Tensor] = []
-    enc = model.get_base_model().model.encoder
-    device = next(model.parameters()).device
-    with torch.no_grad(), model.disable_adapter():
-        for i in tqdm(range(0, len(examples), batch_size), desc="encode", disable=not progress, leave=False):
-            feats = torch.stack([e.input_features for e in examples[i : i + batch_size]]).to(device)
-            out += list(enc(feats).last_hidden_state.cpu())
-    return out
 
 
 def prepare_data(
@@ -132,7 +119,8 @@ def train_adapter(
     if main:
         print(f"[whisper-lora] {count_parameters(model)}")
     use_cache = cfg.cache_encoder and not cfg.lora.touches_encoder
-    enc_cache = _cache_encoder_outputs(model, train, cfg.batch_size, show) if use_cache else None
+    enc_cache = EncoderCache(model, train, cfg.cache_precision, base_info.path) if use_cache else None
+    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -194,11 +182,12 @@ def train_adapter(
         torch.manual_seed(cfg.seed * 1_000_003 + state.step)  # dropout masks depend on the step only
         batch = collate([train[i] for i in idx])
         labels = batch["labels"].to(acc.device)
-        if enc_cache is not None:
-            hidden = torch.stack([enc_cache[i] for i in idx]).to(acc.device)
-            loss = model(encoder_outputs=(hidden,), labels=labels).loss
-        else:
-            loss = model(input_features=batch["input_features"].to(acc.device), labels=labels).loss
+        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if enc_cache is not None:
+                hidden = enc_cache.get(idx).to(raw.get_base_model().dtype)
+                loss = model(encoder_outputs=(hidden,), labels=labels).loss
+            else:
+                loss = model(input_features=batch["input_features"].to(acc.device), labels=labels).loss
         acc.backward(loss)
         acc.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
@@ -239,7 +228,8 @@ def train_adapter(
             "best_step": state.best_step,
             "processes": acc.num_processes,
             "minutes": round((time.monotonic() - started) / 60, 2),
-            "cached_encoder": use_cache,
+            "cached_encoder": enc_cache.precision if enc_cache else None,
+            "autocast_bf16": bf16,
         },
     )
     if main:
