@@ -56,20 +56,28 @@ def build(shape: str, root: Path) -> Path:
 
 
 def one_step(path: str, precision: str, checkpointing: bool) -> dict:
+    import bitsandbytes  # noqa: F401  (its libraries count as "before" for every precision)
     import torch
     from transformers import WhisperForConditionalGeneration
 
+    from whisper_lora.lean_backward import make_backward_lean
     from whisper_lora.lora import LoraSpec, apply_lora
-    from whisper_lora.model import pick_device, quantization_config
+    from whisper_lora.model import pick_device, quantization_config, release_checkpoint_mapping
 
     dev = pick_device("auto")
     before = _status_kb("VmRSS") * 1024
+    bnb_backward = precision.endswith("-bnb")  # bitsandbytes' own backward, for comparison
+    precision = precision.removesuffix("-bnb")
     qc = quantization_config(precision, dev)
     kw = {"quantization_config": qc, "device_map": {"": str(dev)}} if qc else {}
     model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32, **kw)
     if qc is None:
         model.to(dev)
+    else:
+        release_checkpoint_mapping(model)  # what load_base_model does
     model = apply_lora(model, LoraSpec(r=32, alpha=64, targets=("q", "v")))  # the reference recipe's spec
+    if not bnb_backward:
+        make_backward_lean(model)  # what train_adapter does
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -101,7 +109,13 @@ def _status_kb(key: str) -> int:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["tiny", "base", "small"], choices=list(SHAPES))
-    p.add_argument("--precisions", nargs="+", default=["int8", "nf4", "fp32"])
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["int8", "int8-bnb", "nf4", "fp32"],
+        choices=["int8", "int8-bnb", "nf4", "nf4-bnb", "fp32"],
+        help="int8/nf4 use whisper-lora's lean backward (as train_adapter does); -bnb: bitsandbytes' own",
+    )
     p.add_argument("--json", default="bench/results/memory.json")
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: path precision checkpointing
     a = p.parse_args()
@@ -125,7 +139,7 @@ def main():
                     if r.returncode:
                         raise SystemExit(r.stderr[-2000:])
                     row[key] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"]
-            for a_, b_ in (("int8", "fp32"), ("int8+gc", "fp32"), ("int8+gc", "fp32+gc")):
+            for a_, b_ in (("int8", "fp32"), ("int8+gc", "fp32+gc"), ("int8-bnb", "fp32"), ("int8-bnb+gc", "fp32+gc")):
                 x, y = row.get(f"{a_}_mb"), row.get(f"{b_}_mb")
                 if isinstance(x, float) and isinstance(y, float):
                     row[f"{a_}/{b_}"] = x / y

@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,3 +59,19 @@ def test_bad_precision_device_and_name():
     with pytest.raises(ModelNotFoundError, match="short names: whisper-base"):
         resolve_base("whisper-huge-v9")
     assert pick_device("auto").type in ("cpu", "cuda")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("precision", ["int8", "nf4"])
+def test_quantised_model_lets_go_of_the_checkpoint_file(tiny_dir, precision):
+    import gc
+
+    gc.collect()
+    checkpoint = str((tiny_dir / "model.safetensors").resolve())
+    assert checkpoint not in Path("/proc/self/maps").read_text()  # nothing else here maps it
+    model, _ = load_base_model(str(tiny_dir), precision, "cpu")
+    gc.collect()
+    assert checkpoint not in Path("/proc/self/maps").read_text()  # no view of the mapped file is left
+    ref, _ = load_base_model(str(tiny_dir), "fp32", "cpu")
+    assert model.proj_out.weight is model.model.decoder.embed_tokens.weight  # still tied
+    torch.testing.assert_close(model.model.decoder.embed_tokens.weight, ref.model.decoder.embed_tokens.weight)

@@ -40,6 +40,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True  # recompute activations (use_reentrant=False)
     cache_encoder: bool = True  # encode each utterance once when no adapter sits in the encoder
     cache_precision: str = "base"  # encoder for that pass: base (the base's own), auto, bf16, fp32
+    lean_backward: bool = True  # backward through frozen int8/nf4 layers without keeping their inputs
     mixed_precision: str = "no"  # bf16 autocast of the training forward: no, bf16, auto (where bf16 is fast)
     eval_every: int = 50  # steps between dev evaluations (0: only at the end)
     eval_samples: int = 32  # dev utterances decoded per evaluation

@@ -56,6 +56,20 @@ def fast_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def release_checkpoint_mapping(model) -> None:
+    """Copy a quantised model's remaining float tensors off the memory-mapped checkpoint.
+
+    The unquantised parameters (embeddings, norms, biases) of a quantised CPU model are views of the
+    memory-mapped checkpoint file, and they keep the whole mapping, including the pages of the
+    original full-precision weights read while quantising, resident: whisper-small in int8 showed
+    868 MB of file-backed memory after loading, 111 MB after this copy.
+    """
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point() and t.device.type == "cpu":
+                t.data = t.data.clone()
+
+
 @dataclass(frozen=True)
 class BaseModelInfo:
     """Identity of a loaded base model, written into every adapter's metadata."""
@@ -116,6 +130,8 @@ def load_base_model(
     model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs)
     if qc is None:
         model.to(dev)
+    else:
+        release_checkpoint_mapping(model)
     model.eval()
     processor = WhisperProcessor.from_pretrained(path)
     cfg = model.config

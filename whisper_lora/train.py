@@ -21,6 +21,7 @@ from .encoder_cache import EncoderCache
 from .errors import ConfigError, DataError
 from .evaluate import compare_base_and_adapter, evaluate_examples
 from .languages import resolve_language
+from .lean_backward import make_backward_lean
 from .lora import apply_lora, count_parameters
 from .model import fast_bf16, load_base_model
 
@@ -118,6 +119,8 @@ def train_adapter(
     model = apply_lora(model, cfg.lora)
     if main:
         print(f"[whisper-lora] {count_parameters(model)}")
+    if cfg.lean_backward:
+        make_backward_lean(model)
     use_cache = cfg.cache_encoder and not cfg.lora.touches_encoder
     enc_cache = EncoderCache(model, train, cfg.cache_precision, base_info.path) if use_cache else None
     bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
