@@ -76,6 +76,8 @@ def _cfg(tiny_dir, corpus, out, **kw):
         learning_rate=5e-3,
         seed=3,
         final_eval=False,
+        cache_precision="base",  # exact comparisons; bf16 has its own test above
+        mixed_precision="no",
     )
     base.update(kw)
     return TrainConfig(**base)

@@ -39,9 +39,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = True  # recompute activations (use_reentrant=False)
     cache_encoder: bool = True  # encode each utterance once when no adapter sits in the encoder
-    cache_precision: str = "base"  # encoder for that pass: base (the base's own), auto, bf16, fp32
+    cache_precision: str = "auto"  # encoder for that pass: auto (bf16 where fast, else fp32), bf16, fp32, base
     lean_backward: bool = True  # backward through frozen int8/nf4 layers without keeping their inputs
-    mixed_precision: str = "no"  # bf16 autocast of the training forward: no, bf16, auto (where bf16 is fast)
+    mixed_precision: str = "auto"  # bf16 autocast of the training forward: auto (where bf16 is fast), bf16, no
     eval_every: int = 50  # steps between dev evaluations (0: only at the end)
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = 128  # decoding cap for evaluation
