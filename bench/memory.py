@@ -106,6 +106,12 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
+def _cell(col: str, v) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.0f}" if col.endswith("_mb") else f"{v:.2f}"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["tiny", "base", "small"], choices=list(SHAPES))
@@ -150,9 +156,7 @@ def main():
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print(
-            "| " + " | ".join(f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |"
-        )
+        print("| " + " | ".join(_cell(c, r.get(c, "")) for c in cols) + " |")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(rows, indent=2))
 
