@@ -118,3 +118,19 @@ def tiny_registry(tmp_path_factory, tiny_dir) -> Path:
     for seed, lang in enumerate(("sw", "cs", "ary")):
         make_tiny_adapter(tiny_dir, root, lang, seed)
     return root
+
+
+class Interrupted(Exception):
+    """Raised by ``train_until`` to stop a run as a crash would."""
+
+
+def train_until(cfg, step: int) -> None:
+    """Run ``train_adapter(cfg)`` and kill it right after optimizer step ``step`` (its checkpoints stay)."""
+    from whisper_lora.train import train_adapter
+
+    def stop(state, model):
+        if state.step == step:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_adapter(cfg, progress=False, callbacks=[stop])

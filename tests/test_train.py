@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import train_until
 from whisper_lora.adapter_io import METADATA_FILE, load_adapter, read_metadata
 from whisper_lora.config import TrainConfig
 from whisper_lora.errors import ConfigError
@@ -37,20 +38,11 @@ def _cfg(tiny_dir, corpus, out, **kw):
     return TrainConfig(**base)
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path):
     full = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "full"), progress=False)
 
-    def stop_at_2(state, model):
-        if state.step == 2:
-            raise _Interrupt
-
     cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "resumed")
-    with pytest.raises(_Interrupt):
-        train_adapter(cfg, progress=False, callbacks=[stop_at_2])
+    train_until(cfg, 2)
     assert not (tmp_path / "resumed").exists()  # nothing half-written in place
     assert (tmp_path / "resumed.checkpoint" / "trainer_state.pt").exists()
     resumed = train_adapter(cfg, resume=True, progress=False)
@@ -64,11 +56,7 @@ def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path):
 
 
 def test_resume_refuses_a_changed_config(tiny_dir, sw_corpus, tmp_path):
-    def stop(state, model):
-        raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1), progress=False, callbacks=[stop])
+    train_until(_cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1), 1)
     with pytest.raises(ConfigError, match="learning_rate"):
         train_adapter(
             _cfg(tiny_dir, sw_corpus, tmp_path / "a", checkpoint_every=1, learning_rate=1e-4),
