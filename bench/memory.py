@@ -9,6 +9,11 @@ model was loaded (the interpreter and libraries), so it counts weights + activat
 optimizer state like the CUDA figure: freed heap is handed back (``malloc_trim``) and the kernel's
 peak mark is reset after loading, so load-time copies do not count. The absolute peak is in the JSON.
 medium and large-v3 work the same way but take a minute or more per step on a 2-core CPU.
+
+glibc's malloc keeps freed memory in its heap when its adaptive mmap threshold has grown, which on CPU
+inflates every figure (int8 most: its kernels allocate a dequantised weight per call). Run with
+``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (inherited by each configuration's process) to see
+memory closer to what is live.
 """
 
 import argparse
