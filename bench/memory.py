@@ -63,24 +63,17 @@ def build(shape: str, root: Path) -> Path:
 def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     import bitsandbytes  # noqa: F401  (its libraries count as "before" for every precision)
     import torch
-    from transformers import WhisperForConditionalGeneration
 
     from whisper_lora.lean_backward import make_backward_lean
     from whisper_lora.lora import LoraSpec, apply_lora
-    from whisper_lora.model import pick_device, quantization_config, release_checkpoint_mapping
+    from whisper_lora.model import load_whisper, pick_device
 
     dev = pick_device("auto")
     before = _status_kb("VmRSS") * 1024
     bnb_backward = precision.endswith("-bnb")  # bitsandbytes' own backward, for comparison
     precision = precision.removesuffix("-bnb")
-    qc = quantization_config(precision, dev)
-    kw = {"quantization_config": qc, "device_map": {"": str(dev)}} if qc else {}
-    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32, **kw)
-    if qc is None:
-        model.to(dev)
-    else:
-        release_checkpoint_mapping(model)  # what load_base_model does
-    model = apply_lora(model, LoraSpec(r=32, alpha=64, targets=("q", "v")))  # the reference recipe's spec
+    spec = LoraSpec(r=32, alpha=64, targets=("q", "v"))  # the reference recipe's spec
+    model = apply_lora(load_whisper(path, precision, dev), spec)
     if not bnb_backward:
         make_backward_lean(model)  # what train_adapter does
     if checkpointing:

@@ -19,7 +19,7 @@ import torch
 
 from .data.features import Example
 from .errors import ConfigError, format_choices
-from .model import fast_bf16
+from .model import fast_bf16, load_whisper
 
 CachePrecision = Literal["base", "auto", "bf16", "fp32"]
 CACHE_PRECISIONS: tuple[str, ...] = get_args(CachePrecision)
@@ -50,7 +50,7 @@ class EncoderCache:
         if self.precision == "base":
             self._encoder = model.get_base_model().model.encoder
         else:
-            self._encoder = _load_encoder(base_path, self.precision, self.device)
+            self._encoder = load_whisper(base_path, self.precision, self.device).model.encoder
         self._dtype = next(self._encoder.parameters()).dtype
 
     def __len__(self) -> int:
@@ -76,13 +76,3 @@ class EncoderCache:
                 with self._peft.disable_adapter():
                     return self._encoder(feats).last_hidden_state[0].cpu()
             return self._encoder(feats).last_hidden_state[0].cpu()
-
-
-def _load_encoder(path: str, precision: str, device: torch.device):
-    from transformers import WhisperForConditionalGeneration
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    full = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    encoder = full.model.encoder.to(device).eval()
-    del full
-    return encoder

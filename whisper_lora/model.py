@@ -101,6 +101,30 @@ def quantization_config(precision: str, device: torch.device, int8_threshold: fl
     return None
 
 
+def load_whisper(
+    path: str, precision: Precision = "int8", device: str | torch.device | None = "auto", int8_threshold: float = 6.0
+):
+    """Load the Whisper model at a resolved ``path`` in ``precision`` on ``device``, in eval mode (no processor)."""
+    from transformers import WhisperForConditionalGeneration
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"invalid precision {precision!r}; valid: {format_choices(PRECISIONS)}")
+    dev = pick_device(device)
+    silence_bitsandbytes()
+    kwargs: dict = {}
+    qc = quantization_config(precision, dev, int8_threshold)
+    if qc is not None:
+        kwargs.update(quantization_config=qc, device_map={"": str(dev)}, dtype=torch.float32)
+    else:
+        kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs)
+    if qc is None:
+        model.to(dev)
+    else:
+        release_checkpoint_mapping(model)
+    return model.eval()
+
+
 def load_base_model(
     name_or_path: str = DEFAULT_BASE,
     precision: Precision = "int8",
@@ -114,25 +138,12 @@ def load_base_model(
     is in the batch; 0.0 quantises every row on its own, which makes results batch-independent.
     Returns ``(model, processor)``; ``model.whisper_lora_base`` holds a ``BaseModelInfo``.
     """
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperProcessor
 
-    if precision not in PRECISIONS:
+    if precision not in PRECISIONS:  # before resolving a name, which may convert a checkpoint
         raise ConfigError(f"invalid precision {precision!r}; valid: {format_choices(PRECISIONS)}")
-    dev = pick_device(device)
-    silence_bitsandbytes()
     path = resolve_base(name_or_path)
-    kwargs: dict = {}
-    qc = quantization_config(precision, dev, int8_threshold)
-    if qc is not None:
-        kwargs.update(quantization_config=qc, device_map={"": str(dev)}, dtype=torch.float32)
-    else:
-        kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs)
-    if qc is None:
-        model.to(dev)
-    else:
-        release_checkpoint_mapping(model)
-    model.eval()
+    model = load_whisper(path, precision, device, int8_threshold)
     processor = WhisperProcessor.from_pretrained(path)
     cfg = model.config
     model.whisper_lora_base = BaseModelInfo(
