@@ -173,6 +173,7 @@ def train_adapter(
                 )
         acc.wait_for_everyone()
 
+    hidden_dtype = raw.get_base_model().dtype  # cached encoder outputs enter the decoder in its dtype
     started = time.monotonic()
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {lang.code}", disable=not show)
@@ -183,11 +184,11 @@ def train_adapter(
             break
         idx = _batches(len(train), cfg.batch_size, cfg.seed, state.step)[acc.process_index :: acc.num_processes]
         torch.manual_seed(cfg.seed * 1_000_003 + state.step)  # dropout masks depend on the step only
-        batch = collate([train[i] for i in idx])
+        batch = collate([train[i] for i in idx], features=enc_cache is None)
         labels = batch["labels"].to(acc.device)
         with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16):
             if enc_cache is not None:
-                hidden = enc_cache.get(idx).to(raw.get_base_model().dtype)
+                hidden = enc_cache.get(idx).to(hidden_dtype)
                 loss = model(encoder_outputs=(hidden,), labels=labels).loss
             else:
                 loss = model(input_features=batch["input_features"].to(acc.device), labels=labels).loss

@@ -83,10 +83,12 @@ def featurize(
     return out, bad
 
 
-def collate(examples: Sequence[Example], pad_id: int = -100) -> dict[str, torch.Tensor]:
-    """Stack features and pad labels with -100 (ignored by the loss)."""
+def collate(examples: Sequence[Example], pad_id: int = -100, features: bool = True) -> dict[str, torch.Tensor]:
+    """Pad labels with -100 (ignored by the loss) and, unless ``features=False``, stack the features."""
     n = max(len(e.labels) for e in examples)
     labels = torch.full((len(examples), n), pad_id, dtype=torch.long)
     for i, e in enumerate(examples):
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
+    if not features:  # training on cached encoder outputs needs only the labels
+        return {"labels": labels}
     return {"input_features": torch.stack([e.input_features for e in examples]), "labels": labels}
