@@ -134,3 +134,23 @@ def train_until(cfg, step: int) -> None:
 
     with pytest.raises(Interrupted):
         train_adapter(cfg, progress=False, callbacks=[stop])
+
+
+def tiny_train_config(tiny_dir: Path, corpus: Path, out: Path, **overrides):
+    """A ``TrainConfig`` that trains on the tiny random Whisper in seconds; ``overrides`` replace any field."""
+    from whisper_lora.config import TrainConfig
+
+    fields = dict(
+        language="sw",
+        data=str(corpus),
+        out=str(out),
+        base=str(tiny_dir),
+        precision="fp32",
+        device="cpu",
+        batch_size=4,
+        eval_samples=2,
+        max_new_tokens=4,
+        warmup_steps=1,
+        learning_rate=5e-3,
+    )
+    return TrainConfig(**{**fields, **overrides})

@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import train_until
+from tests.conftest import tiny_train_config, train_until
 from whisper_lora.config import TrainConfig
 from whisper_lora.encoder_cache import EncoderCache, resolve_cache_precision
 from whisper_lora.errors import ConfigError
@@ -60,28 +60,16 @@ def test_cache_precision_choices(peft_tiny):
 
 def _cfg(tiny_dir, corpus, out, **kw):
     base = dict(
-        language="sw",
-        data=str(corpus),
-        out=str(out),
-        base=str(tiny_dir),
-        precision="fp32",
-        device="cpu",
         lora=DECODER_ONLY,
         max_steps=8,
-        batch_size=4,
         eval_every=0,
-        eval_samples=2,
         checkpoint_every=2,
-        max_new_tokens=4,
-        warmup_steps=1,
-        learning_rate=5e-3,
         seed=3,
         final_eval=False,
         cache_precision="base",  # exact comparisons; bf16 has its own test above
         mixed_precision="no",
     )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(tiny_dir, corpus, out, **{**base, **kw})
 
 
 def _adapter(result):

@@ -6,9 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import train_until
+from tests.conftest import tiny_train_config, train_until
 from whisper_lora.adapter_io import METADATA_FILE, load_adapter, read_metadata
-from whisper_lora.config import TrainConfig
 from whisper_lora.errors import ConfigError
 from whisper_lora.lora import LoraSpec
 from whisper_lora.model import load_base_model
@@ -16,26 +15,8 @@ from whisper_lora.train import train_adapter
 
 
 def _cfg(tiny_dir, corpus, out, **kw):
-    base = dict(
-        language="sw",
-        data=str(corpus),
-        out=str(out),
-        base=str(tiny_dir),
-        precision="fp32",
-        device="cpu",
-        lora=LoraSpec(r=4, alpha=8, dropout=0.1),
-        max_steps=4,
-        batch_size=4,
-        eval_every=2,
-        eval_samples=2,
-        checkpoint_every=2,
-        max_new_tokens=4,
-        warmup_steps=1,
-        learning_rate=5e-3,
-        seed=7,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    base = dict(lora=LoraSpec(r=4, alpha=8, dropout=0.1), max_steps=4, eval_every=2, checkpoint_every=2, seed=7)
+    return tiny_train_config(tiny_dir, corpus, out, **{**base, **kw})
 
 
 def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path):
