@@ -13,6 +13,7 @@ one and closer to the full-precision outputs. The copy is freed once every utter
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Literal, get_args
 
 import torch
@@ -71,8 +72,6 @@ class EncoderCache:
 
     def _encode(self, example: Example) -> torch.Tensor:
         feats = example.input_features[None].to(self.device, self._dtype)
-        with torch.no_grad():
-            if self.precision == "base":
-                with self._peft.disable_adapter():
-                    return self._encoder(feats).last_hidden_state[0].cpu()
+        adapters_off = self._peft.disable_adapter() if self.precision == "base" else nullcontext()
+        with torch.no_grad(), adapters_off:
             return self._encoder(feats).last_hidden_state[0].cpu()
