@@ -1,9 +1,10 @@
 import json
+import re
 import shutil
 
 import pytest
 
-from whisper_lora.errors import AdapterError
+from whisper_lora.errors import AdapterError, BrokenAdapterError
 from whisper_lora.model import load_base_model
 from whisper_lora.registry import AdapterRegistry
 
@@ -22,22 +23,60 @@ def test_names_cannot_escape_the_registry(tiny_registry, name):
         AdapterRegistry(tiny_registry).get(name)
 
 
-def test_symlink_out_of_the_registry_is_refused(tiny_registry, tmp_path):
+@pytest.fixture
+def registry_copy(tiny_registry, tmp_path):
     root = tmp_path / "reg"
     shutil.copytree(tiny_registry, root)
-    outside = tmp_path / "outside"
-    shutil.copytree(root / "sw", outside)
-    (root / "xx").symlink_to(outside)
-    with pytest.raises(AdapterError, match="outside the registry"):
-        AdapterRegistry(root).get("xx")
+    return root
 
 
-def test_pickled_weights_are_refused(tiny_registry, tmp_path):
-    root = tmp_path / "reg"
-    shutil.copytree(tiny_registry, root)
+def _break_metadata(root, tmp_path):
+    (root / "sw" / "whisper_lora.json").write_text('{"language": "sw", "base": ')  # cut short
+
+
+def _truncate_weights(root, tmp_path):
+    f = root / "sw" / "adapter_model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _add_pickle(root, tmp_path):
     (root / "sw" / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
-    with pytest.raises(AdapterError, match=r"pickled weights \(adapter_model.bin\); only safetensors"):
-        AdapterRegistry(root).get("sw")
+
+
+def _escape_by_symlink(root, tmp_path):
+    outside = tmp_path / "outside"
+    shutil.move(root / "sw", outside)
+    (root / "sw").symlink_to(outside)
+
+
+def _wrong_rank(root, tmp_path):
+    f = root / "sw" / "adapter_config.json"
+    cfg = json.loads(f.read_text())
+    cfg["r"] = 8  # the weights have rank 4
+    f.write_text(json.dumps(cfg))
+
+
+FAULTS = {
+    "malformed metadata": (_break_metadata, "whisper_lora.json is malformed"),
+    "truncated safetensors": (_truncate_weights, "damaged \\(truncated or not safetensors\\)"),
+    "pickled weights": (_add_pickle, r"pickled weights \(adapter_model.bin\); only safetensors"),
+    "symlink out of the registry": (_escape_by_symlink, "resolves outside the registry"),
+    "rank differs from the config": (_wrong_rank, r"adapter_config.json says r=\[8\]"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_one_broken_adapter_is_listed_with_its_reason_and_the_rest_serve(registry_copy, tmp_path, fault):
+    damage, reason = FAULTS[fault]
+    damage(registry_copy, tmp_path)
+    reg = AdapterRegistry(registry_copy)
+    good, broken = reg.scan()
+    assert [e.name for e in good] == ["ary", "cs"] and reg.names() == ["ary", "cs"]
+    assert [b.name for b in broken] == ["sw"]
+    assert re.search(reason, broken[0].reason), broken[0].reason
+    assert reg.find("cs").name == "cs"  # the healthy ones still resolve
+    with pytest.raises(BrokenAdapterError, match="adapter 'sw' is broken: .*" + reason):
+        reg.find("sw")  # never a silent fall-back to the base
 
 
 def test_incompatible_base_is_refused(tiny_registry, tiny_dir, tmp_path):
@@ -49,10 +88,13 @@ def test_incompatible_base_is_refused(tiny_registry, tiny_dir, tmp_path):
     meta["base"]["fingerprint"] = "0123456789abcdef"
     meta_path.write_text(json.dumps(meta))
     reg = AdapterRegistry(root)
-    info = load_base_model(str(tiny_dir), "fp32", "cpu")[0].whisper_lora_base
+    info = load_base_model(str(tiny_dir), "fp32", "cpu").info
     reg.check_compatible(reg.get("sw"), info)  # the untouched one is fine
     with pytest.raises(AdapterError, match="incompatible.*d_model 512 != base 64.*fingerprint 0123456789abcdef"):
         reg.check_compatible(reg.get("cs"), info)
+    good, broken = reg.with_base(info).scan()  # a registry that knows its base lists it as broken
+    assert [e.name for e in good] == ["ary", "sw"] and [b.name for b in broken] == ["cs"]
+    assert "d_model 512 != base 64" in broken[0].reason
 
 
 def test_missing_adapter_lists_available(tiny_registry):

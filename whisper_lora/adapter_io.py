@@ -14,6 +14,7 @@ from .languages import resolve_language
 METADATA_FILE = "whisper_lora.json"
 METADATA_VERSION = 1
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")  # formats that can run code when loaded
 
 
 def library_version() -> str:
@@ -54,7 +55,13 @@ class AdapterMetadata:
     @classmethod
     def from_dict(cls, d: dict) -> AdapterMetadata:
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        meta = cls(**{k: v for k, v in d.items() if k in known})
+        wrong = [k for k in ("base", "lora", "data", "metrics", "training") if not isinstance(getattr(meta, k), dict)]
+        wrong += [k for k in ("language", "whisper_language") if not isinstance(getattr(meta, k), str)]
+        if wrong:
+            raise TypeError(f"wrong type for {', '.join(wrong)}")
+        resolve_language(meta.language)  # ConfigError (a ValueError) names the valid codes
+        return meta
 
 
 def save_adapter(peft_model, out_dir: str | Path, metadata: AdapterMetadata, adapter_name: str = "default") -> Path:
@@ -85,18 +92,70 @@ def read_metadata(adapter_dir: str | Path) -> AdapterMetadata:
         )
     try:
         return AdapterMetadata.from_dict(json.loads((adapter_dir / METADATA_FILE).read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as e:
-        raise AdapterError(f"{adapter_dir / METADATA_FILE} is malformed: {e}") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        raise AdapterError(f"{METADATA_FILE} is malformed: {type(e).__name__}: {e}") from None
+
+
+def reject_pickled(adapter_dir: str | Path) -> None:
+    """Refuse a directory holding pickled weights: only safetensors are ever loaded."""
+    adapter_dir = Path(adapter_dir)
+    pickled = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise AdapterError(
+            f"holds pickled weights ({', '.join(pickled)}); only safetensors "
+            "are loaded -- re-save it with safe_serialization=True"
+        )
+
+
+def check_weights(adapter_dir: str | Path) -> None:
+    """Check ``adapter_model.safetensors`` without loading it: the header parses and covers the whole
+    file (a truncated file fails here), and every LoRA pair's rank matches ``adapter_config.json``."""
+    from safetensors import SafetensorError, safe_open
+
+    adapter_dir = Path(adapter_dir)
+    weights, config_file = adapter_dir / PEFT_FILES[1], adapter_dir / PEFT_FILES[0]
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        ranks = {int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise AdapterError(f"{config_file.name} is malformed: {type(e).__name__}: {e}") from None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{weights.name} is damaged (truncated or not safetensors): {e}") from None
+    if not shapes:
+        raise AdapterError(f"{weights.name} holds no tensors")
+    for key, shape in shapes.items():
+        if ".lora_A." in key or key.endswith("lora_A.weight"):
+            b = shapes.get(key.replace("lora_A", "lora_B"))
+            if b is None or len(shape) != 2 or len(b) != 2 or shape[0] != b[1] or shape[0] not in ranks:
+                raise AdapterError(
+                    f"{weights.name}: {key} has shape {shape} and its lora_B {b}; adapter_config.json says r={sorted(ranks)}"
+                )
+
+
+def validate_adapter(adapter_dir: str | Path) -> AdapterMetadata:
+    """Every check an adapter directory must pass before it is used; returns its metadata.
+
+    Files present, metadata parses, no pickled weights, safetensors intact and consistent with
+    the config. Raises ``AdapterError`` naming the first problem.
+    """
+    meta = read_metadata(adapter_dir)
+    reject_pickled(adapter_dir)
+    check_weights(adapter_dir)
+    return meta
 
 
 def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", is_trainable: bool = False):
-    """Attach a saved adapter to a base model (or a PeftModel) from safetensors only."""
+    """Attach a saved adapter to a base model (or a PeftModel), after ``validate_adapter``, from safetensors only."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    read_metadata(adapter_dir)
-    if any(adapter_dir.glob("*.bin")) or any(adapter_dir.glob("*.pt")):
-        raise AdapterError(f"{adapter_dir} holds pickled weights (*.bin/*.pt); only safetensors are loaded")
+    try:
+        validate_adapter(adapter_dir)
+    except AdapterError as e:
+        raise AdapterError(f"cannot load the adapter in {adapter_dir}: {e}") from None
     if isinstance(model, PeftModel):
         model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable, use_safetensors=True)
         return model

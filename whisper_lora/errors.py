@@ -27,6 +27,10 @@ class AdapterError(WhisperLoraError):
     """An adapter directory is missing, malformed or incompatible."""
 
 
+class BrokenAdapterError(AdapterError):
+    """An adapter exists in the registry but cannot be used; the message says why."""
+
+
 def format_choices(choices) -> str:
     """Format a collection of valid values for an error message."""
     items = sorted(str(c) for c in choices)

@@ -1,4 +1,10 @@
-"""A language-keyed adapter registry over a directory: ``<root>/<lang>/`` holds one adapter."""
+"""A language-keyed adapter registry over a directory: ``<root>/<lang>/`` holds one adapter.
+
+Every entry is validated on its own (``adapter_io.validate_adapter``, inside the root, and, when
+the registry knows the base, compatible with it), so one broken adapter never hides the others:
+``entries()`` are the healthy ones, ``broken()`` lists the rest with their reasons, and asking
+for a broken one raises an ``AdapterError`` that says what is wrong with it.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapter_io import PEFT_FILES, AdapterMetadata, read_metadata
-from .errors import AdapterError, format_choices
+from .adapter_io import METADATA_FILE, PEFT_FILES, AdapterMetadata, validate_adapter
+from .errors import AdapterError, BrokenAdapterError, format_choices
 from .languages import resolve_language
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "adapters"
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 @dataclass(frozen=True)
 class AdapterEntry:
-    """One adapter in the registry."""
+    """One healthy adapter in the registry."""
 
     name: str  # registry key: the directory name (a language code)
     path: Path  # absolute adapter directory
@@ -32,13 +37,49 @@ class AdapterEntry:
         return self.metadata.whisper_language
 
 
-class AdapterRegistry:
-    """Adapters by language under one root directory (default: the repository's ``adapters/``)."""
+@dataclass(frozen=True)
+class BrokenAdapter:
+    """A registry directory that cannot be used, and why."""
 
-    def __init__(self, root: str | Path | None = None):
+    name: str  # directory name
+    path: Path  # the directory as found under the root (not followed)
+    reason: str  # what is wrong, in words
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "reason": self.reason}
+
+
+def check_compatible(entry: AdapterEntry, base_info) -> None:
+    """Refuse an adapter trained on another base (fingerprint or dimensions differ)."""
+    b = entry.metadata.base
+    problems = []
+    for key in ("d_model", "encoder_layers", "decoder_layers", "vocab_size"):
+        if key in b and b[key] != getattr(base_info, key):
+            problems.append(f"{key} {b[key]} != base {getattr(base_info, key)}")
+    fp = b.get("fingerprint")
+    if fp and base_info.fingerprint != "unknown" and fp != base_info.fingerprint:
+        problems.append(
+            f"base fingerprint {fp} != loaded {base_info.fingerprint} ({b.get('name')} vs {base_info.name})"
+        )
+    if problems:
+        raise AdapterError(f"adapter {entry.name!r} is incompatible with the loaded base: " + "; ".join(problems))
+
+
+class AdapterRegistry:
+    """Adapters by language under one root directory (default: the repository's ``adapters/``).
+
+    ``base`` (a ``BaseModelInfo``) makes adapters trained on another base count as broken.
+    """
+
+    def __init__(self, root: str | Path | None = None, base=None):
         self.root = Path(root or DEFAULT_ROOT).resolve()
+        self.base = base
         if not self.root.is_dir():
             raise AdapterError(f"adapter registry {self.root} does not exist")
+
+    def with_base(self, base) -> AdapterRegistry:
+        """The same root, checking compatibility with ``base``."""
+        return AdapterRegistry(self.root, base)
 
     def _dir(self, name: str) -> Path:
         if not isinstance(name, str) or not _SAFE_NAME.match(name):
@@ -46,53 +87,75 @@ class AdapterRegistry:
                 f"invalid adapter name {name!r}: use a language code such as 'sw' or 'ary' "
                 "(lowercase letters, digits, '-' or '_'; no paths)"
             )
-        path = (self.root / name).resolve()
-        if path.parent != self.root:  # symlinks or odd names must not lead outside the registry
-            raise AdapterError(f"adapter {name!r} resolves outside the registry {self.root}")
-        return path
+        return self.root / name
 
-    def names(self) -> list[str]:
-        """Registry keys of every directory that holds a complete adapter."""
+    def _candidates(self) -> list[Path]:
+        """Directories that look like adapters (any adapter file inside), sorted; hidden ones (writes in
+        progress) are skipped."""
         return sorted(
-            p.name
+            p
             for p in self.root.iterdir()
-            if p.is_dir() and _SAFE_NAME.match(p.name) and all((p / f).exists() for f in PEFT_FILES)
+            if not p.name.startswith(".") and p.is_dir() and any((p / f).exists() for f in (*PEFT_FILES, METADATA_FILE))
         )
 
+    def _load(self, path: Path) -> AdapterEntry:
+        """Validate one directory; ``AdapterError`` says why it cannot be used."""
+        name = path.name
+        if not _SAFE_NAME.match(name):
+            raise AdapterError(f"directory name {name!r} is not a language code")
+        real = path.resolve()
+        if real.parent != self.root:  # symlinks or odd names must not lead outside the registry
+            raise AdapterError(f"adapter {name!r} resolves outside the registry ({real})")
+        entry = AdapterEntry(name, real, validate_adapter(real))
+        if self.base is not None:
+            check_compatible(entry, self.base)
+        return entry
+
+    def scan(self) -> tuple[list[AdapterEntry], list[BrokenAdapter]]:
+        """Every adapter directory, validated on its own: (healthy entries, broken ones with reasons)."""
+        good, broken = [], []
+        for path in self._candidates():
+            try:
+                good.append(self._load(path))
+            except AdapterError as e:
+                broken.append(BrokenAdapter(path.name, path, str(e)))
+        return good, broken
+
     def entries(self) -> list[AdapterEntry]:
-        return [self.get(n) for n in self.names()]
+        """The healthy adapters."""
+        return self.scan()[0]
+
+    def broken(self) -> list[BrokenAdapter]:
+        """The adapter directories that cannot be used, with the reason for each."""
+        return self.scan()[1]
+
+    def names(self) -> list[str]:
+        """Registry keys of the healthy adapters."""
+        return [e.name for e in self.entries()]
 
     def get(self, name: str) -> AdapterEntry:
-        """The adapter stored under ``name`` exactly (no language resolution)."""
+        """The adapter stored under ``name`` exactly (no language resolution); a broken one raises why."""
         path = self._dir(name)
         if not path.is_dir():
             raise AdapterError(
                 f"no adapter {name!r} in {self.root}; available: {format_choices(self.names()) or 'none'}"
             )
-        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickled:
-            raise AdapterError(
-                f"adapter {name!r} holds pickled weights ({', '.join(pickled)}); only safetensors "
-                "are loaded -- re-save it with safe_serialization=True"
-            )
-        return AdapterEntry(name, path, read_metadata(path))
+        try:
+            return self._load(path)
+        except AdapterError as e:
+            raise BrokenAdapterError(f"adapter {name!r} is broken: {e}") from None
 
     def find(self, language: str) -> AdapterEntry | None:
-        """The adapter for a language code or alias (``ary``, ``darija``, ``swa``), or None."""
+        """The adapter for a language code or alias (``ary``, ``darija``, ``swa``), None when there is none.
+
+        A language whose adapter directory exists but is broken raises ``AdapterError`` with the
+        reason, instead of falling back to the base silently.
+        """
         code = resolve_language(language).code  # ConfigError names the valid codes
-        return self.get(code) if code in self.names() else None
+        if not (self.root / code).is_dir():
+            return None
+        return self.get(code)
 
     def check_compatible(self, entry: AdapterEntry, base_info) -> None:
-        """Refuse an adapter trained on another base (fingerprint or dimensions differ)."""
-        b = entry.metadata.base
-        problems = []
-        for key in ("d_model", "encoder_layers", "decoder_layers", "vocab_size"):
-            if key in b and b[key] != getattr(base_info, key):
-                problems.append(f"{key} {b[key]} != base {getattr(base_info, key)}")
-        fp = b.get("fingerprint")
-        if fp and base_info.fingerprint != "unknown" and fp != base_info.fingerprint:
-            problems.append(
-                f"base fingerprint {fp} != loaded {base_info.fingerprint} ({b.get('name')} vs {base_info.name})"
-            )
-        if problems:
-            raise AdapterError(f"adapter {entry.name!r} is incompatible with the loaded base: " + "; ".join(problems))
+        """Refuse an adapter trained on another base (see the module-level ``check_compatible``)."""
+        check_compatible(entry, base_info)
