@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,26 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> n
     return librosa.resample(audio.astype(np.float32), orig_sr=orig_sr, target_sr=target_sr).astype(np.float32)
 
 
-def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode wav/flac/ogg (soundfile) or mp3 and more (librosa), downmix to mono, resample."""
+def check_signal(audio: np.ndarray, name: str = "audio") -> np.ndarray:
+    """Refuse a signal no model should see: no samples, or NaN/inf samples. Returns it as float32."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        raise AudioError(f"{name} holds no audio samples")
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:
+        raise AudioError(
+            f"{name} has {bad} non-finite (NaN or infinite) samples of {audio.size}; refusing to transcribe it"
+        )
+    return audio
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE, validate: bool = True) -> np.ndarray:
+    """Decode wav/flac/ogg (soundfile) or mp3 and more (librosa), downmix to mono, resample.
+
+    With ``validate`` (default) an empty or non-finite signal raises ``AudioError`` (see
+    ``check_signal``). Warnings of the fallback decoders are shown only when the
+    ``whisper_lora`` logger is at DEBUG level.
+    """
     import soundfile as sf
 
     path = Path(path)
@@ -41,9 +61,14 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         try:
             import librosa
 
-            audio, file_sr = librosa.load(str(path), sr=None, mono=True)
+            with warnings.catch_warnings():
+                if not logging.getLogger("whisper_lora").isEnabledFor(logging.DEBUG):
+                    warnings.simplefilter("ignore")  # audioread's deprecation notice, per file
+                audio, file_sr = librosa.load(str(path), sr=None, mono=True)
         except Exception as e:
             raise AudioError(f"cannot decode {path.name}: {type(e).__name__}: {e}") from None
+    if validate:
+        check_signal(audio, path.name)
     return resample(np.asarray(audio, np.float32), int(file_sr), sr)
 
 

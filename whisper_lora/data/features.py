@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..languages import resolve_language
@@ -64,8 +65,11 @@ def featurize(
             bad.add("missing_file", r.id)
             continue
         try:
-            audio = load_audio(r.audio)
+            audio = load_audio(r.audio, validate=False)
         except AudioError:
+            bad.add("unreadable_audio", r.id)
+            continue
+        if not np.isfinite(audio).all():
             bad.add("unreadable_audio", r.id)
             continue
         if len(audio) > CHUNK_SECONDS * SAMPLE_RATE:
