@@ -33,6 +33,27 @@ def test_dvoice_missing_split_lists_what_exists(tmp_path):
         read_dvoice(tmp_path, "sw", "train")
 
 
+def test_a_test_only_corpus_can_be_read_for_its_test_split(corpus_copy):
+    (corpus_copy / "texts" / "train.csv").unlink()
+    (corpus_copy / "texts" / "dev.csv").unlink()
+    splits, bad = load_corpus(corpus_copy, "sw", splits=("test",))
+    assert list(splits) == ["test"] and len(splits["test"]) == 4 and bad.bad == 0
+    with pytest.raises(DataError, match=r"no train \(to carve dev from\) split; splits found: test"):
+        load_corpus(corpus_copy, "sw", splits=("dev",))
+    with pytest.raises(DataError, match="no train split; splits found: test"):
+        load_corpus(corpus_copy, "sw")
+
+
+def test_carving_a_missing_dev_split_discards_nothing(corpus_copy):
+    (corpus_copy / "texts" / "dev.csv").unlink()
+    splits, _ = load_corpus(corpus_copy, "sw", split_fractions=(0.25, 0.25))
+    ids = {k: sorted(r.id for r in v) for k, v in splits.items()}
+    assert len(ids["train"]) + len(ids["dev"]) == 24 and len(ids["dev"]) > 0  # every training row is kept
+    assert ids["test"] == sorted(r.id for r in load_corpus(corpus_copy, "sw", splits=("test",))[0]["test"])
+    # train is the same whichever splits are asked for
+    assert sorted(r.id for r in load_corpus(corpus_copy, "sw", splits=("train", "test"))[0]["train"]) == ids["train"]
+
+
 def test_commonvoice_layout(sw_corpus, tmp_path):
     (tmp_path / "clips").mkdir()
     rows = _rows(sw_corpus / "texts" / "train.csv")[:3]

@@ -152,41 +152,66 @@ def load_corpus(
     fmt: str = "auto",
     split_fractions: tuple[float, float] = (0.1, 0.1),
     seed: int = 0,
+    splits: Iterable[str] = SPLITS,
 ) -> tuple[dict[str, list[Utterance]], BadRows]:
-    """Read every split of a corpus; missing dev/test splits are carved out of train."""
+    """Read the requested splits of a corpus (default all three).
+
+    A split the corpus has is read as it is, and the other splits are not needed for it: a
+    corpus with only ``test`` can be evaluated. A requested ``dev`` or ``test`` split the corpus
+    lacks is carved out of ``train`` deterministically (``split_records``), taking only the shares
+    of the missing splits, so no row is ever dropped.
+    """
     if fmt not in FORMATS:
         raise DataError(f"unknown corpus format {fmt!r}; valid: {format_choices(FORMATS)}")
+    wanted = tuple(splits)
+    unknown = [s for s in wanted if s not in SPLITS]
+    if unknown:
+        raise DataError(f"unknown split(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SPLITS)}")
     root = Path(root)
     if not root.exists():
         raise DataError(f"corpus {root} does not exist")
     fmt = detect_format(root) if fmt == "auto" else fmt
     bad = BadRows()
-    splits: dict[str, list[Utterance]] = {}
+    found: dict[str, list[Utterance]] = {}
     if fmt == "manifest":
         path = root if root.is_file() else next(p for p in root.glob("*") if p.suffix in (".csv", ".tsv", ".jsonl"))
         rows = _read_table(path)
-        has_split = bool(rows) and "split" in rows[0]
-        for s in SPLITS if has_split else ("train",):
-            sub = [r for r in rows if r.get("split") == s] if has_split else rows
-            splits[s] = _records(sub, path, path.parent, language, f"{s}/", bad)
+        if rows and "split" in rows[0]:
+            present = [s for s in SPLITS if any(r.get("split") == s for r in rows)]
+        else:
+            present, rows = ["train"], [{**r, "split": "train"} for r in rows]
+        available = lambda s: s in present  # noqa: E731
+        read = lambda s: _records([r for r in rows if r.get("split") == s], path, path.parent, language, f"{s}/", bad)  # noqa: E731
     else:
         reader = read_dvoice if fmt == "dvoice" else read_commonvoice
-        for s in SPLITS:
-            try:
-                recs, b = reader(root, language, s)
-            except DataError:
-                if s == "train":
-                    raise
-                continue
-            splits[s] = recs
+        available = lambda s: _split_file(root, fmt, s).is_file()  # noqa: E731
+
+        def read(s: str) -> list[Utterance]:
+            nonlocal bad
+            recs, b = reader(root, language, s)
             bad = bad.merge(b)
-    missing = [s for s in ("dev", "test") if not splits.get(s)]
-    if missing:
-        carved = split_records(splits.get("train", []), split_fractions, seed)
-        splits["train"] = carved["train"]
-        for s in ("dev", "test"):
-            if s in missing:
-                splits[s] = carved[s]
-            else:
-                splits["train"] += carved[s]
-    return splits, bad
+            return recs
+
+    if not available("train") and any(s == "train" or not available(s) for s in wanted):
+        need = (
+            "train"
+            if "train" in wanted
+            else f"train (to carve {' and '.join(s for s in wanted if not available(s))} from)"
+        )
+        have = [s for s in SPLITS if available(s)]
+        raise DataError(f"corpus {root} has no {need} split; splits found: {', '.join(have) or 'none'}")
+    for s in wanted:
+        if available(s):
+            found[s] = read(s)
+    carve = [s for s in ("dev", "test") if not available(s)]  # the corpus's missing splits, whatever was asked
+    if carve and any(s == "train" or s in carve for s in wanted):
+        # only the shares of the missing splits leave train, so no row is discarded, and train is the same
+        # whichever splits a caller asks for
+        shares = tuple(f if s in carve else 0.0 for s, f in zip(("dev", "test"), split_fractions, strict=True))
+        carved = split_records(found["train"] if "train" in found else read("train"), shares, seed)
+        found.update({s: carved[s] for s in (*carve, "train")})
+    return {s: found[s] for s in wanted}, bad
+
+
+def _split_file(root: Path, fmt: str, split: str) -> Path:
+    return root / "texts" / f"{split}.csv" if fmt == "dvoice" else root / f"{split}.tsv"

@@ -1,0 +1,43 @@
+"""Read, check and featurise the splits of a corpus in one call (training, eval, merge, benches)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import DataError
+from .features import Example, featurize
+from .readers import SPLITS, load_corpus
+
+log = logging.getLogger("whisper_lora")
+
+
+def prepare_splits(
+    data: str | Path,
+    language: str,
+    processor,
+    splits: Sequence[str] = SPLITS,
+    data_format: str = "auto",
+    split_fractions: tuple[float, float] = (0.1, 0.1),
+    seed: int = 0,
+    max_bad_fraction: float = 0.1,
+    progress: bool = True,
+) -> dict[str, list[Example]]:
+    """Featurised examples of the requested splits of the corpus at ``data``.
+
+    Only the requested splits are read (a corpus holding only ``test`` can be scored); a missing
+    dev or test split is carved out of train (see ``load_corpus``). Fails with the bad-row report
+    when more than ``max_bad_fraction`` of the rows read are unusable, and when ``train`` was
+    asked for but has no usable utterance.
+    """
+    records, bad = load_corpus(data, language, data_format, split_fractions, seed, splits=splits)
+    out: dict[str, list[Example]] = {}
+    for name in splits:
+        out[name], bad = featurize(records[name], processor, bad, progress=progress)
+    bad.check(max_bad_fraction, f"corpus {data}")
+    if bad.bad:
+        log.warning("skipped rows: %s", bad.summary())
+    if "train" in splits and not out["train"]:
+        raise DataError(f"corpus {data} has no usable training utterances ({bad.summary()})")
+    return out
