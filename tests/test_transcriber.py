@@ -39,13 +39,15 @@ def test_language_without_adapter_is_bit_identical_to_base(routed, tiny_dir):
     from whisper_lora.model import load_base_model
 
     routed.transcribe_batch(AUDIO[:2], ["sw", "cs"])  # adapters attached
-    base, processor = load_base_model(str(tiny_dir), routed.base_info.precision, "cpu")
-    feats = routed._features(AUDIO[:2])
-    with torch.no_grad(), routed._peft.disable_adapter():
-        ours = routed._peft(input_features=feats, decoder_input_ids=torch.tensor([[50258, 50259]] * 2)).logits
-    with torch.no_grad():
-        ref = base(input_features=feats, decoder_input_ids=torch.tensor([[50258, 50259]] * 2)).logits
-    assert torch.equal(ours, ref)
+    assert routed.loaded_adapters()[-2:] == ["sw", "cs"]  # most recently used last
+    _loaded = load_base_model(str(tiny_dir), routed.base_info.precision, "cpu")
+    base, processor = _loaded.model, _loaded.processor
+    feats = routed.features(AUDIO[:2])
+    with torch.no_grad():  # language ID runs on the base: its probabilities are the base's, bit for bit
+        logits = base(input_features=feats, decoder_input_ids=torch.tensor([[50258]] * 2)).logits[:, -1]
+    lang_ids = list(base.generation_config.lang_to_id.values())
+    probs = logits[:, lang_ids].float().softmax(-1)
+    assert [p for _, p in routed.detect_language(feats)] == probs.max(-1).values.tolist()
     ids = base.generate(input_features=feats, language="en", task="transcribe", max_new_tokens=8)
     expected = [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
     got = routed.transcribe_batch(AUDIO[:2], "en")
@@ -60,7 +62,7 @@ def test_hotswap_equals_a_fresh_load(tiny_dir, tiny_registry):
     for lang, text in zip(("sw", "cs", "ary", "sw", "en", "cs"), seq, strict=True):
         fresh = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
         assert fresh.transcribe(AUDIO[0], lang).text == text, lang
-    assert len(swap._loaded) == 2  # the LRU cap holds
+    assert swap.loaded_adapters() == ["sw", "cs"]  # the LRU cap holds: ary was evicted
     mixed = swap.transcribe_batch(AUDIO, LANGS)
     routed = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
     assert [m.text for m in mixed] == [r.text for r in routed.transcribe_batch(AUDIO, LANGS)]
@@ -71,7 +73,7 @@ def test_routed_lru_evicts_but_results_stay_right(tiny_dir, tiny_registry):
     ref = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
     for lang in ("sw", "cs", "sw"):
         assert t.transcribe(AUDIO[1], lang).text == ref.transcribe(AUDIO[1], lang).text
-    assert list(t._loaded) == ["sw"]
+    assert t.loaded_adapters() == ["sw"]
     with pytest.raises(ConfigError, match="needs 2 adapters but max_loaded=1"):
         t.transcribe_batch(AUDIO[:2], ["sw", "cs"])
 
@@ -129,3 +131,34 @@ def test_forced_adapter_and_forced_base(tiny_dir, tiny_registry):
     assert [m.adapter for m in mixed] == ["cs", None, "sw"]
     with pytest.raises(Exception, match="no adapter 'de'"):
         t.transcribe(AUDIO[0], "sw", adapter="de")
+
+
+def test_broken_adapters_are_left_out_and_named_when_asked_for(tiny_dir, tiny_registry, tmp_path):
+    import shutil
+
+    from whisper_lora.errors import BrokenAdapterError
+
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_registry, root)
+    weights = root / "cs" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    t = Transcriber(str(tiny_dir), root, precision="fp32", device="cpu", max_new_tokens=8)
+    ref = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    assert t.adapters() == ["ary", "sw"]
+    assert [(b.name, "truncated" in b.reason) for b in t.broken_adapters()] == [("cs", True)]
+    assert t.transcribe(AUDIO[0], "sw").text == ref.transcribe(AUDIO[0], "sw").text  # the rest serve
+    with pytest.raises(BrokenAdapterError, match="adapter 'cs' is broken: .*truncated"):
+        t.transcribe(AUDIO[0], "cs")
+    with pytest.raises(BrokenAdapterError, match="adapter 'cs' is broken"):
+        t.transcribe(AUDIO[0], "sw", adapter="cs")
+
+
+def test_bad_signals_are_refused_and_silence_gives_no_text(routed):
+    from whisper_lora.data.audio import AudioError
+
+    with pytest.raises(AudioError, match="input 0 has 16000 non-finite"):
+        routed.transcribe(np.full(16000, np.nan, np.float32), "sw")
+    with pytest.raises(AudioError, match="input 1 holds no audio samples"):
+        routed.transcribe_batch([AUDIO[0], np.zeros(0, np.float32)], "sw")
+    silent = routed.transcribe_batch([np.zeros(3 * 16000, np.float32), AUDIO[1]], ["sw", "cs"])
+    assert silent[0].text == "" and silent[1].text == routed.transcribe(AUDIO[1], "cs").text

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,17 +12,17 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .adapter_io import load_adapter
-from .data.audio import N_SAMPLES, SAMPLE_RATE, load_audio
+from .adapter_pool import make_pool
+from .data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
 from .errors import ConfigError, format_choices
 from .languages import resolve_language
 from .model import load_base_model
-from .registry import AdapterEntry, AdapterRegistry
+from .registry import AdapterEntry, AdapterRegistry, BrokenAdapter
 
-BASE = "__base__"  # peft's name for "no adapter" in mixed batches
+log = logging.getLogger("whisper_lora")
+
 AUTO = "auto"
 ROUTE = "route"  # adapter choice: let the language pick
-HOTSWAP_SLOT = "active"
 Mode = Literal["routed", "hotswap"]
 
 
@@ -45,6 +44,16 @@ class Transcription:
         }
 
 
+@dataclass(frozen=True)
+class PlannedInput:
+    """How one input will be decoded, decided before the model is touched."""
+
+    language: str  # language reported (registry code, or Whisper's code when auto-detected)
+    probability: float | None  # detection confidence; None when the language was given
+    entry: AdapterEntry | None  # adapter to decode with; None for the untouched base
+    whisper: str  # Whisper language token code the decoder is prompted with
+
+
 class Transcriber:
     """Transcribe with per-language adapters on one shared base model.
 
@@ -52,6 +61,8 @@ class Transcriber:
     that mix languages in one ``generate`` call (peft ``adapter_names``). ``mode="hotswap"``
     keeps one adapter slot and swaps weights in place (peft hot-swap); up to ``max_loaded``
     adapters' weights stay cached in memory. Languages without an adapter get the base model.
+    Adapters that fail validation or were trained on another base are left out and listed by
+    ``broken_adapters()``; asking for one raises an ``AdapterError`` with the reason.
     Calls are serialised by a lock, so threads can share one instance. int8 bases load with
     ``int8_threshold=0.0`` by default so that batch composition never changes a result.
     """
@@ -69,129 +80,73 @@ class Transcriber:
         max_new_tokens: int = 224,
         int8_threshold: float = 0.0,
     ):
+        registry = adapters if isinstance(adapters, AdapterRegistry) else AdapterRegistry(adapters)
         if mode not in ("routed", "hotswap"):
             raise ConfigError(f"invalid mode {mode!r}; valid: hotswap, routed")
         if max_loaded < 1:
             raise ConfigError(f"max_loaded={max_loaded!r} must be >= 1")
-        self.registry = adapters if isinstance(adapters, AdapterRegistry) else AdapterRegistry(adapters)
         if base is None:  # the base the shipped adapters were trained on
-            names = {e.metadata.base.get("name") for e in self.registry.entries()} or {"whisper-base"}
+            names = {e.metadata.base.get("name") for e in registry.entries()} or {"whisper-base"}
             base = sorted(names)[0]
         # threshold 0: no batch-wide outlier columns, so a mixed batch equals isolated calls in int8 too
-        self.model, self.processor = load_base_model(base, precision, device, int8_threshold)
-        self.base_info = self.model.whisper_lora_base
-        self.mode, self.max_loaded = mode, max_loaded
+        loaded = load_base_model(base, precision, device, int8_threshold)
+        self.model, self.processor, self.base_info = loaded.model, loaded.processor, loaded.info
+        self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
+        self.mode = mode
         self.detect_threshold, self.num_beams, self.max_new_tokens = detect_threshold, num_beams, max_new_tokens
-        self._peft = None  # PeftModel, created with the first adapter
-        self._loaded: OrderedDict[str, object] = OrderedDict()  # routed: names; hotswap: (config, state)
-        self._active: str | None = None  # hotswap: adapter currently in the slot
-        self._slot_config = None  # hotswap: LoraConfig of the adapter in the slot
-        self._slot_params: dict | None = None  # hotswap: the slot's parameters by name
+        self._pool = make_pool(mode, self.model, max_loaded)
         self._lock = threading.RLock()
         gen = self.model.generation_config
         self._lang_ids = dict(gen.lang_to_id) if getattr(gen, "lang_to_id", None) else {}
+        for b in self.registry.broken():
+            log.warning("adapter %s left out: %s", b.name, b.reason)
 
     # ---------------------------------------------------------------- adapters
     def _entry_for(self, language: str) -> AdapterEntry | None:
-        """The adapter serving a (registry or Whisper) language code, if any."""
+        """The adapter serving a (registry or Whisper) language code, if any; a broken one raises why."""
         entry = self.registry.find(language)
         if entry is None:  # a detected Whisper code (`ar`) may be served by a proxy adapter (`ary`)
             whisper = resolve_language(language).whisper
             entry = next((e for e in self.registry.entries() if e.whisper_language == whisper), None)
-        if entry is not None:
-            self.registry.check_compatible(entry, self.base_info)
         return entry
-
-    def _attach(self, entry: AdapterEntry) -> str:
-        """Make ``entry`` usable; returns the peft adapter name to select."""
-        if self.mode == "routed":
-            if entry.name in self._loaded:
-                self._loaded.move_to_end(entry.name)
-                return entry.name
-            if len(self._loaded) >= self.max_loaded:
-                old, _ = self._loaded.popitem(last=False)
-                self._peft.delete_adapter(old)
-            self._peft = load_adapter(self._peft or self.model, entry.path, adapter_name=entry.name)
-            self._loaded[entry.name] = None
-            return entry.name
-        return self._swap_in(entry)
-
-    def _swap_in(self, entry: AdapterEntry) -> str:
-        from peft import LoraConfig
-        from peft.utils.hotswap import check_hotswap_configs_compatible, hotswap_adapter_from_state_dict
-        from peft.utils.save_and_load import load_peft_weights
-
-        if self._active == entry.name:
-            return HOTSWAP_SLOT
-        if entry.name not in self._loaded:
-            config = LoraConfig.from_pretrained(str(entry.path))
-            raw = load_peft_weights(str(entry.path), device=str(self.model.device))
-            state = {
-                k.replace(".lora_A.weight", f".lora_A.{HOTSWAP_SLOT}.weight").replace(
-                    ".lora_B.weight", f".lora_B.{HOTSWAP_SLOT}.weight"
-                ): v
-                for k, v in raw.items()
-            }
-            if len(self._loaded) >= self.max_loaded:
-                self._loaded.popitem(last=False)
-            self._loaded[entry.name] = (config, state)
-        self._loaded.move_to_end(entry.name)
-        config, state = self._loaded[entry.name]
-        if self._peft is None:
-            self._peft = load_adapter(self.model, entry.path, adapter_name=HOTSWAP_SLOT)
-        else:
-            check_hotswap_configs_compatible(self._peft.peft_config[HOTSWAP_SLOT], config)
-            if not self._copy_into_slot(config, state):
-                hotswap_adapter_from_state_dict(self._peft, state, HOTSWAP_SLOT, config)
-        self._slot_config, self._active = config, entry.name
-        return HOTSWAP_SLOT
-
-    @staticmethod
-    def _shape_key(config) -> tuple:
-        return (
-            config.r,
-            config.lora_alpha,
-            config.use_rslora,
-            sorted(config.target_modules),
-            sorted(config.rank_pattern.items()),
-            sorted(config.alpha_pattern.items()),
-        )
-
-    def _copy_into_slot(self, config, state: dict) -> bool:
-        """Fast path of a hot-swap: same ranks and scaling as the adapter in the slot, so copying the
-        weights is the whole swap (peft's hot-swap also looks modules up and rescales). False: not
-        applicable, use peft's."""
-        if self._slot_config is None or self._shape_key(config) != self._shape_key(self._slot_config):
-            return False
-        if self._slot_params is None:
-            self._slot_params = dict(self._peft.named_parameters())
-        params = self._slot_params
-        if any(k not in params or params[k].shape != v.shape for k, v in state.items()):
-            return False
-        with torch.no_grad():
-            for k, v in state.items():
-                params[k].copy_(v)
-        return True
 
     def swap(self, language: str) -> str | None:
         """Make a language's adapter ready (hot-swap mode: put it in the slot); returns its name."""
         with self._lock:
             entry = self._entry_for(language)
             if entry is not None:
-                self._attach(entry)
+                self._pool.attach(entry)
             return entry.name if entry else None
 
+    def loaded_adapters(self) -> list[str]:
+        """Adapters held in memory, least recently used first (at most ``max_loaded``)."""
+        return self._pool.loaded()
+
+    def adapters(self) -> list[str]:
+        """Languages with a usable adapter in the registry."""
+        return self.registry.names()
+
+    def broken_adapters(self) -> list[BrokenAdapter]:
+        """Registry directories left out, each with its reason."""
+        return self.registry.broken()
+
     # ---------------------------------------------------------------- detection
+    def features(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
+        """Log-mel features of up to 30 s signals, on the model's device and dtype."""
+        feats = self.processor.feature_extractor(
+            list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        return feats.to(self.model.device, dtype)
+
     @torch.no_grad()
     def detect_language(self, features: torch.Tensor) -> list[tuple[str, float]]:
         """Whisper's own language ID on the untouched base: (code, probability) per input."""
         if not self._lang_ids:
             raise ConfigError("this base model is English-only: it has no language tokens to detect with")
-        model = self._peft or self.model
         sot = self.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
         dec = torch.full((features.shape[0], 1), sot, dtype=torch.long, device=features.device)
-        ctx = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
-        with ctx:
+        with self._pool.base_model() as model:
             logits = model(input_features=features, decoder_input_ids=dec).logits[:, -1]
         tokens, ids = zip(*self._lang_ids.items(), strict=True)
         probs = logits[:, list(ids)].float().softmax(-1)
@@ -199,34 +154,26 @@ class Transcriber:
         return [(tokens[int(i)][2:-2], float(probs[n, i])) for n, i in enumerate(best)]
 
     # ---------------------------------------------------------------- decoding
-    def _features(self, chunks: Sequence[np.ndarray]) -> torch.Tensor:
-        feats = self.processor.feature_extractor(
-            list(chunks), sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features
-        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
-        return feats.to(self.model.device, dtype)
-
-    def _generate(self, feats: torch.Tensor, whisper_langs: list[str], names: list[str], num_beams: int) -> list[str]:
-        if len(whisper_langs) != feats.shape[0] or len(names) != feats.shape[0]:
-            raise ConfigError("internal: one language and one adapter name per input are required")
-        kw = dict(
-            input_features=feats,
-            task="transcribe",
-            language=whisper_langs,
-            num_beams=num_beams,
-            max_new_tokens=self.max_new_tokens,
-        )
-        if self._peft is None or all(n == BASE for n in names):
-            ctx = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
-            with ctx:
-                ids = (self._peft or self.model).generate(**kw)
-        elif len(set(names)) == 1:
-            self._peft.set_adapter(names[0])
-            ids = self._peft.generate(**kw)
-        else:
-            self._peft.eval()  # peft mixed batches are inference-only
-            ids = self._peft.generate(**kw, adapter_names=names)
+    def _generate(self, model, feats: torch.Tensor, whisper_langs: list[str], names: list[str] | None, beams: int):
+        kw = dict(task="transcribe", language=whisper_langs, num_beams=beams, max_new_tokens=self.max_new_tokens)
+        if names is not None:
+            kw["adapter_names"] = names
+        ids = model.generate(input_features=feats, **kw)
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+    def _plan(self, langs, forced, entries, detected) -> list[PlannedInput]:
+        plans = []
+        for i, lang in enumerate(langs):
+            if lang == AUTO:
+                code, prob = detected[i]
+                routed = forced[i] == ROUTE and prob >= self.detect_threshold
+                entry = self._entry_for(code) if routed else entries.get(forced[i])
+                plans.append(PlannedInput(code, prob, entry, code))
+            else:
+                info = resolve_language(lang)
+                entry = self._entry_for(info.code) if forced[i] == ROUTE else entries.get(forced[i])
+                plans.append(PlannedInput(info.code, None, entry, info.whisper))
+        return plans
 
     def transcribe_batch(
         self,
@@ -239,7 +186,8 @@ class Transcriber:
 
         ``adapter`` is ``"route"`` (the language picks it), ``None`` (the untouched base) or an
         adapter name, for all inputs or one per input. A named adapter with ``language="auto"``
-        decodes in the adapter's own language.
+        decodes in the adapter's own language. Inputs with no samples or non-finite samples raise
+        ``AudioError``; silent 30 s windows are not decoded (they give no text).
         """
         langs = [language] * len(audios) if isinstance(language, str) else list(language)
         forced = [adapter] * len(audios) if adapter is None or isinstance(adapter, str) else list(adapter)
@@ -248,75 +196,50 @@ class Transcriber:
         for lang in langs:
             if lang != AUTO:
                 resolve_language(lang)  # validate before touching the model
-        entries = {}
-        for name in {f for f in forced if f not in (None, ROUTE)}:
-            entries[name] = self.registry.get(name)
-            self.registry.check_compatible(entries[name], self.base_info)
+        entries = {name: self.registry.get(name) for name in {f for f in forced if f not in (None, ROUTE)}}
         for i, f in enumerate(forced):
             if f in entries and langs[i] == AUTO:
                 langs[i] = entries[f].language
         beams = self.num_beams if num_beams is None else num_beams
         if beams < 1:
             raise ConfigError(f"num_beams={beams!r} must be >= 1")
-        arrays = [load_audio(a) if not isinstance(a, np.ndarray) else a.astype(np.float32) for a in audios]
+        arrays = [
+            load_audio(a) if not isinstance(a, np.ndarray) else check_signal(a, f"input {i}")
+            for i, a in enumerate(audios)
+        ]
         chunks, owner = [], []
         for i, a in enumerate(arrays):  # audio past 30 s is decoded window by window, same adapter
-            for start in range(0, max(len(a), 1), N_SAMPLES):
+            for start in range(0, len(a), N_SAMPLES):
                 chunks.append(a[start : start + N_SAMPLES])
                 owner.append(i)
         with self._lock:
-            feats = self._features(chunks)
+            feats = self.features(chunks)
             first = [owner.index(i) for i in range(len(arrays))]
-            detected: dict[int, tuple[str, float]] = {}
             auto = [i for i, lang in enumerate(langs) if lang == AUTO]  # forced adapters already set theirs
-            if auto:
-                for i, d in zip(auto, self.detect_language(feats[[first[i] for i in auto]]), strict=True):
-                    detected[i] = d
-            plans = []  # (language reported, probability, adapter entry or None, whisper code)
-            for i, lang in enumerate(langs):
-                if lang == AUTO:
-                    code, prob = detected[i]
-                    routed = forced[i] == ROUTE and prob >= self.detect_threshold
-                    entry = self._entry_for(code) if routed else entries.get(forced[i])
-                    plans.append((code, prob, entry, code))
-                else:
-                    info = resolve_language(lang)
-                    entry = self._entry_for(info.code) if forced[i] == ROUTE else entries.get(forced[i])
-                    plans.append((info.code, None, entry, info.whisper))
-            texts = self._decode(feats, owner, plans, beams)
+            detected = (
+                dict(zip(auto, self.detect_language(feats[[first[i] for i in auto]]), strict=True)) if auto else {}
+            )
+            plans = self._plan(langs, forced, entries, detected)
+            speech = [k for k, c in enumerate(chunks) if not is_silent(c)]  # silent windows give no text
+            texts = [""] * len(chunks)
+            if speech:
+                decoded = self._pool.decode(
+                    feats[speech],
+                    [plans[owner[k]].whisper for k in speech],
+                    [plans[owner[k]].entry for k in speech],
+                    lambda m, f, lg, names: self._generate(m, f, lg, names, beams),
+                )
+                for k, t in zip(speech, decoded, strict=True):
+                    texts[k] = t
         return [
-            Transcription(" ".join(t for t in texts[i] if t), p[0], p[1], p[2].name if p[2] else None)
+            Transcription(
+                " ".join(t for k, t in enumerate(texts) if owner[k] == i and t),
+                p.language,
+                p.probability,
+                p.entry.name if p.entry else None,
+            )
             for i, p in enumerate(plans)
         ]
-
-    def _decode(self, feats, owner, plans, beams) -> list[list[str]]:
-        out: list[list[str]] = [[] for _ in plans]
-        if self.mode == "routed":
-            needed = {p[2].name: p[2] for p in plans if p[2]}
-            if len(needed) > self.max_loaded:
-                raise ConfigError(
-                    f"this batch needs {len(needed)} adapters but max_loaded={self.max_loaded}; "
-                    "split the batch or raise max_loaded"
-                )
-            for name in needed:  # needed adapters become most recent, so eviction spares them
-                if name in self._loaded:
-                    self._loaded.move_to_end(name)
-            for entry in needed.values():
-                self._attach(entry)
-            names = [plans[i][2].name if plans[i][2] else BASE for i in owner]
-            texts = self._generate(feats, [plans[i][3] for i in owner], names, beams)
-            for i, t in zip(owner, texts, strict=True):
-                out[i].append(t)
-            return out
-        groups: OrderedDict[str | None, list[int]] = OrderedDict()  # hot-swap: one adapter at a time
-        for k, i in enumerate(owner):
-            groups.setdefault(plans[i][2].name if plans[i][2] else None, []).append(k)
-        for name, rows in groups.items():
-            slot = self._swap_in(plans[owner[rows[0]]][2]) if name else BASE
-            texts = self._generate(feats[rows], [plans[owner[k]][3] for k in rows], [slot] * len(rows), beams)
-            for k, t in zip(rows, texts, strict=True):
-                out[owner[k]].append(t)
-        return out
 
     def transcribe(
         self,
@@ -327,10 +250,6 @@ class Transcriber:
     ) -> Transcription:
         """Transcribe one input with its language's adapter (``auto``: detect it first)."""
         return self.transcribe_batch([audio], language, num_beams, adapter)[0]
-
-    def adapters(self) -> list[str]:
-        """Languages with an adapter in the registry."""
-        return self.registry.names()
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,210 @@
+"""How a ``Transcriber`` keeps adapters on its one base: one strategy per mode, chosen once.
+
+- ``RoutedPool``: up to ``max_loaded`` adapters attached side by side (LRU); a batch that mixes
+  adapters runs in one ``generate`` call with peft's per-sample ``adapter_names``.
+- ``HotSwapPool``: one adapter slot whose weights are replaced in place (peft's hot-swap, or a
+  plain copy when shapes match); up to ``max_loaded`` adapters' weights stay cached (LRU); a
+  mixed batch is decoded one adapter group at a time.
+
+Both decode through a ``Generate`` callable supplied by the caller, and both give the untouched
+base to rows without an adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+
+from .adapter_io import load_adapter
+from .errors import ConfigError
+from .registry import AdapterEntry
+
+BASE = "__base__"  # peft's name for "no adapter" in mixed batches
+HOTSWAP_SLOT = "active"
+
+# (model to call, features, Whisper language per row, peft adapter name per row or None) -> texts
+Generate = Callable[[object, torch.Tensor, list[str], list[str] | None], list[str]]
+
+
+class AdapterPool(Protocol):
+    def decode(
+        self, feats: torch.Tensor, langs: list[str], entries: Sequence[AdapterEntry | None], generate: Generate
+    ) -> list[str]:
+        """Texts of the rows of ``feats``, row i decoded in ``langs[i]`` with ``entries[i]`` (None: the base)."""
+
+    def attach(self, entry: AdapterEntry) -> None:
+        """Make ``entry`` ready to decode with (routed: attached; hot-swap: in the slot)."""
+
+    def base_model(self) -> contextlib.AbstractContextManager:
+        """A context yielding a model that computes the untouched base."""
+
+    def loaded(self) -> list[str]:
+        """Adapters held in memory, least recently used first."""
+
+
+class _PeftHolder:
+    """The base, and the PeftModel built on it with the first adapter."""
+
+    def __init__(self, model, max_loaded: int):
+        if max_loaded < 1:
+            raise ConfigError(f"max_loaded={max_loaded!r} must be >= 1")
+        self.model, self.max_loaded = model, max_loaded
+        self.peft = None
+
+    @contextlib.contextmanager
+    def base_model(self):
+        if self.peft is None:
+            yield self.model
+        else:
+            with self.peft.disable_adapter():
+                yield self.peft
+
+    def _generate_base(self, feats, langs, generate: Generate) -> list[str]:
+        with self.base_model() as m:
+            return generate(m, feats, langs, None)
+
+
+class RoutedPool(_PeftHolder):
+    """Adapters attached side by side; mixed batches in one call (peft ``adapter_names``)."""
+
+    def __init__(self, model, max_loaded: int):
+        super().__init__(model, max_loaded)
+        self._names: OrderedDict[str, None] = OrderedDict()
+
+    def loaded(self) -> list[str]:
+        return list(self._names)
+
+    def attach(self, entry: AdapterEntry) -> None:
+        if entry.name in self._names:
+            self._names.move_to_end(entry.name)
+            return
+        if len(self._names) >= self.max_loaded:
+            old, _ = self._names.popitem(last=False)
+            self.peft.delete_adapter(old)
+        self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=entry.name)
+        self._names[entry.name] = None
+
+    def decode(self, feats, langs, entries, generate: Generate) -> list[str]:
+        needed = {e.name: e for e in entries if e is not None}
+        if len(needed) > self.max_loaded:
+            raise ConfigError(
+                f"this batch needs {len(needed)} adapters but max_loaded={self.max_loaded}; "
+                "split the batch or raise max_loaded"
+            )
+        for name in needed:  # needed adapters become most recent, so eviction spares them
+            if name in self._names:
+                self._names.move_to_end(name)
+        for entry in needed.values():
+            self.attach(entry)
+        if not needed:
+            return self._generate_base(feats, langs, generate)
+        if len(needed) == 1 and all(e is not None for e in entries):
+            self.peft.set_adapter(next(iter(needed)))
+            return generate(self.peft, feats, langs, None)
+        self.peft.eval()  # peft mixed batches are inference-only
+        return generate(self.peft, feats, langs, [e.name if e else BASE for e in entries])
+
+
+class HotSwapPool(_PeftHolder):
+    """One adapter slot, weights swapped in place; cached weights of up to ``max_loaded`` adapters."""
+
+    def __init__(self, model, max_loaded: int):
+        super().__init__(model, max_loaded)
+        self._cache: OrderedDict[str, tuple[object, dict]] = OrderedDict()  # name -> (LoraConfig, slot state)
+        self._active: str | None = None
+        self._slot_config = None
+        self._slot_params: dict | None = None
+
+    def loaded(self) -> list[str]:
+        return list(self._cache)
+
+    def _weights(self, entry: AdapterEntry) -> tuple[object, dict]:
+        from peft import LoraConfig
+        from peft.utils.save_and_load import load_peft_weights
+
+        if entry.name not in self._cache:
+            config = LoraConfig.from_pretrained(str(entry.path))
+            raw = load_peft_weights(str(entry.path), device=str(self.model.device))
+            state = {
+                k.replace(".lora_A.weight", f".lora_A.{HOTSWAP_SLOT}.weight").replace(
+                    ".lora_B.weight", f".lora_B.{HOTSWAP_SLOT}.weight"
+                ): v
+                for k, v in raw.items()
+            }
+            if len(self._cache) >= self.max_loaded:
+                self._cache.popitem(last=False)
+            self._cache[entry.name] = (config, state)
+        self._cache.move_to_end(entry.name)
+        return self._cache[entry.name]
+
+    def attach(self, entry: AdapterEntry) -> None:
+        """Put ``entry``'s weights into the slot."""
+        from peft.utils.hotswap import check_hotswap_configs_compatible, hotswap_adapter_from_state_dict
+
+        if self._active == entry.name:
+            self._cache.move_to_end(entry.name)
+            return
+        config, state = self._weights(entry)
+        if self.peft is None:
+            self.peft = load_adapter(self.model, entry.path, adapter_name=HOTSWAP_SLOT)
+        else:
+            check_hotswap_configs_compatible(self.peft.peft_config[HOTSWAP_SLOT], config)
+            if not self._copy_into_slot(config, state):
+                hotswap_adapter_from_state_dict(self.peft, state, HOTSWAP_SLOT, config)
+        self._slot_config, self._active = config, entry.name
+
+    @staticmethod
+    def _shape_key(config) -> tuple:
+        return (
+            config.r,
+            config.lora_alpha,
+            config.use_rslora,
+            sorted(config.target_modules),
+            sorted(config.rank_pattern.items()),
+            sorted(config.alpha_pattern.items()),
+        )
+
+    def _copy_into_slot(self, config, state: dict) -> bool:
+        """Fast path of a hot-swap: same ranks and scaling as the adapter in the slot, so copying the
+        weights is the whole swap (peft's hot-swap also looks modules up and rescales). False: not
+        applicable, use peft's."""
+        if self._slot_config is None or self._shape_key(config) != self._shape_key(self._slot_config):
+            return False
+        if self._slot_params is None:
+            self._slot_params = dict(self.peft.named_parameters())
+        params = self._slot_params
+        if any(k not in params or params[k].shape != v.shape for k, v in state.items()):
+            return False
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v)
+        return True
+
+    def decode(self, feats, langs, entries, generate: Generate) -> list[str]:
+        out: list[str] = [""] * len(entries)
+        groups: OrderedDict[str | None, list[int]] = OrderedDict()
+        for i, e in enumerate(entries):
+            groups.setdefault(e.name if e else None, []).append(i)
+        for name, rows in groups.items():
+            sub_langs = [langs[i] for i in rows]
+            if name is None:
+                texts = self._generate_base(feats[rows], sub_langs, generate)
+            else:
+                self.attach(entries[rows[0]])
+                self.peft.set_adapter(HOTSWAP_SLOT)
+                texts = generate(self.peft, feats[rows], sub_langs, None)
+            for i, t in zip(rows, texts, strict=True):
+                out[i] = t
+        return out
+
+
+def make_pool(mode: str, model, max_loaded: int) -> AdapterPool:
+    """The pool for a ``Transcriber`` mode (``routed`` or ``hotswap``)."""
+    pools = {"routed": RoutedPool, "hotswap": HotSwapPool}
+    if mode not in pools:
+        raise ConfigError(f"invalid mode {mode!r}; valid: {', '.join(sorted(pools))}")
+    return pools[mode](model, max_loaded)
