@@ -16,6 +16,7 @@ import torch
 
 from whisper_lora.data.audio import load_audio
 from whisper_lora.data.synth import shipped_sentences, synthesize
+from whisper_lora.hardware import device_summary
 from whisper_lora.model import load_base_model
 from whisper_lora.transcriber import Transcriber
 
@@ -49,6 +50,7 @@ def main():
     p.add_argument("--adapters", default=str(Path(__file__).resolve().parent.parent / "adapters"))
     p.add_argument("--json", default="bench/results/inference.json")
     a = p.parse_args()
+    print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     torch.manual_seed(0)
     results = {"precision": a.precision, "threads": torch.get_num_threads()}
 
@@ -82,7 +84,7 @@ def main():
     def reload_base():
         from whisper_lora.adapter_io import load_adapter
 
-        m, _ = load_base_model("whisper-base", a.precision)
+        m = load_base_model("whisper-base", a.precision).model
         load_adapter(m, entry.path)
 
     t_reload = timed(reload_base, max(1, a.repeats // 2))
@@ -117,12 +119,12 @@ def main():
 
     # 3. real-time factor: plain base, unmerged adapter, merged adapter (fp32 base for an exact merge)
     feats = t._features([x for xs in audio.values() for x in xs])
-    base, _ = load_base_model("whisper-base", "fp32")
+    base = load_base_model("whisper-base", "fp32").model
     from whisper_lora.adapter_io import load_adapter
 
-    unmerged = load_adapter(load_base_model("whisper-base", "fp32")[0], t.registry.get("sw").path).eval()
+    unmerged = load_adapter(load_base_model("whisper-base", "fp32").model, t.registry.get("sw").path).eval()
     merged = (
-        load_adapter(load_base_model("whisper-base", "fp32")[0], t.registry.get("sw").path).merge_and_unload().eval()
+        load_adapter(load_base_model("whisper-base", "fp32").model, t.registry.get("sw").path).merge_and_unload().eval()
     )
 
     def run(m):
@@ -148,7 +150,7 @@ def main():
 
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps({"machine": device_summary(), **results}, indent=2))
     print(f"\nwrote {out}")
 
 

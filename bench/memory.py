@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from whisper_lora.hardware import device_summary
+
 # (d_model, layers, heads, ffn, mels, vocab) of OpenAI's checkpoints
 SHAPES = {
     "tiny": (384, 4, 6, 1536, 80, 51865),
@@ -123,6 +125,7 @@ def main():
     p.add_argument("--json", default="bench/results/memory.json")
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: path precision checkpointing
     a = p.parse_args()
+    print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     if a.one:
         print(json.dumps(one_step(a.one[0], a.one[1], a.one[2] == "1")))
         return
@@ -156,7 +159,7 @@ def main():
     for r in rows:
         print("| " + " | ".join(_cell(c, r.get(c, "")) for c in cols) + " |")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(rows, indent=2))
+    Path(a.json).write_text(json.dumps({"machine": device_summary(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import httpx
 import soundfile as sf
 
 from whisper_lora.data.synth import shipped_sentences, synthesize
+from whisper_lora.hardware import device_summary
 from whisper_lora.serving.process import running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ def main():
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--json", default="bench/results/serve_load.json")
     a = p.parse_args()
+    print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     cases = [
         ("sw", wav(synthesize(shipped_sentences("sw", "test")[0], "sw", "m2"))),
         ("id", wav(synthesize(shipped_sentences("id", "test")[0], "id", "f2"))),
@@ -87,7 +89,7 @@ def main():
     for k, v in out.items():
         print(f"  {k:<24}{v:.3f}" if isinstance(v, float) else f"  {k:<24}{v}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2))
+    Path(a.json).write_text(json.dumps({"machine": device_summary(), **out}, indent=2))
 
 
 if __name__ == "__main__":

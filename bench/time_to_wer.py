@@ -22,9 +22,11 @@ import torch
 
 from whisper_lora.config import TrainConfig
 from whisper_lora.data.features import collate
+from whisper_lora.data.prepare import prepare_splits
 from whisper_lora.evaluate import evaluate_examples
+from whisper_lora.hardware import device_summary
 from whisper_lora.model import load_base_model
-from whisper_lora.train import prepare_data, train_adapter
+from whisper_lora.train import train_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,8 +52,9 @@ def run_reference(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
     clock = Clock()
-    model, processor = load_base_model(cfg.base, "int8")
-    data = prepare_data(cfg, processor, progress=False, splits=("train", "test"))
+    _loaded = load_base_model(cfg.base, "int8")
+    model, processor = _loaded.model, _loaded.processor
+    data = prepare_splits(cfg.data, cfg.language, processor, splits=("train", "test"), progress=False)
     test = data["test"][:eval_n]
     model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(
@@ -112,8 +115,8 @@ VARIANTS = {
 
 def run_ours(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int, name: str = "ours") -> list[dict]:
     clock = Clock()
-    _, processor = load_base_model(cfg.base, "fp32", "cpu")
-    test = prepare_data(cfg, processor, progress=False, splits=("test",))["test"][:eval_n]
+    processor = load_base_model(cfg.base, "fp32", "cpu").processor
+    test = prepare_splits(cfg.data, cfg.language, processor, splits=("test",), progress=False)["test"][:eval_n]
     curve = []
 
     def on_step(state, model):
@@ -148,6 +151,7 @@ def main():
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--json", default="bench/results/time_to_wer.json")
     a = p.parse_args()
+    print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     if not (Path(a.data) / "texts").is_dir():
         from whisper_lora.cli import main as cli
 
@@ -189,7 +193,7 @@ def main():
             f"{r['minutes_to_reference_wer']} | {r['ratio']} |"
         )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2))
+    Path(a.json).write_text(json.dumps({"machine": device_summary(), **out}, indent=2))
 
 
 if __name__ == "__main__":

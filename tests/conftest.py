@@ -91,7 +91,7 @@ def make_tiny_adapter(tiny_dir: Path, out: Path, language: str, seed: int, r: in
     from whisper_lora.lora import LoraSpec
     from whisper_lora.model import load_base_model
 
-    info = load_base_model(str(tiny_dir), "fp32", "cpu")[0].whisper_lora_base
+    info = load_base_model(str(tiny_dir), "fp32", "cpu").info
     spec = LoraSpec(r=r, alpha=2 * r, targets=("q", "v"))
     torch.manual_seed(seed)
     cfg: LoraConfig = spec.peft_config(2, 2)

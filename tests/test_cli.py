@@ -136,3 +136,58 @@ def test_adapters_list_and_transcribe_json(tiny_dir, tiny_registry, capsys):
     line = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(line) == {"file", "language", "language_probability", "adapter", "text"}
     assert line["adapter"] == "sw" and line["language_probability"] is None and line["file"] == clip
+
+
+def test_adapters_list_shows_broken_entries_apart(tiny_registry, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_registry, root)
+    (root / "sw" / "adapter_model.pt").write_bytes(b"\x80\x04pickle")
+    assert main(["adapters", "list", "--adapters", str(root)]) == 0
+    out = capsys.readouterr().out
+    table, broken = out.split("broken (1), left out:")
+    assert "ary " in table and "cs " in table and "sw " not in table
+    assert "sw    " in broken and "pickled weights (adapter_model.pt)" in broken
+    assert main(["adapters", "list", "--adapters", str(root), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["language"], r.get("broken", False)) for r in rows] == [("ary", False), ("cs", False), ("sw", True)]
+    assert main(["adapters", "list", "--adapters", str(root), "--strict"]) == 1
+    assert "1 broken adapter(s)" in capsys.readouterr().err
+
+
+def test_bad_audio_exits_2_with_one_clean_line(tiny_dir, tiny_registry, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    corrupt = tmp_path / "corrupt.mp3"
+    corrupt.write_bytes(b"ID3" + b"\x00" * 200)
+    common = ["--adapters", str(tiny_registry), "--base", str(tiny_dir), "--precision", "fp32", "--device", "cpu"]
+    for f, message in (
+        (nan, "nan.wav has 16000 non-finite (NaN or infinite) samples"),
+        (corrupt, "cannot decode corrupt.mp3"),
+    ):
+        r = _run("transcribe", str(f), "--language", "sw", *common)
+        assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "Warning" not in r.stderr, r.stderr[-2000:]
+
+
+def test_eval_on_a_corpus_with_only_a_test_split(tiny_dir, corpus_copy):
+    (corpus_copy / "texts" / "train.csv").unlink()
+    (corpus_copy / "texts" / "dev.csv").unlink()
+    common = ["--base", str(tiny_dir), "--precision", "fp32", "--device", "cpu", "--max-new-tokens", "4"]
+    r = _run("eval", "--language", "sw", "--data", str(corpus_copy), "--split", "test", "--json", *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["n"] == 4
+
+
+def test_version_and_quiet(capsys):
+    from whisper_lora.adapter_io import library_version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"whisper-lora {library_version()}"
+    r = _run("-q", "adapters", "list")
+    assert r.returncode == 0 and r.stderr == "" and "sw" in r.stdout

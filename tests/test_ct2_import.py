@@ -24,7 +24,8 @@ def _features(processor, clip):
 def base(base_dir):
     from whisper_lora.model import load_base_model
 
-    return load_base_model(str(base_dir), "fp32", "cpu")
+    loaded = load_base_model(str(base_dir), "fp32", "cpu")
+    return loaded.model, loaded.processor
 
 
 @pytest.mark.slow

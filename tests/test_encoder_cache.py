@@ -3,21 +3,21 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_train_config, train_until
-from whisper_lora.config import TrainConfig
+from whisper_lora.data.prepare import prepare_splits
 from whisper_lora.encoder_cache import EncoderCache, resolve_cache_precision
 from whisper_lora.errors import ConfigError
 from whisper_lora.lora import LoraSpec, apply_lora
 from whisper_lora.model import load_base_model
-from whisper_lora.train import prepare_data, train_adapter
+from whisper_lora.train import train_adapter
 
 DECODER_ONLY = LoraSpec(r=4, alpha=8, dropout=0.1, stacks=("decoder_self", "decoder_cross"))
 
 
 @pytest.fixture(scope="module")
 def peft_tiny(tiny_dir, sw_corpus):
-    model, processor = load_base_model(str(tiny_dir), "fp32", "cpu")
-    cfg = TrainConfig(language="sw", data=str(sw_corpus), base=str(tiny_dir))
-    train = prepare_data(cfg, processor, progress=False, splits=("train",))["train"][:6]
+    _loaded = load_base_model(str(tiny_dir), "fp32", "cpu")
+    model, processor = _loaded.model, _loaded.processor
+    train = prepare_splits(sw_corpus, "sw", processor, splits=("train",), progress=False)["train"][:6]
     return apply_lora(model, DECODER_ONLY), train
 
 
@@ -42,11 +42,12 @@ def test_bf16_copy_is_close_to_fp32_and_freed_when_complete(peft_tiny, tiny_dir)
     model, train = peft_tiny
     cache = EncoderCache(model, train, "bf16", str(tiny_dir))
     got = cache.get([0, 3])
+    assert cache.holds_encoder_copy
     assert got.dtype == torch.bfloat16
     ref = _reference(model, [train[0], train[3]])
     assert float((got.float() - ref).norm() / ref.norm()) < 0.02
     cache.get(range(len(train)))
-    assert cache._encoder is None  # the separate copy is gone; the outputs stay
+    assert not cache.holds_encoder_copy  # the separate copy is gone; the outputs stay
     assert torch.equal(cache.get([0, 3]), got)
 
 

@@ -7,7 +7,7 @@ from whisper_lora.model import load_base_model
 
 
 def _grads(tiny_dir, precision, lean, checkpointing=False):
-    model, _ = load_base_model(str(tiny_dir), precision, "cpu")
+    model = load_base_model(str(tiny_dir), precision, "cpu").model
     torch.manual_seed(0)
     model = apply_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0, targets=("q", "v")))
     patched = make_backward_lean(model) if lean else 0
@@ -41,8 +41,8 @@ def test_lean_backward_under_gradient_checkpointing(tiny_dir):
 
 
 def test_full_precision_models_and_repeated_calls_are_left_alone(tiny_dir):
-    model, _ = load_base_model(str(tiny_dir), "fp32", "cpu")
+    model = load_base_model(str(tiny_dir), "fp32", "cpu").model
     assert make_backward_lean(apply_lora(model, LoraSpec(r=4, alpha=8))) == 0
-    model, _ = load_base_model(str(tiny_dir), "int8", "cpu")
+    model = load_base_model(str(tiny_dir), "int8", "cpu").model
     model = apply_lora(model, LoraSpec(r=4, alpha=8))
     assert make_backward_lean(model) == 32 and make_backward_lean(model) == 0

@@ -13,11 +13,12 @@ from whisper_lora.transcriber import Transcriber
 def test_fp32_merge_matches_the_unmerged_adapter(tiny_dir, tiny_registry, tmp_path):
     report = merge_adapter(tiny_registry / "sw", tmp_path / "merged", base=str(tiny_dir), precision="fp32")
     assert report.max_logit_diff < 1e-3
-    merged, processor = load_base_model(str(tmp_path / "merged"), "fp32", "cpu")
+    _loaded = load_base_model(str(tmp_path / "merged"), "fp32", "cpu")
+    merged, processor = _loaded.model, _loaded.processor
     assert not any("lora" in n for n, _ in merged.named_parameters())
     t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
     audio = torch.randn(16000 * 3).numpy() * 0.1
-    ids = merged.generate(input_features=t._features([audio]), language="sw", task="transcribe", max_new_tokens=8)
+    ids = merged.generate(input_features=t.features([audio]), language="sw", task="transcribe", max_new_tokens=8)
     assert processor.batch_decode(ids, skip_special_tokens=True)[0].strip() == t.transcribe(audio, "sw").text
     assert json.loads((tmp_path / "merged" / "whisper_lora_merge.json").read_text())["precision"] == "fp32"
 
@@ -39,7 +40,8 @@ def test_ctranslate2_export_transcribes_the_same(tmp_path):
     adapter = Path(__file__).resolve().parent.parent / "adapters" / "sw"
     report = merge_adapter(adapter, tmp_path / "merged", ct2_out=tmp_path / "ct2")
     assert report.max_logit_diff < 1e-2
-    merged, processor = load_base_model(str(tmp_path / "merged"), "fp32", "cpu")
+    _loaded = load_base_model(str(tmp_path / "merged"), "fp32", "cpu")
+    merged, processor = _loaded.model, _loaded.processor
     clips = [synthesize(s, "sw", "f4") for s in shipped_sentences("sw", "test")[:3]]
     feats = processor.feature_extractor(clips, sampling_rate=16000, return_tensors="pt").input_features
     ours = processor.batch_decode(

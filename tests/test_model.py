@@ -15,7 +15,8 @@ from whisper_lora.resolve import resolve_base
 def test_int8_load_and_one_training_step(tiny_dir, sw_corpus, caplog):
     import bitsandbytes as bnb
 
-    model, processor = load_base_model(str(tiny_dir), "int8", device="cpu")
+    _loaded = load_base_model(str(tiny_dir), "int8", device="cpu")
+    model, processor = _loaded.model, _loaded.processor
     assert isinstance(model.model.encoder.layers[0].self_attn.q_proj, bnb.nn.Linear8bitLt)
     assert model.model.encoder.layers[0].self_attn.q_proj.weight.dtype == torch.int8
     model = apply_lora(model, LoraSpec(r=4, alpha=8))
@@ -40,7 +41,8 @@ def test_int8_load_and_one_training_step(tiny_dir, sw_corpus, caplog):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "nf4"])
 def test_other_precisions_generate(tiny_dir, precision):
-    model, processor = load_base_model(str(tiny_dir), precision, device="cpu")
+    _loaded = load_base_model(str(tiny_dir), precision, device="cpu")
+    model = _loaded.model
     feats = torch.zeros(1, 80, 3000, dtype=next(model.parameters()).dtype if precision != "nf4" else torch.float32)
     out = model.generate(input_features=feats, language="sw", task="transcribe", max_new_tokens=3)
     assert out.shape[0] == 1 and 1 <= out.shape[1] <= 3
@@ -48,7 +50,7 @@ def test_other_precisions_generate(tiny_dir, precision):
     expected = {"fp32": "Linear", "bf16": "Linear", "nf4": "Linear4bit"}[precision]
     assert type(q).__name__ == expected
     assert (q.weight.dtype == torch.bfloat16) == (precision == "bf16")
-    assert model.whisper_lora_base.precision == precision
+    assert _loaded.info.precision == precision
 
 
 def test_bad_precision_device_and_name():
@@ -69,9 +71,9 @@ def test_quantised_model_lets_go_of_the_checkpoint_file(tiny_dir, precision):
     gc.collect()
     checkpoint = str((tiny_dir / "model.safetensors").resolve())
     assert checkpoint not in Path("/proc/self/maps").read_text()  # nothing else here maps it
-    model, _ = load_base_model(str(tiny_dir), precision, "cpu")
+    model = load_base_model(str(tiny_dir), precision, "cpu").model
     gc.collect()
     assert checkpoint not in Path("/proc/self/maps").read_text()  # no view of the mapped file is left
-    ref, _ = load_base_model(str(tiny_dir), "fp32", "cpu")
+    ref = load_base_model(str(tiny_dir), "fp32", "cpu").model
     assert model.proj_out.weight is model.model.decoder.embed_tokens.weight  # still tied
     torch.testing.assert_close(model.model.decoder.embed_tokens.weight, ref.model.decoder.embed_tokens.weight)

@@ -76,7 +76,8 @@ def test_reloaded_adapter_gives_identical_logits_and_plain_peft_loads_it(trained
     from whisper_lora.data.features import collate, featurize
     from whisper_lora.data.readers import load_corpus
 
-    model, processor = load_base_model(str(tiny_dir), "fp32", "cpu")
+    _loaded = load_base_model(str(tiny_dir), "fp32", "cpu")
+    model, processor = _loaded.model, _loaded.processor
     splits, _ = load_corpus(sw_corpus, "sw")
     batch = collate(featurize(splits["test"][:2], processor)[0])
     ours = load_adapter(model, trained.adapter_dir).eval()

@@ -30,7 +30,6 @@ SUPPORTED_BINARY_VERSIONS = (5, 6)
 # Order of CTranslate2's DataType enum.
 _CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # 5 = bfloat16
 _BF16_ID = 5
-N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
 
 
 class _ChainedReader:
@@ -232,7 +231,7 @@ def _first_file(model_dirs: list[Path], name: str) -> Path | None:
     return next((d / name for d in model_dirs if (d / name).exists()), None)
 
 
-def build_tokenizer(tokenizer_json: Path, vocab_size: int, multilingual: bool):
+def build_tokenizer(tokenizer_json: Path, vocab_size: int):
     """Build a ``WhisperTokenizer`` from a faster-whisper ``tokenizer.json``."""
     from transformers import AddedToken, WhisperTokenizer
 
@@ -314,7 +313,7 @@ def convert_ct2_checkpoint(src_dirs: str | Path | list[Path], out_dir: str | Pat
         raise ConversionError(
             f"no tokenizer.json in {', '.join(map(str, src_dirs))}; faster-whisper checkpoints ship one"
         )
-    tok = build_tokenizer(tok_path, dims["vocab_size"], multilingual)
+    tok = build_tokenizer(tok_path, dims["vocab_size"])
     gen = build_generation_config(tok, ct2_config, dims, multilingual)
 
     config = WhisperConfig(

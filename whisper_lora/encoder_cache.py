@@ -20,7 +20,8 @@ import torch
 
 from .data.features import Example
 from .errors import ConfigError, format_choices
-from .model import fast_bf16, load_whisper
+from .hardware import fast_bf16
+from .model import load_whisper
 
 CachePrecision = Literal["base", "auto", "bf16", "fp32"]
 CACHE_PRECISIONS: tuple[str, ...] = get_args(CachePrecision)
@@ -56,6 +57,11 @@ class EncoderCache:
 
     def __len__(self) -> int:
         return len(self._outputs)
+
+    @property
+    def holds_encoder_copy(self) -> bool:
+        """Whether a separate bf16/fp32 encoder copy is in memory (freed once every utterance is cached)."""
+        return self._encoder is not None and self.precision != "base"
 
     @property
     def complete(self) -> bool:

@@ -69,6 +69,14 @@ def score(references: Sequence[str], hypotheses: Sequence[str], language: str) -
     )
 
 
+def reference_cap(examples: Sequence[Example], max_new_tokens: int) -> int:
+    """Decoding cap for a batch: its longest reference plus a margin (a quarter, at least 10
+    tokens), never above ``max_new_tokens``. A hypothesis that long already scores as a loop, so
+    decoding further changes nothing but time."""
+    longest = max(len(e.labels) for e in examples)
+    return min(max_new_tokens, longest + max(10, longest // 4))
+
+
 @torch.no_grad()
 def transcribe_examples(
     model,
@@ -80,27 +88,35 @@ def transcribe_examples(
     num_beams: int = 1,
     progress: bool = False,
     desc: str = "decode",
+    cap_to_references: bool = True,
 ) -> list[str]:
-    """Greedy (or beam) transcripts of featurised examples with the language forced."""
+    """Greedy (or beam) transcripts of featurised examples with the language forced, in input order.
+
+    Examples are decoded in batches of similar reference length, each batch stopping at
+    ``reference_cap`` tokens (``cap_to_references=False``: at ``max_new_tokens``).
+    """
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    out: list[str] = []
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].labels))  # batched by length
+    out: list[str] = [""] * len(examples)
     try:
-        for i in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress, leave=False):
-            batch = examples[i : i + batch_size]
+        for i in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+            rows = order[i : i + batch_size]
+            batch = [examples[k] for k in rows]
             feats = torch.stack([e.input_features for e in batch]).to(device=device, dtype=dtype)
             ids = model.generate(
                 input_features=feats,
                 language=resolve_language(language).whisper,
                 task="transcribe",
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=reference_cap(batch, max_new_tokens) if cap_to_references else max_new_tokens,
                 num_beams=num_beams,
             )
-            out += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+            for k, text in zip(rows, processor.batch_decode(ids, skip_special_tokens=True), strict=True):
+                out[k] = text.strip()
     finally:
         model.train(was_training)
     return out

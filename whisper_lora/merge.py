@@ -57,8 +57,9 @@ def merge_adapter(
             f"cannot merge into {precision!r}; valid: bf16, fp32, int8 (nf4 merges are lossy and unsupported)"
         )
     meta = read_metadata(adapter_dir)
-    model, processor = load_base_model(base or meta.base["name"], precision)
-    peft = load_adapter(model, adapter_dir).eval()
+    loaded = load_base_model(base or meta.base["name"], precision)
+    processor = loaded.processor
+    peft = load_adapter(loaded.model, adapter_dir).eval()
     dtype = next(p.dtype for p in peft.parameters() if p.is_floating_point())
     probe = examples[:4] if examples else None
     feats = torch.stack([e.input_features for e in probe]) if probe else torch.randn(2, 80, 3000) * 0.5

@@ -44,18 +44,6 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"invalid device {device!r}; valid: auto, cpu, cuda, cuda:N") from None
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: assume no native bf16
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def release_checkpoint_mapping(model) -> None:
     """Copy a quantised model's remaining float tensors off the memory-mapped checkpoint.
 
@@ -125,18 +113,44 @@ def load_whisper(
     return model.eval()
 
 
+@dataclass(frozen=True)
+class LoadedBase:
+    """What ``load_base_model`` returns: the model, its processor and its identity."""
+
+    model: object  # WhisperForConditionalGeneration, eval mode, on its device
+    processor: object  # WhisperProcessor
+    info: BaseModelInfo
+
+
+def describe_base(name: str, path: str, precision: str, config=None) -> BaseModelInfo:
+    """The identity of the checkpoint at ``path`` (reads only its config unless ``config`` is given)."""
+    if config is None:
+        from transformers import WhisperConfig
+
+        config = WhisperConfig.from_pretrained(path)
+    return BaseModelInfo(
+        name=str(name),
+        path=str(path),
+        fingerprint=fingerprint_checkpoint(path),
+        precision=precision,
+        d_model=config.d_model,
+        encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers,
+        vocab_size=config.vocab_size,
+    )
+
+
 def load_base_model(
     name_or_path: str = DEFAULT_BASE,
     precision: Precision = "int8",
     device: str | torch.device | None = "auto",
     int8_threshold: float = 6.0,
-):
-    """Load a Whisper checkpoint and its processor.
+) -> LoadedBase:
+    """Load a Whisper checkpoint, its processor and its identity (``LoadedBase``).
 
     ``int8_threshold`` is LLM.int8()'s outlier threshold: 6.0 (bitsandbytes' default) computes
     outlier columns in 16 bit, chosen over the whole batch, so a result can depend on what else
     is in the batch; 0.0 quantises every row on its own, which makes results batch-independent.
-    Returns ``(model, processor)``; ``model.whisper_lora_base`` holds a ``BaseModelInfo``.
     """
     from transformers import WhisperProcessor
 
@@ -145,15 +159,4 @@ def load_base_model(
     path = resolve_base(name_or_path)
     model = load_whisper(path, precision, device, int8_threshold)
     processor = WhisperProcessor.from_pretrained(path)
-    cfg = model.config
-    model.whisper_lora_base = BaseModelInfo(
-        name=str(name_or_path),
-        path=path,
-        fingerprint=fingerprint_checkpoint(path),
-        precision=precision,
-        d_model=cfg.d_model,
-        encoder_layers=cfg.encoder_layers,
-        decoder_layers=cfg.decoder_layers,
-        vocab_size=cfg.vocab_size,
-    )
-    return model, processor
+    return LoadedBase(model, processor, describe_base(name_or_path, path, precision, model.config))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import shutil
@@ -15,17 +16,19 @@ import torch
 from .adapter_io import AdapterMetadata, data_fingerprint, save_adapter
 from .atomic import atomic_directory
 from .config import TrainConfig
-from .data.features import Example, collate, featurize
-from .data.readers import load_corpus
+from .data.features import Example, collate
+from .data.prepare import prepare_splits
 from .encoder_cache import EncoderCache
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .evaluate import compare_base_and_adapter, evaluate_examples
+from .hardware import device_summary, fast_bf16
 from .languages import resolve_language
 from .lean_backward import make_backward_lean
 from .lora import apply_lora, count_parameters
-from .model import fast_bf16, load_base_model
+from .model import load_base_model
 
 CHECKPOINT_STATE = "trainer_state.pt"
+log = logging.getLogger("whisper_lora")
 
 
 @dataclass
@@ -67,20 +70,159 @@ def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
             params[k].copy_(v)
 
 
-def prepare_data(
-    cfg: TrainConfig, processor, progress: bool = True, splits: tuple[str, ...] = ("train", "dev", "test")
-) -> dict[str, list[Example]]:
-    """Read, check and featurise the given splits; fails with the bad-row report when too many are bad."""
-    records, bad = load_corpus(cfg.data, cfg.language, cfg.data_format, cfg.split_fractions, cfg.seed)
-    out = {}
-    for name in splits:
-        out[name], bad = featurize(records.get(name, []), processor, bad, progress=progress)
-    bad.check(cfg.max_bad_fraction, f"corpus {cfg.data}")
-    if bad.bad:
-        print(f"[whisper-lora] skipped rows: {bad.summary()}")
-    if "train" in splits and not out.get("train"):
-        raise DataError(f"corpus {cfg.data} has no usable training utterances ({bad.summary()})")
-    return out
+@dataclass
+class _Run:
+    """Everything a training run sets up before its first step."""
+
+    model: object  # the PeftModel being trained (accelerate-prepared)
+    raw: object  # the same model unwrapped
+    processor: object
+    base_info: object  # BaseModelInfo
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    opt: torch.optim.Optimizer
+    sched: object
+    params: list[torch.Tensor]
+    enc_cache: EncoderCache | None
+    bf16: bool  # autocast the forward
+    hidden_dtype: torch.dtype  # cached encoder outputs enter the decoder in this dtype
+
+
+def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
+    """Load the base, featurise the corpus, inject LoRA, build the optimizer."""
+    from transformers import get_linear_schedule_with_warmup
+
+    if show:
+        log.info("device: %s", device_summary(acc.device))
+    torch.manual_seed(cfg.seed)
+    base = load_base_model(cfg.base, cfg.precision, device=acc.device)
+    data = prepare_splits(
+        cfg.data,
+        cfg.language,
+        base.processor,
+        data_format=cfg.data_format,
+        split_fractions=cfg.split_fractions,
+        seed=cfg.seed,
+        max_bad_fraction=cfg.max_bad_fraction,
+        progress=show,
+    )
+    torch.manual_seed(cfg.seed)  # adapter init does not depend on what loading consumed
+    model = apply_lora(base.model, cfg.lora)
+    if show:
+        log.info("%s", count_parameters(model))
+    if cfg.lean_backward:
+        make_backward_lean(model)
+    use_cache = cfg.cache_encoder and not cfg.lora.touches_encoder
+    enc_cache = EncoderCache(model, data["train"], cfg.cache_precision, base.info.path) if use_cache else None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, cfg.warmup_steps, cfg.max_steps)
+    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
+    dev = data["dev"][: cfg.eval_samples] if cfg.eval_samples else data["dev"]
+    return _Run(
+        model,
+        model,
+        base.processor,
+        base.info,
+        data["train"],
+        dev,
+        data["test"],
+        opt,
+        sched,
+        params,
+        enc_cache,
+        bf16,
+        model.get_base_model().dtype,
+    )
+
+
+def _restore(run: _Run, cfg: TrainConfig, ckpt_dir: Path) -> tuple[TrainState, dict]:
+    """Continue from the checkpoint in ``ckpt_dir``: (state, best weights); refuses a changed config."""
+    saved = torch.load(ckpt_dir / CHECKPOINT_STATE, weights_only=False)
+    current = cfg.to_dict()
+    if saved["config"] != current:
+        diff = sorted(k for k in saved["config"] if saved["config"][k] != current.get(k))
+        raise ConfigError(f"cannot resume from {ckpt_dir}: the config changed ({', '.join(diff)})")
+    _load_trainable(run.raw, saved["model"])
+    run.opt.load_state_dict(saved["optimizer"])
+    run.sched.load_state_dict(saved["scheduler"])
+    return TrainState(**saved["state"]), saved["best"]
+
+
+def _save_checkpoint(run: _Run, cfg: TrainConfig, ckpt_dir: Path, state: TrainState, best: dict) -> None:
+    """Write everything a resume needs, atomically."""
+    with atomic_directory(ckpt_dir) as tmp:
+        torch.save(
+            {
+                "config": cfg.to_dict(),
+                "model": _trainable_state(run.raw),
+                "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(),
+                "best": best,
+                "state": state.__dict__,
+            },
+            tmp / CHECKPOINT_STATE,
+        )
+
+
+def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
+    """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
+    idx = _batches(len(run.train), cfg.batch_size, cfg.seed, step)[acc.process_index :: acc.num_processes]
+    torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
+    batch = collate([run.train[i] for i in idx], features=run.enc_cache is None)
+    labels = batch["labels"].to(acc.device)
+    with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+        if run.enc_cache is not None:
+            hidden = run.enc_cache.get(idx).to(run.hidden_dtype)
+            loss = run.model(encoder_outputs=(hidden,), labels=labels).loss
+        else:
+            loss = run.model(input_features=batch["input_features"].to(acc.device), labels=labels).loss
+    acc.backward(loss)
+    acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    return acc.gather(loss.detach()[None]).mean().item()
+
+
+def _evaluate_dev(run: _Run, cfg: TrainConfig, language: str, state: TrainState, best: dict) -> None:
+    """Score the dev subset; keep the weights when dev CER is the best so far."""
+    scores, _ = evaluate_examples(run.raw, run.processor, run.dev, language, max_new_tokens=cfg.max_new_tokens)
+    state.history.append({"step": state.step, "dev": scores.to_dict()})
+    if scores.cer < state.best_cer:
+        state.best_cer, state.best_step = scores.cer, state.step
+        best.update(_trainable_state(run.raw))
+    log.info("step %d: dev WER %.3f CER %.3f", state.step, scores.wer, scores.cer)
+
+
+def _metadata(run: _Run, cfg: TrainConfig, acc, state: TrainState, minutes: float) -> AdapterMetadata:
+    """What ``whisper_lora.json`` records about this run."""
+    lang = resolve_language(cfg.language)
+    return AdapterMetadata(
+        language=lang.code,
+        whisper_language=lang.whisper,
+        base={k: v for k, v in run.base_info.__dict__.items() if k != "path"},
+        lora=cfg.lora.to_dict(),
+        data={
+            "fingerprint": data_fingerprint(run.train),
+            "train_utterances": len(run.train),
+            "train_seconds": round(sum(e.duration for e in run.train), 1),
+            "source": str(cfg.data),
+        },
+        training={
+            **{k: v for k, v in cfg.to_dict().items() if k not in ("lora", "data", "out")},
+            "steps": state.step,
+            "best_step": state.best_step,
+            "processes": acc.num_processes,
+            "minutes": round(minutes, 2),
+            "cached_encoder": run.enc_cache.precision if run.enc_cache else None,
+            "autocast_bf16": run.bf16,
+            "loss_history": [h["loss"] for h in state.history if "loss" in h],
+        },
+    )
 
 
 def train_adapter(
@@ -97,155 +239,69 @@ def train_adapter(
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out_dir = cfg.out_dir
-    ckpt_dir = out_dir.with_name(f"{out_dir.name}.checkpoint")
+    ckpt_dir = cfg.out_dir.with_name(f"{cfg.out_dir.name}.checkpoint")
     acc = Accelerator(cpu=cfg.device == "cpu")
     main = acc.is_main_process
-    show = progress and main
-    torch.manual_seed(cfg.seed)
-    lang = resolve_language(cfg.language)
+    lang = resolve_language(cfg.language).code
 
-    model, processor = load_base_model(cfg.base, cfg.precision, device=acc.device)
-    base_info = model.whisper_lora_base
-    data = prepare_data(cfg, processor, progress=show)
-    train, dev, test = data["train"], data.get("dev", []), data.get("test", [])
-    dev = dev[: cfg.eval_samples] if cfg.eval_samples else dev
-
-    torch.manual_seed(cfg.seed)  # adapter init does not depend on what loading consumed
-    model = apply_lora(model, cfg.lora)
-    if main:
-        print(f"[whisper-lora] {count_parameters(model)}")
-    if cfg.lean_backward:
-        make_backward_lean(model)
-    use_cache = cfg.cache_encoder and not cfg.lora.touches_encoder
-    enc_cache = EncoderCache(model, train, cfg.cache_precision, base_info.path) if use_cache else None
-    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, cfg.warmup_steps, cfg.max_steps)
-    state = TrainState()
-    best = _trainable_state(model)
+    # set up (and resume)
+    run = _set_up(cfg, acc, show=progress and main)
+    state, best = TrainState(), _trainable_state(run.raw)
     if resume and (ckpt_dir / CHECKPOINT_STATE).exists():
-        saved = torch.load(ckpt_dir / CHECKPOINT_STATE, weights_only=False)
-        current = cfg.to_dict()
-        if saved["config"] != current:
-            diff = sorted(k for k in saved["config"] if saved["config"][k] != current.get(k))
-            raise ConfigError(f"cannot resume from {ckpt_dir}: the config changed ({', '.join(diff)})")
-        _load_trainable(model, saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        best, state = saved["best"], TrainState(**saved["state"])
+        state, best = _restore(run, cfg, ckpt_dir)
         if main:
-            print(f"[whisper-lora] resumed from {ckpt_dir} at step {state.step}")
-    model, opt = acc.prepare(model, opt)
-    raw = acc.unwrap_model(model)
+            log.info("resumed from %s at step %d", ckpt_dir, state.step)
+    run.model, run.opt = acc.prepare(run.model, run.opt)
+    run.raw = acc.unwrap_model(run.model)
 
     def evaluate_dev() -> None:
-        if main and dev:
-            scores, _ = evaluate_examples(raw, processor, dev, lang.code, max_new_tokens=cfg.max_new_tokens)
-            state.history.append({"step": state.step, "dev": scores.to_dict()})
-            if scores.cer < state.best_cer:
-                state.best_cer, state.best_step = scores.cer, state.step
-                best.update(_trainable_state(raw))
-            print(f"[whisper-lora] step {state.step}: dev WER {scores.wer:.3f} CER {scores.cer:.3f}")
+        if main and run.dev:
+            _evaluate_dev(run, cfg, lang, state, best)
         acc.wait_for_everyone()
 
-    def checkpoint() -> None:
-        if main:
-            with atomic_directory(ckpt_dir) as tmp:
-                torch.save(
-                    {
-                        "config": cfg.to_dict(),
-                        "model": _trainable_state(raw),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "best": best,
-                        "state": state.__dict__,
-                    },
-                    tmp / CHECKPOINT_STATE,
-                )
-        acc.wait_for_everyone()
-
-    hidden_dtype = raw.get_base_model().dtype  # cached encoder outputs enter the decoder in its dtype
+    # training loop
     started = time.monotonic()
-    model.train()
-    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {lang.code}", disable=not show)
+    run.model.train()
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {lang}", disable=not (progress and main))
     while state.step < cfg.max_steps:
         if cfg.max_minutes and (time.monotonic() - started) / 60 > cfg.max_minutes:
             if main:
-                print(f"[whisper-lora] time budget of {cfg.max_minutes} min spent at step {state.step}")
+                log.warning("time budget of %s min spent at step %d of %d", cfg.max_minutes, state.step, cfg.max_steps)
             break
-        idx = _batches(len(train), cfg.batch_size, cfg.seed, state.step)[acc.process_index :: acc.num_processes]
-        torch.manual_seed(cfg.seed * 1_000_003 + state.step)  # dropout masks depend on the step only
-        batch = collate([train[i] for i in idx], features=enc_cache is None)
-        labels = batch["labels"].to(acc.device)
-        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16):
-            if enc_cache is not None:
-                hidden = enc_cache.get(idx).to(hidden_dtype)
-                loss = model(encoder_outputs=(hidden,), labels=labels).loss
-            else:
-                loss = model(input_features=batch["input_features"].to(acc.device), labels=labels).loss
-        acc.backward(loss)
-        acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        loss = _train_step(run, cfg, acc, state.step)
         state.step += 1
-        loss_value = acc.gather(loss.detach()[None]).mean().item()
-        state.history.append({"step": state.step, "loss": round(loss_value, 4)})
+        state.history.append({"step": state.step, "loss": round(loss, 4)})
         bar.update()
-        bar.set_postfix(loss=f"{loss_value:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}")
         if cfg.eval_every and state.step % cfg.eval_every == 0:
             evaluate_dev()
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            checkpoint()
+            if main:
+                _save_checkpoint(run, cfg, ckpt_dir, state, best)
+            acc.wait_for_everyone()
         for cb in callbacks:
-            cb(state, raw)
+            cb(state, run.raw)
     bar.close()
+
+    # pick the adapter to keep, score it on test, save
     if not state.history or "dev" not in state.history[-1]:
         evaluate_dev()
-    if not dev:  # nothing to select on: keep the last weights
-        best = _trainable_state(raw)
-    _load_trainable(raw, best)
-
-    metadata = AdapterMetadata(
-        language=lang.code,
-        whisper_language=lang.whisper,
-        base={k: v for k, v in base_info.__dict__.items() if k != "path"},
-        lora=cfg.lora.to_dict(),
-        data={
-            "fingerprint": data_fingerprint(train),
-            "train_utterances": len(train),
-            "train_seconds": round(sum(e.duration for e in train), 1),
-            "source": str(cfg.data),
-        },
-        training={
-            **{k: v for k, v in cfg.to_dict().items() if k not in ("lora", "data", "out")},
-            "steps": state.step,
-            "best_step": state.best_step,
-            "processes": acc.num_processes,
-            "minutes": round((time.monotonic() - started) / 60, 2),
-            "cached_encoder": enc_cache.precision if enc_cache else None,
-            "autocast_bf16": bf16,
-        },
-    )
+    if not run.dev:  # nothing to select on: keep the last weights
+        best = _trainable_state(run.raw)
+    _load_trainable(run.raw, best)
+    metadata = _metadata(run, cfg, acc, state, (time.monotonic() - started) / 60)
     if main:
-        if test and cfg.final_eval:
+        if run.test and cfg.final_eval:
             metadata.metrics = {
                 "split": "test",
-                "n": len(test),
-                **compare_base_and_adapter(raw, processor, test, lang.code, max_new_tokens=cfg.max_new_tokens),
+                "n": len(run.test),
+                **compare_base_and_adapter(run.raw, run.processor, run.test, lang, max_new_tokens=cfg.max_new_tokens),
             }
         metadata.metrics["dev_history"] = [h for h in state.history if "dev" in h]
-        metadata.training["loss_history"] = [h["loss"] for h in state.history if "loss" in h]
-        save_adapter(raw, out_dir, metadata)
+        save_adapter(run.raw, cfg.out_dir, metadata)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     acc.wait_for_everyone()
-    return TrainResult(out_dir, metadata, state)
+    return TrainResult(cfg.out_dir, metadata, state)

@@ -15,9 +15,9 @@ from whisper_lora.serving.process import running
 CASES = [("sw", None), ("cs", None), ("ary", None), ("auto", "en"), ("auto", "sw"), ("whisper-tiny-random", "cs")]
 
 
-def _wav(audio: np.ndarray) -> bytes:
+def _wav(audio: np.ndarray, subtype: str = "PCM_16") -> bytes:
     buf = io.BytesIO()
-    sf.write(buf, audio, 16000, format="WAV", subtype="PCM_16")
+    sf.write(buf, audio, 16000, format="WAV", subtype=subtype)
     return buf.getvalue()
 
 
@@ -87,6 +87,7 @@ def test_official_openai_client(server):
         ({"wav": b""}, 400, "empty"),
         ({"wav": b"RIFF\x00\x00\x00\x00WAVEjunk" * 10, "filename": "x.wav"}, 400, "could not decode"),
         ({"wav": b"\x00" * (2**20 + 10)}, 413, "larger than the limit"),
+        ({"wav": _wav(np.full(16000, np.nan, np.float32), "FLOAT")}, 400, "16000 non-finite (NaN or infinite)"),
         ({"model": "klingon"}, 404, "unknown model 'klingon'; valid models: whisper-tiny-random, auto"),
         ({"language": "xx"}, 400, "unknown language 'xx'"),
         ({"fmt": "srt"}, 400, "unsupported response_format 'srt'; valid: json, text, verbose_json"),
@@ -131,3 +132,24 @@ def test_concurrent_mixed_load_equals_isolated(server):
     after = httpx.get(f"{server}/health").json()
     assert after["served"] - before["served"] == 50
     assert after["batches"] - before["batches"] < 50  # requests really shared decode calls
+
+
+def test_a_broken_adapter_is_reported_and_the_rest_serve(tiny_dir, tiny_registry, tmp_path):
+    import shutil
+
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_registry, root)
+    (root / "cs" / "whisper_lora.json").write_text("{not json")
+    args = ["serve", "--base", str(tiny_dir), "--adapters", str(root), "--precision", "fp32", "--device", "cpu"]
+    with running([*args, "--max-new-tokens", "8"], timeout=240) as url:
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "degraded" and health["adapters"] == ["ary", "sw"]
+        assert [b["name"] for b in health["broken_adapters"]] == ["cs"]
+        assert "whisper_lora.json is malformed" in health["broken_adapters"][0]["reason"]
+        models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+        assert models["cs"]["status"] == "broken" and "malformed" in models["cs"]["reason"]
+        assert _post(url, WAVS[0], "sw").status_code == 200
+        for model, lang in (("cs", None), ("auto", "cs")):  # asked by name or routed by language
+            r = _post(url, WAVS[0], model, lang)
+            assert r.status_code == 503, r.text
+            assert "adapter 'cs' is broken: " in r.json()["error"]["message"]
