@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import WhisperLoraError
@@ -80,7 +83,7 @@ def _train_config(a):
 def _cmd_train(a) -> int:
     from .train import train_adapter
 
-    result = train_adapter(_train_config(a), resume=a.resume, progress=not a.quiet)
+    result = train_adapter(_train_config(a), resume=a.resume, progress=not (a.quiet or a.no_progress))
     print(_metrics_table(result.metadata.language, result.metadata.metrics))
     print(f"adapter written to {result.adapter_dir}")
     return 0
@@ -103,57 +106,45 @@ def _metrics_table(language: str, m: dict) -> str:
     return "\n".join(rows)
 
 
+def _examples(a, language: str, processor, split: str) -> list:
+    """The featurised utterances of one split of ``--data`` (only that split is read)."""
+    from .data.prepare import prepare_splits
+
+    examples = prepare_splits(a.data, language, processor, splits=(split,), max_bad_fraction=1.0, progress=not a.json)[
+        split
+    ]
+    if not examples:
+        raise WhisperLoraError(f"split {split!r} of {a.data} has no usable utterances")
+    return examples[: a.limit] if a.limit else examples
+
+
 def _cmd_eval(a) -> int:
     from .adapter_io import load_adapter, read_metadata
-    from .config import TrainConfig
     from .evaluate import compare_base_and_adapter, evaluate_examples
     from .model import load_base_model
-    from .train import prepare_data
 
-    base = a.base
-    if a.adapter and not base:
-        base = read_metadata(a.adapter).base.get("name")
-    cfg = TrainConfig(
-        language=a.language,
-        data=a.data,
-        base=base or "whisper-base",
-        precision=a.precision or "int8",
-        device=a.device or "auto",
-        max_bad_fraction=1.0,
-    )
-    model, processor = load_base_model(cfg.base, cfg.precision, cfg.device, a.int8_threshold)
-    data = prepare_data(cfg, processor, progress=not a.json, splits=(a.split,))
-    examples = data.get(a.split) or []
-    if not examples:
-        raise WhisperLoraError(
-            f"split {a.split!r} of {a.data} is empty; splits: {', '.join(k for k, v in data.items() if v)}"
-        )
-    if a.limit:
-        examples = examples[: a.limit]
+    base = a.base or (read_metadata(a.adapter).base.get("name") if a.adapter else None) or "whisper-base"
+    loaded = load_base_model(base, a.precision or "int8", a.device or "auto", a.int8_threshold)
+    model = loaded.model
+    examples = _examples(a, a.language, loaded.processor, a.split)
     kw = dict(max_new_tokens=a.max_new_tokens, progress=not a.json)
     if a.adapter:
         model = load_adapter(model, a.adapter)
-        m = compare_base_and_adapter(model, processor, examples, cfg.language, **kw)
+        m = compare_base_and_adapter(model, loaded.processor, examples, a.language, **kw)
     else:
-        m = {"base": evaluate_examples(model, processor, examples, cfg.language, **kw)[0].to_dict(), "adapter": None}
+        m = {
+            "base": evaluate_examples(model, loaded.processor, examples, a.language, **kw)[0].to_dict(),
+            "adapter": None,
+        }
+    keys = ("wer", "cer", "wer_orthographic", "cer_orthographic")
     if a.json:
-        out = {"language": cfg.language, "n": len(examples), "split": a.split}
-        for k in ("base", "adapter"):
-            out[k] = (
-                None
-                if m[k] is None
-                else {
-                    "wer": m[k]["wer"],
-                    "cer": m[k]["cer"],
-                    "wer_orthographic": m[k]["wer_orthographic"],
-                    "cer_orthographic": m[k]["cer_orthographic"],
-                }
-            )
+        out = {"language": a.language, "n": len(examples), "split": a.split}
+        out.update({k: None if m[k] is None else {x: m[k][x] for x in keys} for k in ("base", "adapter")})
         print(json.dumps(out))
     elif m["adapter"] is None:
         print(f"base on {a.split} ({len(examples)}): WER {m['base']['wer']:.3f} CER {m['base']['cer']:.3f}")
     else:
-        print(_metrics_table(cfg.language, {"split": a.split, "n": len(examples), **m}))
+        print(_metrics_table(a.language, {"split": a.split, "n": len(examples), **m}))
     return 0
 
 
@@ -190,8 +181,14 @@ def _cmd_adapters(a) -> int:
     from .registry import AdapterRegistry
 
     reg = AdapterRegistry(a.adapters)
+    if a.base:
+        from .model import describe_base
+        from .resolve import resolve_base
+
+        reg = reg.with_base(describe_base(a.base, resolve_base(a.base), "int8"))
+    good, broken = reg.scan()
     rows = []
-    for e in reg.entries():
+    for e in good:
         m = e.metadata.metrics
         rows.append(
             {
@@ -210,14 +207,25 @@ def _cmd_adapters(a) -> int:
     if a.json:
         for r in rows:
             print(json.dumps(r))
-        return 0
-    print(f"{'lang':<6}{'whisper':<9}{'base':<14}{'r':>4}{'MB':>7}{'WER':>8}{'base WER':>10}{'CER':>8}{'base CER':>10}")
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
-    for r in rows:
+        for b in broken:
+            print(json.dumps({"language": b.name, "broken": True, **b.to_dict()}))
+    else:
         print(
-            f"{r['language']:<6}{r['whisper_language']:<9}{str(r['base']):<14}{r['rank']:>4}{r['size_mb']:>7}"
-            f"{fmt(r['test_wer']):>8}{fmt(r['base_test_wer']):>10}{fmt(r['test_cer']):>8}{fmt(r['base_test_cer']):>10}"
+            f"{'lang':<6}{'whisper':<9}{'base':<14}{'r':>4}{'MB':>7}{'WER':>8}{'base WER':>10}{'CER':>8}{'base CER':>10}"
         )
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
+        for r in rows:
+            print(
+                f"{r['language']:<6}{r['whisper_language']:<9}{str(r['base']):<14}{r['rank']:>4}{r['size_mb']:>7}"
+                f"{fmt(r['test_wer']):>8}{fmt(r['base_test_wer']):>10}{fmt(r['test_cer']):>8}{fmt(r['base_test_cer']):>10}"
+            )
+        if broken:
+            print(f"\nbroken ({len(broken)}), left out:")
+            for b in broken:
+                print(f"{b.name:<6}{b.reason}")
+    if broken and a.strict:
+        print(f"whisper-lora: error: {len(broken)} broken adapter(s) in {reg.root}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -227,14 +235,12 @@ def _cmd_merge(a) -> int:
 
     examples = None
     if a.data:
-        from .config import TrainConfig
         from .model import load_base_model
-        from .train import prepare_data
 
         meta = read_metadata(a.adapter)
-        cfg = TrainConfig(language=meta.language, data=a.data, base=a.base or meta.base["name"], max_bad_fraction=1.0)
-        _, processor = load_base_model(cfg.base, "fp32", "cpu")
-        examples = prepare_data(cfg, processor, progress=False, splits=("test",))["test"][: a.limit]
+        processor = load_base_model(a.base or meta.base["name"], "fp32", "cpu").processor
+        a.json = True  # no progress bars around the JSON report
+        examples = _examples(a, meta.language, processor, "test")
     report = merge_adapter(a.adapter, a.out, a.base, a.precision or "fp32", examples, a.ct2, a.ct2_quantization)
     print(report.to_json())
     return 0
@@ -259,6 +265,9 @@ def _cmd_demo(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisper-lora", description="Per-language LoRA adapters for Whisper")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more messages (-vv: third-party too)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write a synthetic DVoice-layout corpus with espeak-ng")
@@ -284,13 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
     t.set_defaults(fn=_cmd_train)
 
     e = sub.add_parser("eval", help="WER/CER of the base and an adapter side by side")
     e.add_argument("--language", required=True)
     e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    e.add_argument("--split", default="test", choices=["train", "dev", "test"], help="only this split is read")
     e.add_argument("--adapter")
     _add_common(e)
     e.add_argument("--limit", type=int, help="score only the first N utterances")
@@ -315,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     ad_sub = ad.add_subparsers(dest="action", required=True)
     ls = ad_sub.add_parser("list", help="adapters by language with their held-out WER/CER")
     ls.add_argument("--adapters", help="registry directory (default: the repository's adapters/)")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="one JSON line per adapter (broken ones with a reason)")
+    ls.add_argument("--base", help="also check compatibility with this base (name, path or hub id)")
+    ls.add_argument("--strict", action="store_true", help="exit with status 1 when any adapter is broken")
     ls.set_defaults(fn=_cmd_adapters)
 
     m = sub.add_parser("merge", help="merge an adapter into its base: a standalone checkpoint")
@@ -350,8 +361,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from .adapter_io import library_version
+
+    return library_version()
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """What the user sees: the library's messages on stderr at INFO (``-q``: WARNING, ``-v``: DEBUG);
+    third-party loggers at ERROR unless ``-vv``."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logger = logging.getLogger("whisper_lora")
+    logger.setLevel(level)
+    if not any(getattr(h, "whisper_lora_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[whisper-lora] %(message)s"))
+        handler.whisper_lora_cli = True
+        logger.addHandler(handler)
+        logger.propagate = False
+    if verbose < 2:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices of our own dependencies
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
     try:
         return args.fn(args)
     except WhisperLoraError as e:

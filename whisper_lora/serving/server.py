@@ -17,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..data.audio import SAMPLE_RATE, AudioError, load_audio
-from ..errors import AdapterError, ConfigError, WhisperLoraError
+from ..data.audio import SAMPLE_RATE, AudioError, check_signal, load_audio
+from ..errors import AdapterError, BrokenAdapterError, ConfigError, WhisperLoraError
 from ..languages import resolve_language
 from ..transcriber import AUTO, ROUTE, Transcriber
 from .batcher import MicroBatcher
@@ -51,14 +51,15 @@ def decode_upload(data: bytes, filename: str) -> np.ndarray:
         f.write(data)
         f.flush()
         try:
-            audio = load_audio(f.name)
+            audio = load_audio(f.name, validate=False)
         except AudioError:
             raise ApiError(
                 400, f"could not decode {filename or 'the upload'} as audio; send wav, flac, ogg or mp3", "file"
             ) from None
-    if audio.size == 0:
-        raise ApiError(400, f"{filename or 'the upload'} holds no audio samples", "file")
-    return audio
+    try:
+        return check_signal(audio, filename or "the upload")  # no samples, NaN or inf
+    except AudioError as e:
+        raise ApiError(400, str(e), "file") from None
 
 
 def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
@@ -89,13 +90,18 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
     async def _library_error(_, e: WhisperLoraError):
         return err(400, str(e))
 
+    @app.exception_handler(BrokenAdapterError)
+    async def _broken_adapter(_, e: BrokenAdapterError):  # the server's registry is at fault, not the request
+        return err(503, str(e), "model", "adapter_unavailable")
+
     @app.get("/health")
     def health():
         return {
-            "status": "ok",
+            "status": "degraded" if transcriber.broken_adapters() else "ok",
             "base": base_name,
             "precision": transcriber.base_info.precision,
             "adapters": transcriber.adapters(),
+            "broken_adapters": [b.to_dict() for b in transcriber.broken_adapters()],
             "batches": batcher.batches,
             "served": batcher.served,
         }
@@ -115,6 +121,19 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
             }
             for m in (*ROUTER_MODELS, *transcriber.adapters())
         ]
+        data += [
+            {
+                "id": b.name,
+                "object": "model",
+                "created": now,
+                "owned_by": "whisper-lora",
+                "root": base_name,
+                "parent": base_name,
+                "status": "broken",
+                "reason": b.reason,
+            }
+            for b in transcriber.broken_adapters()
+        ]
         return {"object": "list", "data": data}
 
     def pick_adapter(model: str) -> str | None:
@@ -124,6 +143,8 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
             return None
         try:
             entry = transcriber.registry.find(model)
+        except BrokenAdapterError:
+            raise
         except (ConfigError, AdapterError):
             entry = None
         if entry is None:
