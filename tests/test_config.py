@@ -12,7 +12,9 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "recipes" / "configs"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_recipe_configs_are_valid(path):
     cfg = TrainConfig.from_yaml(path)
-    assert isinstance(cfg.lora, LoraSpec) and cfg.out_dir.parts[0] == "runs"  # recipes never write into the tracked registry
+    assert (
+        isinstance(cfg.lora, LoraSpec) and cfg.out_dir.parts[0] == "runs"
+    )  # recipes never write into the tracked registry
 
 
 def test_every_problem_is_reported_at_once():

@@ -83,7 +83,11 @@ def _train_config(a):
 def _cmd_train(a) -> int:
     from .train import train_adapter
 
-    result = train_adapter(_train_config(a), resume=a.resume, progress=not (a.quiet or a.no_progress))
+    cfg = _train_config(a)
+    result = train_adapter(cfg, resume=a.resume, progress=not (a.quiet or a.no_progress))
+    t = result.metadata.training
+    cut = f", stopped by the {cfg.max_minutes}-minute cap" if t["steps"] < cfg.max_steps else ""
+    print(f"trained {t['steps']} of {cfg.max_steps} steps in {t['minutes']} min{cut}; kept step {t['best_step']}")
     print(_metrics_table(result.metadata.language, result.metadata.metrics))
     print(f"adapter written to {result.adapter_dir}")
     return 0
