@@ -62,14 +62,33 @@ _ALIASES: dict[str, str] = {
 }
 
 
+def _iso3(code: str) -> str:
+    import langcodes
+
+    try:
+        return langcodes.Language.get(code).to_alpha3()
+    except (LookupError, ValueError):
+        return code
+
+
 def _index() -> dict[str, Language]:
+    """Every key a user may type: Whisper's codes and English names and their ISO 639-3 codes (from transformers'
+    tokenizer tables and langcodes), then the hand-written table (proxies, espeak voices) and aliases on top."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
     index: dict[str, Language] = {}
     for code in WHISPER_LANGUAGES:
-        index[code] = Language(code, code, code, code)
-    for lang in _TABLE:
+        lang = Language(code, code, LANGUAGES.get(code, code).title(), _iso3(code))
+        index[code] = index[lang.iso3] = lang
+    for name, code in TO_LANGUAGE_CODE.items():  # "swedish", "castilian", "mandarin", ...
+        if code in index:
+            index.setdefault(name, index[code])
+    for lang in _TABLE:  # replaces the generated entry of its code wherever that one was indexed
+        for key in [k for k, v in index.items() if v.code == lang.code]:
+            index[key] = lang
         index[lang.code] = lang
         index.setdefault(lang.iso3, lang)
-        index.setdefault(lang.name.lower(), lang)
+        index[lang.name.lower()] = lang
     for alias, code in _ALIASES.items():
         index[alias] = index[code]
     return index
@@ -79,14 +98,21 @@ _INDEX = _index()
 
 
 def resolve_language(code: str) -> Language:
-    """Resolve an ISO 639-1/639-3 code or alias (``sw``, ``swa``, ``ary``, ``darija``)."""
+    """Resolve an ISO 639-1/639-3 code, an English name or an alias (``sw``, ``swa``, ``swahili``, ``ary``, ``darija``)."""
+    import langcodes
+
     key = str(code).strip().lower()
     if key.startswith("<|") and key.endswith("|>"):
         key = key[2:-2]
-    try:
+    if key in _INDEX:
         return _INDEX[key]
-    except KeyError:
-        raise ConfigError(f"unknown language {code!r}; valid codes: {format_choices(_INDEX)}") from None
+    try:  # other spellings of a known code (e.g. ISO 639-3 macrolanguage members, deprecated tags)
+        tag = langcodes.standardize_tag(key)
+    except (LookupError, ValueError):
+        tag = None
+    if tag in _INDEX:
+        return _INDEX[tag]
+    raise ConfigError(f"unknown language {code!r}; valid codes: {format_choices(_INDEX)}")
 
 
 def whisper_token(code: str) -> str:
