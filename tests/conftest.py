@@ -152,5 +152,6 @@ def tiny_train_config(tiny_dir: Path, corpus: Path, out: Path, **overrides):
         max_new_tokens=4,
         warmup_steps=1,
         learning_rate=5e-3,
+        cache_dir=str(Path(out).parent / "encoder-cache"),  # never the user's cache
     )
     return TrainConfig(**{**fields, **overrides})

@@ -1,10 +1,13 @@
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_train_config, train_until
 from whisper_lora.data.prepare import prepare_splits
-from whisper_lora.encoder_cache import EncoderCache, resolve_cache_precision
+from whisper_lora.data.audio import write_wav
+from whisper_lora.data.features import Example
+from whisper_lora.encoder_cache import DiskStore, EncoderCache, encode_lower, encode_upper, resolve_cache_precision
 from whisper_lora.errors import ConfigError
 from whisper_lora.lora import LoraSpec, apply_lora
 from whisper_lora.model import load_base_model
@@ -29,7 +32,7 @@ def _reference(peft_model, examples):
 
 def test_cache_fills_lazily_and_matches_the_encoder(peft_tiny):
     model, train = peft_tiny
-    cache = EncoderCache(model, train, "base")
+    cache = EncoderCache(model, train, precision="base")
     got = cache.get([4, 1])
     assert len(cache) == 2 and not cache.complete  # only what was asked for was encoded
     torch.testing.assert_close(got, _reference(model, [train[4], train[1]]), rtol=1e-5, atol=1e-5)
@@ -40,7 +43,7 @@ def test_cache_fills_lazily_and_matches_the_encoder(peft_tiny):
 
 def test_bf16_copy_is_close_to_fp32_and_freed_when_complete(peft_tiny, tiny_dir):
     model, train = peft_tiny
-    cache = EncoderCache(model, train, "bf16", str(tiny_dir))
+    cache = EncoderCache(model, train, precision="bf16", base_path=str(tiny_dir))
     got = cache.get([0, 3])
     assert cache.holds_encoder_copy
     assert got.dtype == torch.bfloat16
@@ -56,7 +59,7 @@ def test_cache_precision_choices(peft_tiny):
         resolve_cache_precision("int4", torch.device("cpu"))
     assert resolve_cache_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
     with pytest.raises(ConfigError, match="needs the base checkpoint"):
-        EncoderCache(peft_tiny[0], peft_tiny[1], "fp32")
+        EncoderCache(peft_tiny[0], peft_tiny[1], precision="fp32")
 
 
 def _cfg(tiny_dir, corpus, out, **kw):
@@ -68,6 +71,7 @@ def _cfg(tiny_dir, corpus, out, **kw):
         seed=3,
         final_eval=False,
         cache_precision="base",  # exact comparisons; bf16 has its own test above
+        cache_storage="memory",
         mixed_precision="no",
     )
     return tiny_train_config(tiny_dir, corpus, out, **{**base, **kw})
@@ -106,3 +110,83 @@ def test_bf16_autocast_trains_like_fp32(tiny_dir, sw_corpus, tmp_path):
     la, lb = fp32.metadata.training["loss_history"], bf16.metadata.training["loss_history"]
     assert la[0] == pytest.approx(lb[0], rel=0.02)  # same weights at step 1: same loss up to bf16 rounding
     assert lb[-1] < lb[0]  # and it learns
+
+
+TOP_LAYER = LoraSpec(r=4, alpha=8, dropout=0.1, encoder_top=1)  # tiny Whisper: encoder layer 1 + decoder
+
+
+def test_lower_and_upper_passes_compose_to_the_encoder(peft_tiny):
+    model, train = peft_tiny
+    encoder = model.get_base_model().model.encoder
+    feats = torch.stack([train[0].input_features, train[1].input_features])
+    with torch.no_grad():
+        full = encoder(feats, output_hidden_states=True)
+        lower = encode_lower(encoder, feats, 1)
+        torch.testing.assert_close(lower, full.hidden_states[1])  # the input of layer 1
+        torch.testing.assert_close(encode_upper(encoder, lower, 1), full.last_hidden_state)
+        torch.testing.assert_close(encode_lower(encoder, feats, 2), full.last_hidden_state)
+
+
+def test_top_layer_adapters_train_on_cached_lower_states_like_uncached(tiny_dir, sw_corpus, tmp_path):
+    kw = dict(lora=TOP_LAYER, max_steps=6)
+    cached = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "c", **kw), progress=False)
+    plain = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "p", cache_encoder=False, **kw), progress=False)
+    assert cached.metadata.training["cached_encoder_layers"] == 1
+    a, b = _adapter(cached), _adapter(plain)
+    enc = [k for k in a if "encoder.layers.1" in k and "lora_B" in k]
+    assert enc and all(float(a[k].abs().sum()) > 0 for k in enc)  # the encoder adapter learned
+    assert not any("encoder.layers.0." in k for k in a)  # the frozen layer has none
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_disk_cache_is_reused_by_a_second_run(tiny_dir, sw_corpus, tmp_path):
+    kw = dict(lora=TOP_LAYER, max_steps=7, cache_storage="disk", cache_dir=str(tmp_path / "store"))
+    first = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", **kw), progress=False)
+    second = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "b", **kw), progress=False)
+    n_train = first.metadata.data["train_utterances"]
+    assert first.metadata.training["cache_encoded"] == n_train  # 7 steps x 4 > 24: every utterance once
+    assert second.metadata.training["cache_encoded"] == 0  # nothing re-encoded
+    files = list((tmp_path / "store").rglob("*.npy"))
+    assert len(files) == n_train and {f.parent.name for f in files} == {"L1-base"}
+    a, b = _adapter(first), _adapter(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # first use and reuse see the same stored numbers
+
+
+def test_disk_store_keeps_16_bit_values(tmp_path):
+    x = torch.randn(1500, 64) * 30
+    fp16 = DiskStore(tmp_path / "h", torch.float32)
+    got = fp16.get("k") if fp16.put("k", x) is not None else None
+    assert got.dtype == torch.float16 and float((got.float() - x).norm() / x.norm()) < 1e-3
+    bf16 = DiskStore(tmp_path / "b", torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    assert torch.equal(bf16.put("k", xb), xb) and torch.equal(bf16.get("k"), xb)  # lossless
+    (tmp_path / "h" / "bad.npy").write_bytes(b"truncated")
+    assert fp16.get("bad") is None  # a damaged entry is recomputed, not trusted
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_disk_cache_memory_does_not_grow_with_the_corpus(peft_tiny, tmp_path):
+    """Thousands of distinct utterances: RSS stays flat with the disk store (RAM would need ~370 MB)."""
+    model, train = peft_tiny
+    fe = train[0].feature_extractor
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(1200):
+        path = tmp_path / "wav" / f"{i}.wav"
+        path.parent.mkdir(exist_ok=True)
+        write_wav(path, rng.uniform(-0.3, 0.3, 4000).astype(np.float32))
+        clips.append(Example(str(i), "x", "sw", str(path), [1], 0.25, fe))
+    cache = EncoderCache(model, clips, precision="base", storage="disk", root=tmp_path / "s", fingerprint="f")
+    cache.get(range(100))  # warm-up: allocator pools, first mappings
+    before = _rss_mb()
+    for start in range(100, len(clips), 50):
+        cache.get(range(start, start + 50))
+    grown = _rss_mb() - before
+    per_state = 1500 * 64 * 4 / 2**20
+    assert cache.complete and cache.encoded == len(clips)
+    assert grown < 0.1 * per_state * len(clips), f"RSS grew {grown:.0f} MB over {len(clips)} utterances"

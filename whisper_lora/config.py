@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .encoder_cache import CACHE_PRECISIONS
+from .encoder_cache import CACHE_PRECISIONS, CACHE_STORAGES
 from .errors import ConfigError, format_choices
 from .languages import resolve_language
 from .lora import LoraSpec
@@ -38,8 +38,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = True  # recompute activations (use_reentrant=False)
-    cache_encoder: bool = True  # encode each utterance once when no adapter sits in the encoder
+    cache_encoder: bool = True  # run the encoder layers below the first adapter once per utterance
     cache_precision: str = "auto"  # encoder for that pass: auto (bf16 where fast, else fp32), bf16, fp32, base
+    cache_storage: str = "disk"  # disk (16-bit, memory-mapped, reused across runs) or memory (exact)
+    cache_dir: str | None = None  # disk cache root (None: $WHISPER_LORA_CACHE/encoder)
     lean_backward: bool = True  # backward through frozen int8/nf4 layers without keeping their inputs
     mixed_precision: str = "auto"  # bf16 autocast of the training forward: auto (where bf16 is fast), bf16, no
     eval_every: int = 50  # steps between dev evaluations (0: only at the end)
@@ -62,6 +64,8 @@ class TrainConfig:
             problems.append(f"precision={self.precision!r}; valid: {format_choices(PRECISIONS)}")
         if self.cache_precision not in CACHE_PRECISIONS:
             problems.append(f"cache_precision={self.cache_precision!r}; valid: {format_choices(CACHE_PRECISIONS)}")
+        if self.cache_storage not in CACHE_STORAGES:
+            problems.append(f"cache_storage={self.cache_storage!r}; valid: {format_choices(CACHE_STORAGES)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             problems.append(f"mixed_precision={self.mixed_precision!r}; valid: {format_choices(MIXED_PRECISIONS)}")
         if self.data_format not in ("auto", "dvoice", "commonvoice", "manifest"):

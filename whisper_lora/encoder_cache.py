@@ -1,22 +1,42 @@
-"""Frozen-encoder outputs for decoder-only adapters, computed on first use.
+"""States of the frozen lower encoder, computed once per utterance and kept on disk.
 
-When no adapter sits in the encoder its outputs never change during training, so each training
-utterance is encoded once, the first time a batch needs it, and training starts at once instead
-of after a full pass over the corpus. Every utterance is encoded on its own, so its cached output
-does not depend on what it was batched with (a resumed run reproduces an uninterrupted one).
+A LoRA spec leaves the lowest ``b`` encoder layers without adapters (``LoraSpec.frozen_encoder_layers``):
+all of them when only the decoder is adapted, all but the top K with ``encoder_top=K``. Their output
+never changes during training, so each training utterance is run through them once, the first time
+a batch needs it, and a training step then runs only the adapted top layers and the decoder.
 
-The pass can run on a separate copy of the encoder at another precision (``cache_precision``):
-on CPUs with AVX512-BF16/AMX and on CUDA a bf16 encoder is 2-3x faster than bitsandbytes' int8
-one and closer to the full-precision outputs. The copy is freed once every utterance is cached.
+What is stored is the input of the first adapted encoder layer (``b < L``) or the encoder's output
+(``b == L``, decoder-only adapters). Each utterance is encoded on its own, so its state does not
+depend on what it was batched with (a resumed run reproduces an uninterrupted one).
+
+Two stores:
+
+- ``DiskStore`` (default in training): one ``.npy`` file per utterance under a directory named by the
+  base's weight fingerprint, the layer and the encoder precision; the file name is a hash of the
+  utterance's log-mel features. Entries are read memory-mapped and copied per batch, so RAM does not
+  grow with the corpus, and a second run, a resume or a sweep over the same corpus finds them and
+  starts training without encoding. Values are stored in 16 bit: bf16 states as they are (lossless),
+  fp32 states as float16 (relative error ~5e-4).
+- ``MemoryStore``: tensors in RAM, exact (used by tests that compare with the uncached path).
+
+The pass can run on a separate copy of the encoder at another precision (``cache_precision``): on
+CPUs with AVX512-BF16/AMX and on CUDA a bf16 encoder is 2-3x faster than bitsandbytes' int8 one and
+closer to the full-precision outputs. The copy keeps only the frozen layers and is freed once every
+training utterance is stored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import uuid
 from collections.abc import Sequence
-from contextlib import nullcontext
+from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
 import torch
+from torch import nn
 
 from .data.features import Example
 from .errors import ConfigError, format_choices
@@ -25,6 +45,8 @@ from .model import load_whisper
 
 CachePrecision = Literal["base", "auto", "bf16", "fp32"]
 CACHE_PRECISIONS: tuple[str, ...] = get_args(CachePrecision)
+CacheStorage = Literal["disk", "memory"]
+CACHE_STORAGES: tuple[str, ...] = get_args(CacheStorage)
 
 
 def resolve_cache_precision(precision: str, device: torch.device) -> str:
@@ -36,48 +58,181 @@ def resolve_cache_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-class EncoderCache:
-    """Encoder outputs of a fixed list of examples, filled lazily by ``get``."""
+def default_cache_root() -> Path:
+    """``$WHISPER_LORA_CACHE/encoder`` (default ``~/.cache/whisper-lora/encoder``)."""
+    from .resolve import cache_dir
 
-    def __init__(self, model, examples: Sequence[Example], precision: str = "base", base_path: str | None = None):
-        """``model`` is the (peft-wrapped) base being trained, ``precision`` one of ``CACHE_PRECISIONS``;
-        ``base_path`` is the checkpoint a separate bf16/fp32 encoder copy is loaded from."""
+    return cache_dir() / "encoder"
+
+
+def encode_lower(encoder: nn.Module, features: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """The input of encoder layer ``n_layers`` (the encoder's final output when it is the layer count).
+
+    The partial pass repeats what ``WhisperEncoder.forward`` does before its layers (convolutions,
+    positional embeddings), since transformers offers no way to stop after some layers.
+    """
+    if n_layers >= len(encoder.layers):
+        return encoder(features).last_hidden_state
+    x = nn.functional.gelu(encoder.conv1(features))
+    x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    for layer in encoder.layers[:n_layers]:
+        x = layer(x, None)
+    return x
+
+
+def encode_upper(encoder: nn.Module, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """The encoder's output from the input of layer ``start`` (returns ``hidden`` when ``start`` is the layer count)."""
+    if start >= len(encoder.layers):
+        return hidden
+    for layer in encoder.layers[start:]:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
+def features_key(features: torch.Tensor) -> str:
+    """Content hash of an utterance's log-mel features (the disk store's file name)."""
+    return hashlib.sha256(features.detach().float().contiguous().numpy().tobytes()).hexdigest()[:32]
+
+
+class MemoryStore:
+    """Encoder states in RAM, as computed."""
+
+    def __init__(self) -> None:
+        self._d: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str) -> torch.Tensor | None:
+        return self._d.get(key)
+
+    def put(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        self._d[key] = value
+        return value
+
+
+class DiskStore:
+    """Encoder states as 16-bit ``.npy`` files, one per utterance, read memory-mapped.
+
+    Writes go to a temporary file renamed into place, so concurrent runs and interrupted ones never
+    leave a partial entry behind.
+    """
+
+    def __init__(self, directory: str | Path, dtype: torch.dtype) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.bf16 = dtype == torch.bfloat16  # stored bit for bit as uint16; everything else as float16
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{key}.npy"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError):  # damaged entry: recompute it
+            return None
+        t = torch.from_numpy(np.array(arr))  # one copy out of the mapping
+        return t.view(torch.bfloat16) if self.bf16 else t
+
+    def put(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """Store ``value``; returns it as stored (16 bit), so first use and later reads see the same numbers."""
+        stored = value.to(torch.bfloat16 if self.bf16 else torch.float16).contiguous()
+        arr = stored.view(torch.uint16).numpy() if self.bf16 else stored.numpy()
+        tmp = self.dir / f".{key}.{uuid.uuid4().hex}.tmp.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, self._path(key))
+        return stored
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.dir.glob("*.npy"))
+
+
+def cache_directory(root: str | Path, fingerprint: str, layer: int, precision: str) -> Path:
+    """Where a base's states at one layer and precision live: ``<root>/<fingerprint>/L<layer>-<precision>``."""
+    return Path(root) / fingerprint / f"L{layer}-{precision}"
+
+
+class EncoderCache:
+    """Frozen lower-encoder states of a fixed list of examples, filled lazily by ``get``."""
+
+    def __init__(
+        self,
+        model,
+        examples: Sequence[Example],
+        frozen_layers: int | None = None,
+        precision: str = "base",
+        base_path: str | None = None,
+        storage: str = "memory",
+        root: str | Path | None = None,
+        fingerprint: str | None = None,
+    ):
+        """``model`` is the (peft-wrapped) base being trained; ``frozen_layers`` the number of encoder
+        layers below the first adapter (default: all, i.e. decoder-only adapters); ``precision`` one of
+        ``CACHE_PRECISIONS``; ``base_path`` the checkpoint a separate bf16/fp32 encoder copy is loaded
+        from; ``storage`` ``memory`` or ``disk`` (under ``root``, default ``default_cache_root()``,
+        in a directory of the base's ``fingerprint``)."""
         self.examples = examples
         self.device = next(model.parameters()).device
         self.precision = resolve_cache_precision(precision, self.device)
-        self._outputs: dict[int, torch.Tensor] = {}
-        self._peft = model
+        base_encoder = model.get_base_model().model.encoder
+        n_layers = len(base_encoder.layers)
+        self.frozen_layers = n_layers if frozen_layers is None else frozen_layers
+        if not 0 < self.frozen_layers <= n_layers:
+            raise ConfigError(f"frozen_layers={frozen_layers!r}: nothing to cache below layer 1 (valid 1..{n_layers})")
+        if storage not in CACHE_STORAGES:
+            raise ConfigError(f"invalid cache storage {storage!r}; valid: {format_choices(CACHE_STORAGES)}")
         if self.precision != "base" and base_path is None:
             raise ConfigError(f"cache_precision={precision!r} needs the base checkpoint's path")
         if self.precision == "base":
-            self._encoder = model.get_base_model().model.encoder
+            self._encoder = base_encoder  # the layers below the first adapter carry none: no switch-off needed
         else:
             self._encoder = load_whisper(base_path, self.precision, self.device).model.encoder
+            if self.frozen_layers < n_layers:  # keep only what the pass runs
+                self._encoder.layers = self._encoder.layers[: self.frozen_layers]
         self._dtype = next(self._encoder.parameters()).dtype
+        if storage == "disk":
+            if fingerprint is None:
+                raise ConfigError("a disk encoder cache needs the base's fingerprint")
+            directory = cache_directory(root or default_cache_root(), fingerprint, self.frozen_layers, self.precision)
+            self.store: MemoryStore | DiskStore = DiskStore(directory, self._dtype)
+        else:
+            self.store = MemoryStore()
+        self._keys: dict[int, str] = {}  # example index -> store key, once known
+        self.encoded = 0  # utterances run through the encoder by this cache (the rest came from the store)
 
     def __len__(self) -> int:
-        return len(self._outputs)
+        return len(self._keys)
 
     @property
     def holds_encoder_copy(self) -> bool:
-        """Whether a separate bf16/fp32 encoder copy is in memory (freed once every utterance is cached)."""
+        """Whether a separate bf16/fp32 encoder copy is in memory (freed once every utterance is stored)."""
         return self._encoder is not None and self.precision != "base"
 
     @property
     def complete(self) -> bool:
-        return len(self._outputs) == len(self.examples)
+        return len(self._keys) == len(self.examples)
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
-        """Stacked encoder outputs ``(len(indices), frames, d_model)`` on the model's device, as stored."""
+        """Stacked states ``(len(indices), frames, d_model)`` on the model's device, as stored."""
+        out = []
         for i in indices:
-            if i not in self._outputs:
-                self._outputs[i] = self._encode(self.examples[i])
-        if self.complete:
-            self._encoder = None  # a separate copy is freed here; the base's own stays with the model
-        return torch.stack([self._outputs[i] for i in indices]).to(self.device)
+            value = self.store.get(self._keys[i]) if i in self._keys else None
+            if value is None:
+                features = self.examples[i].input_features
+                key = features_key(features)
+                value = self.store.get(key)
+                if value is None:
+                    value = self.store.put(key, self._encode(features))
+                    self.encoded += 1
+                self._keys[i] = key
+            out.append(value)
+        if self.complete and self.holds_encoder_copy:
+            self._encoder = None  # the separate copy is freed; the base's own stays with the model
+        return torch.stack(out).to(self.device)
 
-    def _encode(self, example: Example) -> torch.Tensor:
-        feats = example.input_features[None].to(self.device, self._dtype)
-        adapters_off = self._peft.disable_adapter() if self.precision == "base" else nullcontext()
-        with torch.no_grad(), adapters_off:
-            return self._encoder(feats).last_hidden_state[0].cpu()
+    def _encode(self, features: torch.Tensor) -> torch.Tensor:
+        if self._encoder is None:  # an entry vanished from disk after the copy was freed
+            raise RuntimeError("encoder cache entry missing after the encoder copy was freed; rerun to recompute it")
+        with torch.no_grad():
+            return encode_lower(self._encoder, features[None].to(self.device, self._dtype), self.frozen_layers)[0].cpu()

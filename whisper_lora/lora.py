@@ -31,6 +31,7 @@ class LoraSpec:
     targets: tuple[str, ...] = ("q", "v")  # projections: q, k, v, out; fc1/fc2 (FFN) optional
     stacks: tuple[str, ...] = STACKS  # encoder_self, decoder_self, decoder_cross
     layers: tuple[int, ...] | None = None  # restrict to these layer indices (None = all)
+    encoder_top: int | None = None  # adapt only the top K encoder layers (None = all); the frozen rest is cached
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -47,6 +48,8 @@ class LoraSpec:
         bad_t = [t for t in self.targets if t not in TARGETS]
         if bad_t or not self.targets:
             problems.append(f"targets={list(self.targets)!r}: valid targets are {format_choices(TARGETS)}")
+        if self.encoder_top is not None and (not isinstance(self.encoder_top, int) or self.encoder_top < 0):
+            problems.append(f"encoder_top={self.encoder_top!r} must be a non-negative integer (None = all layers)")
         bad_s = [s for s in self.stacks if s not in STACKS]
         if bad_s or not self.stacks:
             problems.append(f"stacks={list(self.stacks)!r}: valid stacks are {format_choices(STACKS)}")
@@ -56,7 +59,21 @@ class LoraSpec:
     @property
     def touches_encoder(self) -> bool:
         """True when some adapter sits in the encoder (encoder outputs then depend on it)."""
-        return "encoder_self" in self.stacks
+        return "encoder_self" in self.stacks and self.encoder_top != 0
+
+    def _adapted_encoder_layers(self, encoder_layers: int) -> list[int]:
+        if "encoder_self" not in self.stacks:
+            return []
+        low = 0 if self.encoder_top is None else max(0, encoder_layers - self.encoder_top)
+        return [i for i in range(low, encoder_layers) if self.layers is None or i in self.layers]
+
+    def frozen_encoder_layers(self, encoder_layers: int) -> int:
+        """How many encoder layers from the bottom carry no adapter: their output never changes in training.
+
+        Equal to ``encoder_layers`` when the encoder is not adapted at all.
+        """
+        adapted = self._adapted_encoder_layers(encoder_layers)
+        return min(adapted) if adapted else encoder_layers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,10 +91,11 @@ class LoraSpec:
         names = []
         for stack in self.stacks:
             prefix, attn = _STACK_ATTN[stack]
-            n = encoder_layers if stack == "encoder_self" else decoder_layers
-            for i in range(n):
-                if self.layers is not None and i not in self.layers:
-                    continue
+            if stack == "encoder_self":
+                indices = self._adapted_encoder_layers(encoder_layers)
+            else:
+                indices = [i for i in range(decoder_layers) if self.layers is None or i in self.layers]
+            for i in indices:
                 for t in self.targets:
                     if t in ("fc1", "fc2"):
                         if stack != "decoder_cross":  # FFN belongs to the layer, count it once

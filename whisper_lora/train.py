@@ -18,7 +18,7 @@ from .atomic import atomic_directory
 from .config import TrainConfig
 from .data.features import Example, collate
 from .data.prepare import prepare_splits
-from .encoder_cache import EncoderCache
+from .encoder_cache import EncoderCache, encode_upper
 from .errors import ConfigError
 from .evaluate import compare_base_and_adapter, evaluate_examples
 from .hardware import device_summary, fast_bf16
@@ -86,7 +86,8 @@ class _Run:
     params: list[torch.Tensor]
     enc_cache: EncoderCache | None
     bf16: bool  # autocast the forward
-    hidden_dtype: torch.dtype  # cached encoder outputs enter the decoder in this dtype
+    hidden_dtype: torch.dtype  # cached encoder states enter the model in this dtype
+    encoder: torch.nn.Module  # the (LoRA-injected) encoder of the model being trained
 
 
 def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
@@ -113,8 +114,22 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         log.info("%s", count_parameters(model))
     if cfg.lean_backward:
         make_backward_lean(model)
-    use_cache = cfg.cache_encoder and not cfg.lora.touches_encoder
-    enc_cache = EncoderCache(model, data["train"], cfg.cache_precision, base.info.path) if use_cache else None
+    frozen = cfg.lora.frozen_encoder_layers(base.model.config.encoder_layers)
+    enc_cache = None
+    if cfg.cache_encoder and frozen > 0:
+        enc_cache = EncoderCache(
+            model,
+            data["train"],
+            frozen,
+            cfg.cache_precision,
+            base.info.path,
+            storage=cfg.cache_storage,
+            root=cfg.cache_dir,
+            fingerprint=base.info.fingerprint,
+        )
+        if show:
+            where = enc_cache.store.dir if cfg.cache_storage == "disk" else "memory"
+            log.info("encoder cache: states after %d frozen encoder layers (%s) in %s", frozen, enc_cache.precision, where)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
@@ -136,6 +151,7 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         enc_cache,
         bf16,
         model.get_base_model().dtype,
+        model.get_base_model().model.encoder,
     )
 
 
@@ -177,6 +193,7 @@ def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
     with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.bf16):
         if run.enc_cache is not None:
             hidden = run.enc_cache.get(idx).to(run.hidden_dtype)
+            hidden = encode_upper(run.encoder, hidden, run.enc_cache.frozen_layers)  # the adapted top layers
             loss = run.model(encoder_outputs=(hidden,), labels=labels).loss
         else:
             loss = run.model(input_features=batch["input_features"].to(acc.device), labels=labels).loss
@@ -219,6 +236,8 @@ def _metadata(run: _Run, cfg: TrainConfig, acc, state: TrainState, minutes: floa
             "processes": acc.num_processes,
             "minutes": round(minutes, 2),
             "cached_encoder": run.enc_cache.precision if run.enc_cache else None,
+            "cached_encoder_layers": run.enc_cache.frozen_layers if run.enc_cache else 0,
+            "cache_encoded": run.enc_cache.encoded if run.enc_cache else 0,  # 0: every state came from the store
             "autocast_bf16": run.bf16,
             "loss_history": [h["loss"] for h in state.history if "loss" in h],
         },

@@ -6,7 +6,7 @@ Rows that cannot be used are skipped and counted by reason (see ``records.BAD_RE
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,29 @@ MAX_LABEL_TOKENS = 448  # Whisper's decoder context
 
 @dataclass
 class Example:
-    """One featurised utterance."""
+    """One checked utterance, ready for the model.
+
+    Its log-mel features are computed from the audio file each time ``input_features`` is read
+    (about 10 ms for a short clip) and never kept, so a corpus of any size costs the same memory.
+    """
 
     id: str
     text: str
     language: str  # registry code
-    input_features: torch.Tensor  # (n_mels, 3000) log-mel
+    audio: str  # path of the audio file
     labels: list[int]  # <|lang|> <|transcribe|> <|notimestamps|> text <|endoftext|> (no <|sot|>)
     duration: float  # seconds of audio
+    feature_extractor: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def input_features(self) -> torch.Tensor:
+        """``(n_mels, 3000)`` log-mel of the 30 s window, as the processor computes it."""
+        return log_mel(self.feature_extractor, load_audio(self.audio))
+
+
+def log_mel(feature_extractor, audio: np.ndarray) -> torch.Tensor:
+    """Whisper's ``(n_mels, 3000)`` log-mel features of one clip."""
+    return feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
 
 
 def prefix_ids(tokenizer, language: str, task: str = "transcribe") -> list[int]:
@@ -55,7 +70,7 @@ def featurize(
     max_label_tokens: int = MAX_LABEL_TOKENS,
     progress: bool = False,
 ) -> tuple[list[Example], BadRows]:
-    """Decode, check and featurise records; returns the good examples and the bad-row report."""
+    """Decode and check records, tokenise their labels; returns the good examples and the bad-row report."""
     from tqdm.auto import tqdm
 
     bad = bad if bad is not None else BadRows()
@@ -82,8 +97,7 @@ def featurize(
         if len(labels) + 1 > max_label_tokens:
             bad.add("too_long_labels", r.id)
             continue
-        feats = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
-        out.append(Example(r.id, r.text, r.language, feats, labels, len(audio) / SAMPLE_RATE))
+        out.append(Example(r.id, r.text, r.language, r.audio, labels, len(audio) / SAMPLE_RATE, processor.feature_extractor))
     return out, bad
 
 
