@@ -2,7 +2,7 @@
 """Czech adapter on real recorded speech: Fish Fillets NG voice acting (Debian packages).
 
     apt-get install fillets-ng-data fillets-ng-data-cs   # or: apt-get download + dpkg-deb -x
-    python recipes/czech_fillets.py [--root /usr/share/games/fillets-ng] [--limit-train 600]
+    python recipes/czech_fillets.py [--root /usr/share/games/fillets-ng] [--limit-train N] [--limit-test 120]
 
 Builds a manifest (whole levels held out for dev/test), trains, prints the before/after table.
 """
@@ -20,7 +20,7 @@ if __name__ == "__main__":
     p.add_argument("--root", default=str(DEFAULT_ROOT))
     p.add_argument("--config", default=str(Path(__file__).parent / "configs" / "cs_fillets.yaml"))
     p.add_argument("--manifest", default="data/cs_fillets/manifest.csv")
-    p.add_argument("--limit-train", type=int, default=600, help="training lines kept (CPU time budget)")
+    p.add_argument("--limit-train", type=int, default=10**9, help="training lines kept (default: all 1451)")
     p.add_argument("--limit-test", type=int, default=120, help="held-out lines scored")
     p.add_argument("--resume", action="store_true")
     a = p.parse_args()

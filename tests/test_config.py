@@ -28,11 +28,15 @@ def test_every_problem_is_reported_at_once():
             split_fractions=(0.6, 0.6),
             cache_precision="int4",
             mixed_precision="fp16",
+            gradient_checkpointing="maybe",
+            cache_storage="tape",
         )
     msg = str(e.value)
     for part in (
         "unknown language 'klingon'",
-        "precision='int3'; valid: bf16, fp32, int8, nf4",
+        "precision='int3'; valid: auto, bf16, fp32, int8, nf4",
+        "gradient_checkpointing='maybe'; valid: true, false, auto",
+        "cache_storage='tape'; valid: disk, memory",
         "max_steps=0",
         "learning_rate=-1",
         "split_fractions",

@@ -42,3 +42,17 @@ def test_peft_task_type_stays_unset():
     cfg = LoraSpec().peft_config(2, 2)
     assert cfg.task_type is None
     assert "model.decoder.layers.1.encoder_attn.v_proj" in cfg.target_modules
+
+
+def test_encoder_top_adapts_only_the_upper_encoder_layers():
+    spec = LoraSpec(targets=("q", "v"), encoder_top=2)
+    names = spec.target_modules(encoder_layers=6, decoder_layers=6)
+    enc = sorted({int(n.split(".")[3]) for n in names if ".encoder." in n})
+    assert enc == [4, 5] and spec.frozen_encoder_layers(6) == 4
+    assert sum(".decoder." in n for n in names) == 6 * 2 * 2  # decoder self + cross, q and v, untouched
+    assert LoraSpec().frozen_encoder_layers(6) == 0  # default: every encoder layer adapted, nothing to cache
+    decoder_only = LoraSpec(stacks=("decoder_self", "decoder_cross"))
+    assert decoder_only.frozen_encoder_layers(6) == 6 and not decoder_only.touches_encoder
+    assert LoraSpec(encoder_top=0).frozen_encoder_layers(6) == 6
+    with pytest.raises(ConfigError, match="encoder_top=-1"):
+        LoraSpec(encoder_top=-1)

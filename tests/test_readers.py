@@ -142,3 +142,60 @@ def test_labels_carry_language_prefix(base_dir):
 def test_bad_reason_name_is_checked():
     with pytest.raises(ValueError, match="valid: missing_file"):
         BadRows().add("nope", "x")
+
+
+def _sw_dataset(sw_corpus, split="train"):
+    from datasets import Audio, Dataset
+
+    rows = _rows(sw_corpus / "texts" / f"{split}.csv")
+    ds = Dataset.from_dict(
+        {"audio": [str(sw_corpus / "wavs" / r["wav"]) for r in rows], "sentence": [r["words"] for r in rows]}
+    )
+    return ds.cast_column("audio", Audio(sampling_rate=16000)), rows  # as in the seed tutorial
+
+
+def test_a_datasets_dict_maps_its_splits(sw_corpus):
+    from datasets import DatasetDict
+
+    train, rows = _sw_dataset(sw_corpus)
+    dev, _ = _sw_dataset(sw_corpus, "dev")
+    splits, bad = load_corpus(DatasetDict(train=train, validation=dev), "sw")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 24 - len(splits["test"]), "dev": 4, "test": len(splits["test"])}
+    assert splits["test"], "the missing test split is carved out of train"
+    got = {u.text for s in splits.values() for u in s}
+    assert got == {r["words"] for r in rows} | {u.text for u in splits["dev"]}
+    assert bad.bad == 0
+
+
+def test_inline_audio_bytes_are_stored_once(sw_corpus, tmp_path, monkeypatch):
+    from datasets import Audio, Dataset
+
+    monkeypatch.setenv("WHISPER_LORA_CACHE", str(tmp_path / "cache"))
+    rows = _rows(sw_corpus / "texts" / "test.csv")
+    blobs = [(sw_corpus / "wavs" / r["wav"]).read_bytes() for r in rows]
+    ds = Dataset.from_dict({"audio": [{"bytes": b, "path": None} for b in blobs], "text": [r["words"] for r in rows]})
+    ds = ds.cast_column("audio", Audio()).add_item({"audio": None, "text": "no audio"})
+    splits, bad = load_corpus(ds, "sw", splits=("train",))
+    assert [open(u.audio, "rb").read() for u in splits["train"]] == blobs
+    assert bad.reasons["missing_file"] == 1
+
+
+def test_audiofolder_layout(sw_corpus, tmp_path):
+    for ours, theirs in (("train", "train"), ("dev", "validation")):
+        d = tmp_path / "af" / theirs
+        d.mkdir(parents=True)
+        with open(d / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["file_name", "transcription"])
+            for r in _rows(sw_corpus / "texts" / f"{ours}.csv"):
+                (d / r["wav"]).write_bytes((sw_corpus / "wavs" / r["wav"]).read_bytes())
+                w.writerow([r["wav"], r["words"]])
+    splits, bad = load_corpus(tmp_path / "af", "sw")
+    assert (len(splits["train"]) + len(splits["test"]), len(splits["dev"]), bad.bad) == (24, 4, 0)  # test carved
+    assert splits["dev"][0].text == _rows(sw_corpus / "texts" / "dev.csv")[0]["words"]
+
+
+def test_a_dataset_without_a_text_column_is_refused(sw_corpus):
+    ds, _ = _sw_dataset(sw_corpus)
+    with pytest.raises(DataError, match=r"text column.*found columns audio, label"):
+        load_corpus(ds.rename_column("sentence", "label"), "sw", splits=("train",))

@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -148,3 +149,20 @@ def test_two_process_accelerate_run(tiny_dir, sw_corpus, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     meta = read_metadata(out)
     assert meta.training["processes"] == 2 and meta.training["steps"] == 2
+
+
+def test_a_datasets_object_with_an_audio_column_trains_an_adapter(tiny_dir, sw_corpus, tmp_path):
+    from datasets import Audio, Dataset, DatasetDict
+
+    def split(name):
+        with open(sw_corpus / "texts" / f"{name}.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        ds = Dataset.from_dict({"audio": [str(sw_corpus / "wavs" / r["wav"]) for r in rows], "text": [r["words"] for r in rows]})
+        return ds.cast_column("audio", Audio(sampling_rate=16000))
+
+    data = DatasetDict(train=split("train"), validation=split("dev"), test=split("test"))
+    cfg = tiny_train_config(tiny_dir, sw_corpus, tmp_path / "ds", data=data, max_steps=3, checkpoint_every=0)
+    result = train_adapter(cfg, progress=False)
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert result.metadata.data["train_utterances"] == 24 and result.metadata.metrics["n"] == 4
+    assert result.metadata.data["source"].startswith("datasets:train=")

@@ -16,9 +16,17 @@ from .errors import WhisperLoraError
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="base model: whisper-base (default, offline), a path or a hub id")
     p.add_argument(
-        "--precision", default=None, choices=["int8", "nf4", "bf16", "fp32"], help="base weights (default int8)"
+        "--precision",
+        default=None,
+        choices=["auto", "int8", "nf4", "bf16", "fp32"],
+        help="base weights (train: auto, chosen for the device; eval/transcribe/serve: int8)",
     )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+
+
+def _precision(a, default: str) -> str:
+    """``--precision`` for commands that load a base to run it: ``auto`` (a training choice) means their default."""
+    return default if a.precision in (None, "auto") else a.precision
 
 
 def _add_server(p: argparse.ArgumentParser, port: int) -> None:
@@ -128,7 +136,7 @@ def _cmd_eval(a) -> int:
     from .model import load_base_model
 
     base = a.base or (read_metadata(a.adapter).base.get("name") if a.adapter else None) or "whisper-base"
-    loaded = load_base_model(base, a.precision or "int8", a.device or "auto", a.int8_threshold)
+    loaded = load_base_model(base, _precision(a, "int8"), a.device or "auto", a.int8_threshold)
     model = loaded.model
     examples = _examples(a, a.language, loaded.processor, a.split)
     kw = dict(max_new_tokens=a.max_new_tokens, progress=not a.json)
@@ -162,7 +170,7 @@ def _cmd_convert(a) -> int:
 def _transcriber(a, **kw):
     from .transcriber import Transcriber
 
-    return Transcriber(a.base, a.adapters, precision=a.precision or "int8", device=a.device or "auto", **kw)
+    return Transcriber(a.base, a.adapters, precision=_precision(a, "int8"), device=a.device or "auto", **kw)
 
 
 def _cmd_transcribe(a) -> int:
@@ -245,7 +253,7 @@ def _cmd_merge(a) -> int:
         processor = load_base_model(a.base or meta.base["name"], "fp32", "cpu").processor
         a.json = True  # no progress bars around the JSON report
         examples = _examples(a, meta.language, processor, "test")
-    report = merge_adapter(a.adapter, a.out, a.base, a.precision or "fp32", examples, a.ct2, a.ct2_quantization)
+    report = merge_adapter(a.adapter, a.out, a.base, _precision(a, "fp32"), examples, a.ct2, a.ct2_quantization)
     print(report.to_json())
     return 0
 

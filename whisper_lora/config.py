@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .data.readers import FORMATS, describe_source
 from .encoder_cache import CACHE_PRECISIONS, CACHE_STORAGES
 from .errors import ConfigError, format_choices
 from .languages import resolve_language
@@ -20,24 +21,24 @@ class TrainConfig:
     """Everything ``train_adapter`` needs; every field has a working default but ``language``/``data``."""
 
     language: str  # ISO code or alias of the language the adapter is for (sw, ary, cs, ...)
-    data: str  # corpus root (DVoice or Common Voice layout) or a manifest file
+    data: str | object  # corpus root (DVoice, Common Voice, audiofolder, save_to_disk), manifest, or a datasets object
     out: str | None = None  # adapter directory; default adapters/<language>
     base: str = DEFAULT_BASE  # base model: short name, local path or hub id
-    precision: str = "int8"  # int8, nf4, bf16 or fp32 base weights
+    precision: str = "auto"  # base weights: auto (chosen for the device, see profile.py), int8, nf4, bf16, fp32
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     lora: LoraSpec = field(default_factory=LoraSpec)  # adapter shape and placement
-    data_format: str = "auto"  # auto, dvoice, commonvoice, manifest
+    data_format: str = "auto"  # auto, dvoice, commonvoice, manifest, audiofolder, datasets
     split_fractions: tuple[float, float] = (0.1, 0.1)  # dev/test shares when a corpus has none
     max_bad_fraction: float = 0.1  # fail when more rows than this are unusable
     seed: int = 0  # data order, dropout and splits
     max_steps: int = 300  # optimizer steps
     max_minutes: float | None = None  # stop earlier when this wall-clock budget is spent
-    batch_size: int = 8  # utterances per optimizer step (across all processes)
+    batch_size: int | str = "auto"  # utterances per optimizer step (across all processes); auto: profile.py
     learning_rate: float = 1e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = True  # recompute activations (use_reentrant=False)
+    gradient_checkpointing: bool | str = "auto"  # recompute activations (use_reentrant=False); auto: profile.py
     cache_encoder: bool = True  # run the encoder layers below the first adapter once per utterance
     cache_precision: str = "auto"  # encoder for that pass: auto (bf16 where fast, else fp32), bf16, fp32, base
     cache_storage: str = "disk"  # disk (16-bit, memory-mapped, reused across runs) or memory (exact)
@@ -60,19 +61,22 @@ class TrainConfig:
             resolve_language(self.language)
         except ConfigError as e:
             problems.append(str(e))
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision={self.precision!r}; valid: {format_choices(PRECISIONS)}")
+        if self.precision not in ("auto", *PRECISIONS):
+            problems.append(f"precision={self.precision!r}; valid: {format_choices(('auto', *PRECISIONS))}")
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            problems.append(f"gradient_checkpointing={self.gradient_checkpointing!r}; valid: true, false, auto")
         if self.cache_precision not in CACHE_PRECISIONS:
             problems.append(f"cache_precision={self.cache_precision!r}; valid: {format_choices(CACHE_PRECISIONS)}")
         if self.cache_storage not in CACHE_STORAGES:
             problems.append(f"cache_storage={self.cache_storage!r}; valid: {format_choices(CACHE_STORAGES)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             problems.append(f"mixed_precision={self.mixed_precision!r}; valid: {format_choices(MIXED_PRECISIONS)}")
-        if self.data_format not in ("auto", "dvoice", "commonvoice", "manifest"):
-            problems.append(f"data_format={self.data_format!r}; valid: auto, commonvoice, dvoice, manifest")
-        for name in ("max_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)!r} must be >= 1")
+        if self.data_format not in FORMATS:
+            problems.append(f"data_format={self.data_format!r}; valid: {format_choices(FORMATS)}")
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            problems.append(f"max_steps={self.max_steps!r} must be >= 1")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            problems.append(f"batch_size={self.batch_size!r} must be >= 1 or auto")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_samples"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
@@ -92,7 +96,7 @@ class TrainConfig:
         return Path(self.out) if self.out else Path("adapters") / resolve_language(self.language).code
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, data=describe_source(self.data)))  # a datasets object is named, not copied
         d["lora"] = self.lora.to_dict()
         return d
 

@@ -8,7 +8,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from .atomic import atomic_directory
 from .config import TrainConfig
 from .data.features import Example, collate
 from .data.prepare import prepare_splits
+from .data.readers import describe_source
 from .encoder_cache import EncoderCache, encode_upper
 from .errors import ConfigError
 from .evaluate import compare_base_and_adapter, evaluate_examples
@@ -26,6 +27,8 @@ from .languages import resolve_language
 from .lean_backward import make_backward_lean
 from .lora import apply_lora, count_parameters
 from .model import load_base_model
+from .profile import CPU_BATCH_SIZE, GPU_BATCH_SIZE, activation_bytes, choose_profile, count_base_parameters
+from .resolve import resolve_base
 
 CHECKPOINT_STATE = "trainer_state.pt"
 log = logging.getLogger("whisper_lora")
@@ -88,6 +91,23 @@ class _Run:
     bf16: bool  # autocast the forward
     hidden_dtype: torch.dtype  # cached encoder states enter the model in this dtype
     encoder: torch.nn.Module  # the (LoRA-injected) encoder of the model being trained
+
+
+def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = False) -> TrainConfig:
+    """``cfg`` with its ``auto`` settings (precision, checkpointing, batch size) chosen by the device's profile."""
+    auto = [k for k in ("precision", "gradient_checkpointing", "batch_size") if getattr(cfg, k) == "auto"]
+    if not auto:
+        return cfg
+    from transformers import WhisperConfig
+
+    path = resolve_base(cfg.base)
+    wc = WhisperConfig.from_pretrained(path)
+    batch = cfg.batch_size if cfg.batch_size != "auto" else (GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE)
+    acts = activation_bytes(wc.d_model, wc.encoder_layers, batch) if cfg.lora.touches_encoder else 0.0
+    profile = choose_profile(device, count_base_parameters(path), batch_activation_bytes=acts)
+    if show:
+        log.info("profile: %s", profile.describe())
+    return replace(cfg, **{k: getattr(profile, k) for k in auto})
 
 
 def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
@@ -227,7 +247,7 @@ def _metadata(run: _Run, cfg: TrainConfig, acc, state: TrainState, minutes: floa
             "fingerprint": data_fingerprint(run.train),
             "train_utterances": len(run.train),
             "train_seconds": round(sum(e.duration for e in run.train), 1),
-            "source": str(cfg.data),
+            "source": describe_source(cfg.data),
         },
         training={
             **{k: v for k, v in cfg.to_dict().items() if k not in ("lora", "data", "out")},
@@ -265,6 +285,7 @@ def train_adapter(
     acc = Accelerator(cpu=cfg.device == "cpu")
     main = acc.is_main_process
     lang = resolve_language(cfg.language).code
+    cfg = resolve_auto_settings(cfg, acc.device, show=progress and main)
 
     # set up (and resume)
     run = _set_up(cfg, acc, show=progress and main)

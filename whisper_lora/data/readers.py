@@ -1,4 +1,4 @@
-"""Corpus readers: DVoice, Common Voice and generic CSV/JSONL manifests.
+"""Corpus readers: DVoice, Common Voice, generic CSV/JSONL manifests, audiofolder and ``datasets`` objects.
 
 Expected trees::
 
@@ -7,6 +7,14 @@ Expected trees::
     <root>/texts/dev.csv        <root>/dev.tsv            audio (or path/wav/file), text (or
     <root>/texts/test.csv       <root>/test.tsv           sentence/words/transcript), optional
     <root>/wavs/*.wav           <root>/clips/*.mp3        id, duration, language, split
+
+    audiofolder (datasets' layout)                        datasets
+    <root>/metadata.csv  (train only), or                 a Dataset / DatasetDict with an Audio column
+    <root>/{train,validation,test}/metadata.csv           (or a directory written by save_to_disk)
+    columns file_name, transcription (or text/sentence)
+
+An audiofolder is read from its metadata files directly: building it with ``datasets`` 5 encodes
+audio through torchcodec, which needs FFmpeg and a torch build it was compiled for.
 
 DVoice CSVs are tab-separated with the header ``wav  words  duration``. When a corpus has
 no dev or test split, ``split_records`` carves one out deterministically from a seed.
@@ -24,8 +32,11 @@ from ..errors import DataError, format_choices
 from .records import BadRows, Utterance
 
 SPLITS = ("train", "dev", "test")
-FORMATS = ("auto", "dvoice", "commonvoice", "manifest")
-_AUDIO_KEYS = ("audio", "path", "wav", "file", "audio_filepath")
+FORMATS = ("auto", "dvoice", "commonvoice", "manifest", "audiofolder", "datasets")
+_AUDIO_KEYS = ("audio", "path", "wav", "file", "audio_filepath", "file_name")
+_TEXT_KEYS_AF = ("transcription", "text", "sentence", "words", "transcript")
+# names a datasets/audiofolder split may carry for each of ours
+_SPLIT_NAMES = {"train": ("train",), "dev": ("validation", "dev", "valid"), "test": ("test",)}
 _TEXT_KEYS = ("text", "sentence", "words", "transcript", "transcription")
 
 
@@ -114,8 +125,44 @@ def read_manifest(path: str | Path, language: str, split: str | None = None) -> 
     return _records(rows, path, path.parent, language, f"{path.stem}/", bad), bad
 
 
-def detect_format(root: str | Path) -> str:
-    """Guess a corpus format from its files."""
+def describe_source(data) -> str:
+    """A corpus as text for configs and metadata: its path, or a ``datasets`` object's fingerprint."""
+    if not is_hf_dataset(data):
+        return str(data)
+    parts = {"train": data} if type(data).__name__ == "Dataset" else dict(data)
+    return "datasets:" + ",".join(f"{k}={getattr(v, '_fingerprint', '?')}" for k, v in parts.items())
+
+
+def is_hf_dataset(obj) -> bool:
+    """Whether ``obj`` is a ``datasets.Dataset`` or ``DatasetDict``."""
+    return type(obj).__module__.startswith("datasets.") and type(obj).__name__ in ("Dataset", "DatasetDict")
+
+
+def _audiofolder_metadata(directory: Path) -> Path | None:
+    for name in ("metadata.csv", "metadata.jsonl"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _audiofolder_splits(root: Path) -> dict[str, Path]:
+    """Our split name -> metadata file of an audiofolder tree (a lone top-level file is train)."""
+    found = {}
+    for ours, names in _SPLIT_NAMES.items():
+        for name in names:
+            meta = _audiofolder_metadata(root / name)
+            if meta is not None:
+                found[ours] = meta
+                break
+    if not found and _audiofolder_metadata(root) is not None:
+        found["train"] = _audiofolder_metadata(root)
+    return found
+
+
+def detect_format(root) -> str:
+    """Guess a corpus format from its files (or its type, for a ``datasets`` object)."""
+    if is_hf_dataset(root):
+        return "datasets"
     root = Path(root)
     if root.is_file():
         return "manifest"
@@ -123,6 +170,10 @@ def detect_format(root: str | Path) -> str:
         return "dvoice"
     if any((root / f"{s}.tsv").is_file() for s in SPLITS) and (root / "clips").is_dir():
         return "commonvoice"
+    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        return "datasets"
+    if _audiofolder_splits(root):
+        return "audiofolder"
     manifests = [p for p in root.glob("*") if p.suffix in (".csv", ".tsv", ".jsonl")]
     if len(manifests) == 1:
         return "manifest"
@@ -130,6 +181,78 @@ def detect_format(root: str | Path) -> str:
         f"cannot tell the corpus format of {root}: expected texts/ (DVoice), train.tsv + clips/ "
         f"(Common Voice) or one manifest file; found: {', '.join(sorted(p.name for p in root.iterdir())) or 'nothing'}"
     )
+
+
+def _dataset_splits(data) -> dict[str, object]:
+    """Our split name -> ``datasets.Dataset`` of a Dataset, DatasetDict or ``save_to_disk`` directory."""
+    if not is_hf_dataset(data):
+        from datasets import load_from_disk
+
+        data = load_from_disk(str(data))
+    if type(data).__name__ == "Dataset":
+        return {"train": data}
+    out = {}
+    for ours, names in _SPLIT_NAMES.items():
+        name = next((n for n in names if n in data), None)
+        if name is not None:
+            out[ours] = data[name]
+    if not out:
+        raise DataError(f"DatasetDict has no usable split; found {', '.join(data)}; expected train, validation, test")
+    return out
+
+
+def _stored_audio(blob: bytes, suffix: str) -> Path:
+    """A file holding audio bytes that a dataset carries inline (content-addressed, written once)."""
+    from ..resolve import cache_dir
+
+    digest = hashlib.sha256(blob).hexdigest()[:32]
+    path = cache_dir() / "audio" / f"{digest}{suffix or '.audio'}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{id(blob)}.tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+    return path
+
+
+def read_hf_dataset(ds, language: str, split: str, bad: BadRows) -> list[Utterance]:
+    """Utterances of a ``datasets.Dataset`` with an ``Audio`` column (or a column of paths) and a text column.
+
+    Audio is not decoded here (``Audio(decode=False)``): files are used where they are, inline bytes
+    are written once to ``<cache>/audio/``, and the library's own decoder reads both.
+    """
+    from datasets import Audio
+
+    cols = ds.column_names
+    audio_col = next((c for c, f in ds.features.items() if isinstance(f, Audio)), None)
+    audio_col = audio_col or next((k for k in _AUDIO_KEYS if k in cols), None)
+    text_col = next((k for k in _TEXT_KEYS_AF if k in cols), None)
+    if audio_col is None or text_col is None:
+        raise DataError(
+            f"dataset split {split!r} needs an Audio column and a text column ({', '.join(_TEXT_KEYS_AF)}); "
+            f"found columns {', '.join(cols)}"
+        )
+    if isinstance(ds.features[audio_col], Audio):
+        ds = ds.cast_column(audio_col, Audio(decode=False))
+    keep = [c for c in (audio_col, text_col, "id", "language") if c in cols]
+    out = []
+    for i, row in enumerate(ds.select_columns(keep)):
+        bad.total += 1
+        value, text = row[audio_col], (row[text_col] or "").strip()
+        rid = str(row.get("id") or f"{split}/{i}")
+        path = value.get("path") if isinstance(value, dict) else value
+        if not text:
+            bad.add("empty_transcript", rid)
+            continue
+        if path and Path(path).is_file():
+            audio = Path(path)
+        elif isinstance(value, dict) and value.get("bytes"):
+            audio = _stored_audio(value["bytes"], Path(path or "").suffix)
+        else:
+            bad.add("missing_file", rid)
+            continue
+        out.append(Utterance(rid, str(audio), text, str(row.get("language") or language)))
+    return out
 
 
 def split_records(records: list[Utterance], fractions: tuple[float, float], seed: int) -> dict[str, list[Utterance]]:
@@ -167,13 +290,28 @@ def load_corpus(
     unknown = [s for s in wanted if s not in SPLITS]
     if unknown:
         raise DataError(f"unknown split(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SPLITS)}")
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"corpus {root} does not exist")
+    if not is_hf_dataset(root):
+        root = Path(root)
+        if not root.exists():
+            raise DataError(f"corpus {root} does not exist")
     fmt = detect_format(root) if fmt == "auto" else fmt
     bad = BadRows()
     found: dict[str, list[Utterance]] = {}
-    if fmt == "manifest":
+    if fmt == "datasets":
+        parts = _dataset_splits(root)
+        available = lambda s: s in parts  # noqa: E731
+        read = lambda s: read_hf_dataset(parts[s], language, s, bad)  # noqa: E731
+        root = "the dataset" if is_hf_dataset(root) else root
+    elif fmt == "audiofolder":
+        metas = _audiofolder_splits(root)
+        available = lambda s: s in metas  # noqa: E731
+
+        def read(s: str) -> list[Utterance]:
+            meta = metas[s]
+            keys = (("file_name",), _TEXT_KEYS_AF)
+            return _records(_read_table(meta), meta, meta.parent, language, f"{s}/", bad, keys)
+
+    elif fmt == "manifest":
         path = root if root.is_file() else next(p for p in root.glob("*") if p.suffix in (".csv", ".tsv", ".jsonl"))
         rows = _read_table(path)
         if rows and "split" in rows[0]:
