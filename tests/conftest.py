@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here runs without the hub
 DATA = Path(__file__).parent / "data"
 LIBRIVOX = DATA / "librivox"
+REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"  # the shipped registry
 
 
 @pytest.fixture(scope="session")

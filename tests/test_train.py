@@ -166,3 +166,13 @@ def test_a_datasets_object_with_an_audio_column_trains_an_adapter(tiny_dir, sw_c
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert result.metadata.data["train_utterances"] == 24 and result.metadata.metrics["n"] == 4
     assert result.metadata.data["source"].startswith("datasets:train=")
+
+
+def test_saved_adapter_carries_a_model_card(trained):
+    import yaml
+
+    card = (trained.adapter_dir / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["language"] == ["sw"] and front["library_name"] == "peft"
+    metrics = front["model-index"][0]["results"][0]["metrics"]
+    assert [m["value"] for m in metrics] == [trained.metadata.metrics["adapter"][k] for k in ("wer", "cer")]

@@ -65,7 +65,7 @@ class AdapterMetadata:
 
 
 def save_adapter(peft_model, out_dir: str | Path, metadata: AdapterMetadata, adapter_name: str = "default") -> Path:
-    """Write ``adapter_config.json``, ``adapter_model.safetensors`` and metadata atomically."""
+    """Write ``adapter_config.json``, ``adapter_model.safetensors``, metadata and the model card atomically."""
     resolve_language(metadata.language)  # refuse to write metadata with an unknown language
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
@@ -76,6 +76,9 @@ def save_adapter(peft_model, out_dir: str | Path, metadata: AdapterMetadata, ada
                 f.rename(tmp / f.name)
             sub.rmdir()
         (tmp / METADATA_FILE).write_text(metadata.to_json(), encoding="utf-8")
+        from .card import write_hub_files  # card reads this module's types
+
+        write_hub_files(tmp, metadata)  # public base id + model card instead of peft's blank template
     return out_dir
 
 

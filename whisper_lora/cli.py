@@ -189,6 +189,18 @@ def _cmd_transcribe(a) -> int:
     return 0
 
 
+def _cmd_adapters_card(a) -> int:
+    from .card import make_hub_ready
+    from .registry import AdapterRegistry
+
+    good, broken = AdapterRegistry(a.adapters).scan()
+    for e in good:
+        print(f"{e.path}: base {make_hub_ready(e.path)}, card written")
+    for b in broken:
+        print(f"{b.name}: broken, left as is ({b.to_dict().get('reason', '')})")
+    return 0
+
+
 def _cmd_adapters(a) -> int:
     from .registry import AdapterRegistry
 
@@ -340,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--base", help="also check compatibility with this base (name, path or hub id)")
     ls.add_argument("--strict", action="store_true", help="exit with status 1 when any adapter is broken")
     ls.set_defaults(fn=_cmd_adapters)
+    cd = ad_sub.add_parser("card", help="regenerate hub-ready files: public base id in adapter_config.json, README card")
+    cd.add_argument("--adapters", help="registry directory (default: the repository's adapters/)")
+    cd.set_defaults(fn=_cmd_adapters_card)
 
     m = sub.add_parser("merge", help="merge an adapter into its base: a standalone checkpoint")
     m.add_argument("--adapter", required=True)
