@@ -60,18 +60,19 @@ def resolve_cache_precision(precision: str, device: torch.device) -> str:
 
 def default_cache_root() -> Path:
     """``$WHISPER_LORA_CACHE/encoder`` (default ``~/.cache/whisper-lora/encoder``)."""
-    from .resolve import cache_dir
+    from .resolve import cache_root
 
-    return cache_dir() / "encoder"
+    return cache_root() / "encoder"
 
 
-def encode_lower(encoder: nn.Module, features: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """The input of encoder layer ``n_layers`` (the encoder's final output when it is the layer count).
+def encode_lower(encoder: nn.Module, features: torch.Tensor, n_layers: int | None) -> torch.Tensor:
+    """The input of encoder layer ``n_layers``; with ``None``, the encoder's final output (after its layer norm).
 
     The partial pass repeats what ``WhisperEncoder.forward`` does before its layers (convolutions,
-    positional embeddings), since transformers offers no way to stop after some layers.
+    positional embeddings), since transformers offers no way to stop after some layers. ``encoder``
+    may hold only its first ``n_layers`` layers (the cache's copy drops the rest).
     """
-    if n_layers >= len(encoder.layers):
+    if n_layers is None:
         return encoder(features).last_hidden_state
     x = nn.functional.gelu(encoder.conv1(features))
     x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
@@ -178,6 +179,7 @@ class EncoderCache:
         base_encoder = model.get_base_model().model.encoder
         n_layers = len(base_encoder.layers)
         self.frozen_layers = n_layers if frozen_layers is None else frozen_layers
+        self._upto = None if self.frozen_layers == n_layers else self.frozen_layers  # None: the encoder's output
         if not 0 < self.frozen_layers <= n_layers:
             raise ConfigError(f"frozen_layers={frozen_layers!r}: nothing to cache below layer 1 (valid 1..{n_layers})")
         if storage not in CACHE_STORAGES:
@@ -235,4 +237,4 @@ class EncoderCache:
         if self._encoder is None:  # an entry vanished from disk after the copy was freed
             raise RuntimeError("encoder cache entry missing after the encoder copy was freed; rerun to recompute it")
         with torch.no_grad():
-            return encode_lower(self._encoder, features[None].to(self.device, self._dtype), self.frozen_layers)[0].cpu()
+            return encode_lower(self._encoder, features[None].to(self.device, self._dtype), self._upto)[0].cpu()

@@ -47,10 +47,14 @@ HUB_IDS: dict[str, str] = {
 }
 
 
+def cache_root() -> Path:
+    """whisper-lora's cache: ``$WHISPER_LORA_CACHE`` or ``~/.cache/whisper-lora``."""
+    return Path(os.environ.get("WHISPER_LORA_CACHE") or Path.home() / ".cache" / "whisper-lora")
+
+
 def cache_dir() -> Path:
-    """Where converted checkpoints live (``$WHISPER_LORA_CACHE`` or ``~/.cache/whisper-lora``)."""
-    root = os.environ.get("WHISPER_LORA_CACHE") or Path.home() / ".cache" / "whisper-lora"
-    return Path(root) / "models"
+    """Where converted checkpoints live (``<cache_root>/models``)."""
+    return cache_root() / "models"
 
 
 def _package_dir(module: str, sub: str) -> Path | None:

@@ -203,10 +203,10 @@ def _dataset_splits(data) -> dict[str, object]:
 
 def _stored_audio(blob: bytes, suffix: str) -> Path:
     """A file holding audio bytes that a dataset carries inline (content-addressed, written once)."""
-    from ..resolve import cache_dir
+    from ..resolve import cache_root
 
     digest = hashlib.sha256(blob).hexdigest()[:32]
-    path = cache_dir() / "audio" / f"{digest}{suffix or '.audio'}"
+    path = cache_root() / "audio" / f"{digest}{suffix or '.audio'}"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{id(blob)}.tmp")
