@@ -193,3 +193,11 @@ def test_disk_cache_memory_does_not_grow_with_the_corpus(peft_tiny, tmp_path):
     per_state = 1500 * 64 * 4 / 2**20
     assert cache.complete and cache.encoded == len(clips)
     assert grown < 0.1 * per_state * len(clips), f"RSS grew {grown:.0f} MB over {len(clips)} utterances"
+
+
+def test_cached_training_under_bf16_autocast(tiny_dir, sw_corpus, tmp_path):
+    """Features are computed lazily inside the autocast step: they must stay fp32 (the main job's settings)."""
+    kw = dict(max_steps=2, checkpoint_every=0, mixed_precision="bf16", cache_precision="fp32", cache_storage="disk")
+    result = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", **kw), progress=False)
+    assert result.metadata.training["autocast_bf16"] and result.metadata.training["cache_encoded"] == 8
+    assert all(np.isfinite(result.metadata.training["loss_history"]))

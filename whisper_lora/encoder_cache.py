@@ -236,5 +236,6 @@ class EncoderCache:
     def _encode(self, features: torch.Tensor) -> torch.Tensor:
         if self._encoder is None:  # an entry vanished from disk after the copy was freed
             raise RuntimeError("encoder cache entry missing after the encoder copy was freed; rerun to recompute it")
-        with torch.no_grad():
+        # the pass runs at the cache's own precision, not under the training step's autocast
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             return encode_lower(self._encoder, features[None].to(self.device, self._dtype), self._upto)[0].cpu()

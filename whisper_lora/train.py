@@ -210,10 +210,11 @@ def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
     batch = collate([run.train[i] for i in idx], features=run.enc_cache is None)
     labels = batch["labels"].to(acc.device)
+    # frozen states come from the cache at its own precision, outside the step's autocast
+    cached = run.enc_cache.get(idx).to(run.hidden_dtype) if run.enc_cache is not None else None
     with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-        if run.enc_cache is not None:
-            hidden = run.enc_cache.get(idx).to(run.hidden_dtype)
-            hidden = encode_upper(run.encoder, hidden, run.enc_cache.frozen_layers)  # the adapted top layers
+        if cached is not None:
+            hidden = encode_upper(run.encoder, cached, run.enc_cache.frozen_layers)  # the adapted top layers
             loss = run.model(encoder_outputs=(hidden,), labels=labels).loss
         else:
             loss = run.model(input_features=batch["input_features"].to(acc.device), labels=labels).loss

@@ -42,8 +42,9 @@ class Example:
 
 
 def log_mel(feature_extractor, audio: np.ndarray) -> torch.Tensor:
-    """Whisper's ``(n_mels, 3000)`` log-mel features of one clip."""
-    return feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
+    """Whisper's ``(n_mels, 3000)`` log-mel features of one clip, in fp32 even inside a training step's autocast."""
+    with torch.autocast("cpu", enabled=False):
+        return feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
 
 
 def prefix_ids(tokenizer, language: str, task: str = "transcribe") -> list[int]:
