@@ -106,8 +106,9 @@ Base weights fingerprint: `{meta.base.get("fingerprint", "?")}` (whisper-lora re
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 
-def write_hub_files(adapter_dir: str | Path, meta: AdapterMetadata) -> None:
-    """Set the public base id in ``adapter_config.json`` and write the card (in place, atomically per file)."""
+def write_hub_files(adapter_dir: str | Path, meta: AdapterMetadata) -> str:
+    """Set the public base id in ``adapter_config.json`` and write the card (in place, atomically per file);
+    returns the base id."""
     adapter_dir = Path(adapter_dir)
     base_id = public_base_id(meta.base.get("name", ""))
     config_path = adapter_dir / PEFT_FILES[0]
@@ -115,10 +116,9 @@ def write_hub_files(adapter_dir: str | Path, meta: AdapterMetadata) -> None:
     config["base_model_name_or_path"] = base_id
     atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     atomic_write_text(adapter_dir / CARD_FILE, model_card(meta, base_id))
+    return base_id
 
 
 def make_hub_ready(adapter_dir: str | Path) -> str:
     """Regenerate an existing adapter directory's base id and card from its metadata; returns the base id."""
-    meta = read_metadata(adapter_dir)
-    write_hub_files(adapter_dir, meta)
-    return public_base_id(meta.base.get("name", ""))
+    return write_hub_files(adapter_dir, read_metadata(adapter_dir))

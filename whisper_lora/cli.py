@@ -197,7 +197,7 @@ def _cmd_adapters_card(a) -> int:
     for e in good:
         print(f"{e.path}: base {make_hub_ready(e.path)}, card written")
     for b in broken:
-        print(f"{b.name}: broken, left as is ({b.to_dict().get('reason', '')})")
+        print(f"{b.name}: broken, left as is ({b.reason})")
     return 0
 
 

@@ -145,9 +145,6 @@ class DiskStore:
         os.replace(tmp, self._path(key))
         return stored
 
-    def __len__(self) -> int:
-        return sum(1 for _ in self.dir.glob("*.npy"))
-
 
 def cache_directory(root: str | Path, fingerprint: str, layer: int, precision: str) -> Path:
     """Where a base's states at one layer and precision live: ``<root>/<fingerprint>/L<layer>-<precision>``."""

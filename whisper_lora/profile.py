@@ -70,6 +70,11 @@ def _ram_bytes() -> int:
         return 8 * 2**30
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Batch size for ``batch_size: auto`` (see the module notes)."""
+    return GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+
+
 def activation_bytes(d_model: int, encoder_layers: int, batch_size: int) -> float:
     """Rough training activations of one batch without checkpointing (see ``ACTIVATION_BYTES_BASE``)."""
     return batch_size * ACTIVATION_BYTES_BASE * (d_model / 512) * (encoder_layers / 6)
@@ -111,6 +116,6 @@ def choose_profile(
         f"gradient checkpointing {'on' if checkpointing else 'off'}: "
         + ("memory is tight for this base" if checkpointing else "activations fit; recomputing them costs ~30% time")
     )
-    batch = GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+    batch = default_batch_size(device)
     reasons.append(f"batch size {batch}" + ("" if device.type == "cuda" else ": more updates per CPU minute"))
     return Profile(precision, checkpointing, batch, tuple(reasons))

@@ -27,7 +27,7 @@ from .languages import resolve_language
 from .lean_backward import make_backward_lean
 from .lora import apply_lora, count_parameters
 from .model import load_base_model
-from .profile import CPU_BATCH_SIZE, GPU_BATCH_SIZE, activation_bytes, choose_profile, count_base_parameters
+from .profile import activation_bytes, choose_profile, count_base_parameters, default_batch_size
 from .resolve import resolve_base
 
 CHECKPOINT_STATE = "trainer_state.pt"
@@ -102,7 +102,7 @@ def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = F
 
     path = resolve_base(cfg.base)
     wc = WhisperConfig.from_pretrained(path)
-    batch = cfg.batch_size if cfg.batch_size != "auto" else (GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE)
+    batch = cfg.batch_size if cfg.batch_size != "auto" else default_batch_size(device)
     acts = activation_bytes(wc.d_model, wc.encoder_layers, batch) if cfg.lora.touches_encoder else 0.0
     profile = choose_profile(device, count_base_parameters(path), batch_activation_bytes=acts)
     if show:
