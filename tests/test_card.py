@@ -4,10 +4,10 @@ import shutil
 import yaml
 from peft import PeftModel
 
+from tests.conftest import REPO_ADAPTERS
 from whisper_lora.card import make_hub_ready, public_base_id
 from whisper_lora.model import load_whisper
 from whisper_lora.resolve import resolve_base
-from tests.conftest import REPO_ADAPTERS
 
 
 def _front_matter(text: str) -> dict:

@@ -4,9 +4,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_train_config, train_until
-from whisper_lora.data.prepare import prepare_splits
 from whisper_lora.data.audio import write_wav
 from whisper_lora.data.features import Example
+from whisper_lora.data.prepare import prepare_splits
 from whisper_lora.encoder_cache import DiskStore, EncoderCache, encode_lower, encode_upper, resolve_cache_precision
 from whisper_lora.errors import ConfigError
 from whisper_lora.lora import LoraSpec, apply_lora

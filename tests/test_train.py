@@ -176,3 +176,11 @@ def test_saved_adapter_carries_a_model_card(trained):
     assert front["language"] == ["sw"] and front["library_name"] == "peft"
     metrics = front["model-index"][0]["results"][0]["metrics"]
     assert [m["value"] for m in metrics] == [trained.metadata.metrics["adapter"][k] for k in ("wer", "cer")]
+
+
+def test_a_callback_returning_true_ends_training_and_the_adapter_is_saved(tiny_dir, sw_corpus, tmp_path):
+    cfg = tiny_train_config(tiny_dir, sw_corpus, tmp_path / "a", max_steps=50, eval_every=0, final_eval=False)
+    seen = []
+    result = train_adapter(cfg, progress=False, callbacks=[lambda s, m: seen.append(s.step), lambda s, m: s.step >= 3])
+    assert result.state.step == 3 and seen == [1, 2, 3]  # every callback ran on the last step too
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()

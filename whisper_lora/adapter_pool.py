@@ -28,6 +28,8 @@ HOTSWAP_SLOT = "active"
 
 # (model to call, features, Whisper language per row, peft adapter name per row or None) -> texts
 Generate = Callable[[object, torch.Tensor, list[str], list[str] | None], list[str]]
+# (model with one adapter or none active, rows of the batch) -> one result per row
+RunGroup = Callable[[object, list[int]], list]
 
 
 class AdapterPool(Protocol):
@@ -38,6 +40,9 @@ class AdapterPool(Protocol):
 
     def attach(self, entry: AdapterEntry) -> None:
         """Make ``entry`` ready to decode with (routed: attached; hot-swap: in the slot)."""
+
+    def decode_groups(self, entries: Sequence[AdapterEntry | None], run: RunGroup) -> list:
+        """Results of ``run`` called once per adapter group with that adapter alone active (None: the base)."""
 
     def base_model(self) -> contextlib.AbstractContextManager:
         """A context yielding a model that computes the untouched base."""
@@ -67,6 +72,25 @@ class _PeftHolder:
         with self.base_model() as m:
             return generate(m, feats, langs, None)
 
+    def _activate(self, entry: AdapterEntry):
+        """The model with ``entry`` as its only active adapter."""
+        raise NotImplementedError
+
+    def decode_groups(self, entries, run: RunGroup) -> list:
+        out: list = [None] * len(entries)
+        groups: OrderedDict[str | None, list[int]] = OrderedDict()
+        for i, e in enumerate(entries):
+            groups.setdefault(e.name if e else None, []).append(i)
+        for name, rows in groups.items():
+            if name is None:
+                with self.base_model() as m:
+                    results = run(m, rows)
+            else:
+                results = run(self._activate(entries[rows[0]]), rows)
+            for i, r in zip(rows, results, strict=True):
+                out[i] = r
+        return out
+
 
 class RoutedPool(_PeftHolder):
     """Adapters attached side by side; mixed batches in one call (peft ``adapter_names``)."""
@@ -87,6 +111,11 @@ class RoutedPool(_PeftHolder):
             self.peft.delete_adapter(old)
         self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=entry.name)
         self._names[entry.name] = None
+
+    def _activate(self, entry: AdapterEntry):
+        self.attach(entry)
+        self.peft.set_adapter(entry.name)
+        return self.peft
 
     def decode(self, feats, langs, entries, generate: Generate) -> list[str]:
         needed = {e.name: e for e in entries if e is not None}
@@ -184,22 +213,13 @@ class HotSwapPool(_PeftHolder):
                 params[k].copy_(v)
         return True
 
+    def _activate(self, entry: AdapterEntry):
+        self.attach(entry)
+        self.peft.set_adapter(HOTSWAP_SLOT)
+        return self.peft
+
     def decode(self, feats, langs, entries, generate: Generate) -> list[str]:
-        out: list[str] = [""] * len(entries)
-        groups: OrderedDict[str | None, list[int]] = OrderedDict()
-        for i, e in enumerate(entries):
-            groups.setdefault(e.name if e else None, []).append(i)
-        for name, rows in groups.items():
-            sub_langs = [langs[i] for i in rows]
-            if name is None:
-                texts = self._generate_base(feats[rows], sub_langs, generate)
-            else:
-                self.attach(entries[rows[0]])
-                self.peft.set_adapter(HOTSWAP_SLOT)
-                texts = generate(self.peft, feats[rows], sub_langs, None)
-            for i, t in zip(rows, texts, strict=True):
-                out[i] = t
-        return out
+        return self.decode_groups(entries, lambda m, rows: generate(m, feats[rows], [langs[i] for i in rows], None))
 
 
 def make_pool(mode: str, model, max_loaded: int) -> AdapterPool:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .errors import WhisperLoraError
 
+log = logging.getLogger("whisper_lora")
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="base model: whisper-base (default, offline), a path or a hub id")
@@ -78,6 +80,7 @@ def _train_config(a):
             "batch_size",
             "learning_rate",
             "seed",
+            "timestamp_share",
         )
     }
     if a.config:
@@ -173,19 +176,48 @@ def _transcriber(a, **kw):
     return Transcriber(a.base, a.adapters, precision=_precision(a, "int8"), device=a.device or "auto", **kw)
 
 
-def _cmd_transcribe(a) -> int:
+def _decode_options(a):
+    from .longform import DecodeOptions
 
+    temps = tuple(a.temperature) if a.temperature else DecodeOptions().temperature
+    return DecodeOptions(
+        temperature=temps,
+        condition_on_previous_text=not a.no_condition,
+        prompt=a.prompt,
+        word_timestamps=a.word_timestamps,
+    )
+
+
+def _cmd_transcribe(a) -> int:
+    from .atomic import atomic_write_text
+    from .formats import EXTENSIONS, TIMED_FORMATS, check_format, render
+
+    fmt = "json_lines" if a.json else a.format
+    if fmt not in ("line", "json_lines"):
+        check_format(fmt)
     missing = [f for f in a.files if not Path(f).is_file()]
     if missing:
         raise WhisperLoraError(f"no such file: {', '.join(missing)}")
-    t = _transcriber(a, num_beams=a.beams, detect_threshold=a.threshold)
+    options = _decode_options(a)
+    t = _transcriber(a, num_beams=a.beams, detect_threshold=a.threshold, decode_options=options)
+    timed = fmt in TIMED_FORMATS or a.word_timestamps
     for f in a.files:
-        r = t.transcribe(f, a.language)
-        if a.json:
-            print(json.dumps({"file": f, **r.to_dict()}, ensure_ascii=False))
-        else:
+        r = t.transcribe(f, a.language, timestamps=timed)
+        if fmt == "json_lines":
+            doc = json.dumps({"file": f, **r.to_dict()}, ensure_ascii=False) + "\n"
+        elif fmt == "line":
             prob = f" p={r.language_probability:.2f}" if r.language_probability is not None else ""
-            print(f"{f}\t[{r.language}{prob} adapter={r.adapter or 'base'}]\t{r.text}")
+            doc = f"{f}\t[{r.language}{prob} adapter={r.adapter or 'base'}]\t{r.text}\n"
+        else:
+            doc = render(r, fmt, words=a.word_timestamps)
+        if a.output_dir:
+            out = Path(a.output_dir) / f"{Path(f).stem}.{EXTENSIONS.get(fmt, 'txt')}"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out, doc)
+            log.info("wrote %s", out)
+        else:
+            sys.stdout.write(doc)
+            sys.stdout.flush()
     return 0
 
 
@@ -316,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--seed", type=int)
+    t.add_argument(
+        "--timestamp-share", type=float, help="share of utterances with timestamped labels (default 0.5; 0: none)"
+    )
     t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
     t.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
     t.set_defaults(fn=_cmd_train)
@@ -341,7 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tr)
     tr.add_argument("--beams", type=int, default=1)
     tr.add_argument("--threshold", type=float, default=0.5, help="auto mode: below this confidence the base is used")
-    tr.add_argument("--json", action="store_true", help="one JSON line per file")
+    tr.add_argument("--json", action="store_true", help="one JSON line per file (same as --format json_lines)")
+    tr.add_argument(
+        "--format",
+        default="line",
+        choices=["line", "json_lines", "txt", "json", "verbose_json", "srt", "vtt"],
+        help="output: line (file, language, adapter, text), txt, json, verbose_json (segments), srt, vtt",
+    )
+    tr.add_argument("--output-dir", help="write <file stem>.<ext> per input here instead of printing")
+    tr.add_argument("--word-timestamps", action="store_true", help="word start/end times (verbose_json: words)")
+    tr.add_argument(
+        "--temperature", type=float, nargs="+", help="temperature fallback ladder (default: 0 0.2 0.4 0.6 0.8 1)"
+    )
+    tr.add_argument("--prompt", help="initial prompt: vocabulary, names, spelling")
+    tr.add_argument("--no-condition", action="store_true", help="do not prompt each window with the previous text")
     tr.set_defaults(fn=_cmd_transcribe)
 
     ad = sub.add_parser("adapters", help="inspect the adapter registry")
@@ -352,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--base", help="also check compatibility with this base (name, path or hub id)")
     ls.add_argument("--strict", action="store_true", help="exit with status 1 when any adapter is broken")
     ls.set_defaults(fn=_cmd_adapters)
-    cd = ad_sub.add_parser("card", help="regenerate hub-ready files: public base id in adapter_config.json, README card")
+    cd = ad_sub.add_parser(
+        "card", help="regenerate hub-ready files: public base id in adapter_config.json, README card"
+    )
     cd.add_argument("--adapters", help="registry directory (default: the repository's adapters/)")
     cd.set_defaults(fn=_cmd_adapters_card)
 

@@ -48,6 +48,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between dev evaluations (0: only at the end)
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = 128  # decoding cap for evaluation
+    timestamp_share: float = 0.5  # share of training utterances with timestamped labels (keeps segment times)
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
     final_eval: bool = True  # score base and adapter on the test split and store it in the metadata
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -86,6 +87,8 @@ class TrainConfig:
             problems.append(f"max_bad_fraction={self.max_bad_fraction!r} must be in [0, 1]")
         if len(self.split_fractions) != 2 or not (0 <= sum(self.split_fractions) < 1):
             problems.append(f"split_fractions={self.split_fractions!r}: two shares (dev, test) summing below 1")
+        if not 0 <= self.timestamp_share <= 1:
+            problems.append(f"timestamp_share={self.timestamp_share!r} must be in [0, 1]")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes={self.max_minutes!r} must be > 0")
         if problems:

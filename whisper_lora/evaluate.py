@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .data.features import Example
+from .generation import decoding_config
 from .languages import resolve_language
 
 _AR_DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")  # harakat, tatweel
@@ -108,12 +109,12 @@ def transcribe_examples(
             rows = order[i : i + batch_size]
             batch = [examples[k] for k in rows]
             feats = torch.stack([e.input_features for e in batch]).to(device=device, dtype=dtype)
+            cap = reference_cap(batch, max_new_tokens) if cap_to_references else max_new_tokens
             ids = model.generate(
                 input_features=feats,
+                generation_config=decoding_config(model, num_beams, cap),
                 language=resolve_language(language).whisper,
                 task="transcribe",
-                max_new_tokens=reference_cap(batch, max_new_tokens) if cap_to_references else max_new_tokens,
-                num_beams=num_beams,
             )
             for k, text in zip(rows, processor.batch_decode(ids, skip_special_tokens=True), strict=True):
                 out[k] = text.strip()

@@ -127,6 +127,7 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         seed=cfg.seed,
         max_bad_fraction=cfg.max_bad_fraction,
         progress=show,
+        timestamp_share=cfg.timestamp_share,
     )
     torch.manual_seed(cfg.seed)  # adapter init does not depend on what loading consumed
     model = apply_lora(base.model, cfg.lora)
@@ -149,7 +150,9 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         )
         if show:
             where = enc_cache.store.dir if cfg.cache_storage == "disk" else "memory"
-            log.info("encoder cache: states after %d frozen encoder layers (%s) in %s", frozen, enc_cache.precision, where)
+            log.info(
+                "encoder cache: states after %d frozen encoder layers (%s) in %s", frozen, enc_cache.precision, where
+            )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
@@ -275,7 +278,8 @@ def train_adapter(
 
     A checkpoint under ``<out>.checkpoint`` is written every ``checkpoint_every`` steps;
     ``resume=True`` continues from it and gives the same adapter as an uninterrupted run.
-    ``callbacks`` are called after every optimizer step with the state and the (unwrapped) model.
+    ``callbacks`` are called after every optimizer step with the state and the (unwrapped) model;
+    one that returns True ends training there (the best adapter so far is then scored and saved).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -323,8 +327,8 @@ def train_adapter(
             if main:
                 _save_checkpoint(run, cfg, ckpt_dir, state, best)
             acc.wait_for_everyone()
-        for cb in callbacks:
-            cb(state, run.raw)
+        if any([bool(cb(state, run.raw)) for cb in callbacks]):  # every callback runs; one returning True stops
+            break
     bar.close()
 
     # pick the adapter to keep, score it on test, save

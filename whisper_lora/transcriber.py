@@ -15,7 +15,9 @@ import torch
 from .adapter_pool import make_pool
 from .data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
 from .errors import ConfigError, format_choices
+from .generation import decoding_config
 from .languages import resolve_language
+from .longform import DecodeOptions, Segment, compression_ratio, decode_segments
 from .model import load_base_model
 from .registry import AdapterEntry, AdapterRegistry, BrokenAdapter
 
@@ -34,14 +36,20 @@ class Transcription:
     language: str  # language decoded with (registry code, or Whisper's code when auto-detected)
     language_probability: float | None  # detection confidence; None when the language was given
     adapter: str | None  # adapter used, None for the untouched base
+    duration: float | None = None  # seconds of audio
+    segments: tuple[Segment, ...] | None = None  # timestamped pieces, when asked for (``timestamps=True``)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "language": self.language,
             "language_probability": self.language_probability,
             "adapter": self.adapter,
+            "duration": self.duration,
             "text": self.text,
         }
+        if self.segments is not None:
+            d["segments"] = [s.to_dict() for s in self.segments]
+        return d
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,10 @@ class Transcriber:
     ``broken_adapters()``; asking for one raises an ``AdapterError`` with the reason.
     Calls are serialised by a lock, so threads can share one instance. int8 bases load with
     ``int8_threshold=0.0`` by default so that batch composition never changes a result.
+
+    Inputs past 30 s, and every input when ``timestamps=True``, are decoded the way Whisper's own
+    ``transcribe`` does it (sequential windows, previous text as prompt, temperature fallback,
+    no-speech skip; ``decode_options``), once per adapter group of the batch.
     """
 
     def __init__(
@@ -79,6 +91,7 @@ class Transcriber:
         num_beams: int = 1,
         max_new_tokens: int = 224,
         int8_threshold: float = 0.0,
+        decode_options: DecodeOptions | None = None,
     ):
         registry = adapters if isinstance(adapters, AdapterRegistry) else AdapterRegistry(adapters)
         if mode not in ("routed", "hotswap"):
@@ -94,6 +107,7 @@ class Transcriber:
         self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
         self.mode = mode
         self.detect_threshold, self.num_beams, self.max_new_tokens = detect_threshold, num_beams, max_new_tokens
+        self.decode_options = decode_options or DecodeOptions()
         self._pool = make_pool(mode, self.model, max_loaded)
         self._lock = threading.RLock()
         gen = self.model.generation_config
@@ -155,11 +169,32 @@ class Transcriber:
 
     # ---------------------------------------------------------------- decoding
     def _generate(self, model, feats: torch.Tensor, whisper_langs: list[str], names: list[str] | None, beams: int):
-        kw = dict(task="transcribe", language=whisper_langs, num_beams=beams, max_new_tokens=self.max_new_tokens)
+        gen = decoding_config(self.model, beams, self.max_new_tokens)
+        kw = dict(generation_config=gen, task="transcribe", language=whisper_langs)
         if names is not None:
             kw["adapter_names"] = names
+            if beams > 1:
+                kw["num_beams"] = beams  # peft repeats adapter_names per beam from this argument
         ids = model.generate(input_features=feats, **kw)
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+    def _decode_timed(self, rows, arrays, plans, opts: DecodeOptions, beams: int) -> list[list[Segment]]:
+        """Segments of ``arrays[i]`` for i in ``rows`` (long-form algorithm), one input at a time.
+
+        One at a time on purpose: batched, transformers' long-form loop pads shorter inputs and
+        shares the fallback's random stream between rows, so a neighbour could change a result.
+        """
+        return [
+            self._pool.decode_groups(
+                [plans[i].entry],
+                lambda model, _, i=i: [
+                    decode_segments(
+                        model, self.processor, [arrays[i]], [plans[i].whisper], opts, beams, self.max_new_tokens
+                    )[0]
+                ],
+            )[0]
+            for i in rows
+        ]
 
     def _plan(self, langs, forced, entries, detected) -> list[PlannedInput]:
         plans = []
@@ -181,13 +216,17 @@ class Transcriber:
         language: str | Sequence[str] = AUTO,
         num_beams: int | None = None,
         adapter: str | None | Sequence[str | None] = ROUTE,
+        timestamps: bool = False,
+        options: DecodeOptions | None = None,
     ) -> list[Transcription]:
         """Transcribe several inputs, each with its own language (or ``auto``) and adapter.
 
         ``adapter`` is ``"route"`` (the language picks it), ``None`` (the untouched base) or an
         adapter name, for all inputs or one per input. A named adapter with ``language="auto"``
-        decodes in the adapter's own language. Inputs with no samples or non-finite samples raise
-        ``AudioError``; silent 30 s windows are not decoded (they give no text).
+        decodes in the adapter's own language. ``timestamps=True`` returns ``segments``; inputs
+        past 30 s are always decoded window by window with timestamps (``options``, default the
+        Transcriber's ``decode_options``). Inputs with no samples or non-finite samples raise
+        ``AudioError``; silent inputs are not decoded (they give no text).
         """
         langs = [language] * len(audios) if isinstance(language, str) else list(language)
         forced = [adapter] * len(audios) if adapter is None or isinstance(adapter, str) else list(adapter)
@@ -207,36 +246,48 @@ class Transcriber:
             load_audio(a) if not isinstance(a, np.ndarray) else check_signal(a, f"input {i}")
             for i, a in enumerate(audios)
         ]
-        chunks, owner = [], []
-        for i, a in enumerate(arrays):  # audio past 30 s is decoded window by window, same adapter
-            for start in range(0, len(a), N_SAMPLES):
-                chunks.append(a[start : start + N_SAMPLES])
-                owner.append(i)
+        long_form = timestamps or any(len(a) > N_SAMPLES for a in arrays)
+        opts = options or self.decode_options
         with self._lock:
-            feats = self.features(chunks)
-            first = [owner.index(i) for i in range(len(arrays))]
             auto = [i for i, lang in enumerate(langs) if lang == AUTO]  # forced adapters already set theirs
-            detected = (
-                dict(zip(auto, self.detect_language(feats[[first[i] for i in auto]]), strict=True)) if auto else {}
-            )
+            detected = {}
+            if auto:  # Whisper's language ID looks at the first 30 s
+                probs = self.detect_language(self.features([arrays[i][:N_SAMPLES] for i in auto]))
+                detected = dict(zip(auto, probs, strict=True))
             plans = self._plan(langs, forced, entries, detected)
-            speech = [k for k, c in enumerate(chunks) if not is_silent(c)]  # silent windows give no text
-            texts = [""] * len(chunks)
-            if speech:
-                decoded = self._pool.decode(
-                    feats[speech],
-                    [plans[owner[k]].whisper for k in speech],
-                    [plans[owner[k]].entry for k in speech],
+            speech = [i for i, a in enumerate(arrays) if not is_silent(a)]  # silent inputs give no text
+            segments: list = [()] * len(arrays)
+            texts = [""] * len(arrays)
+            if speech and long_form:
+                decoded = self._decode_timed(speech, arrays, plans, opts, beams)
+                for i, segs in zip(speech, decoded, strict=True):
+                    segments[i], texts[i] = tuple(segs), " ".join(s.text for s in segs)
+            elif speech:
+                texts_speech = self._pool.decode(
+                    self.features([arrays[i] for i in speech]),
+                    [plans[i].whisper for i in speech],
+                    [plans[i].entry for i in speech],
                     lambda m, f, lg, names: self._generate(m, f, lg, names, beams),
                 )
-                for k, t in zip(speech, decoded, strict=True):
-                    texts[k] = t
+                for i, t in zip(speech, texts_speech, strict=True):
+                    texts[i] = t
+                # loop guard: a repetitive transcript is decoded again with the temperature fallback
+                limit = opts.compression_ratio_threshold
+                looped = [i for i in speech if limit and compression_ratio(texts[i]) > limit]
+                if looped:
+                    log.info(
+                        "%d transcript(s) look like a repetition loop; decoding them again with fallback", len(looped)
+                    )
+                    for i, segs in zip(looped, self._decode_timed(looped, arrays, plans, opts, beams), strict=True):
+                        texts[i] = " ".join(s.text for s in segs)
         return [
             Transcription(
-                " ".join(t for k, t in enumerate(texts) if owner[k] == i and t),
+                texts[i],
                 p.language,
                 p.probability,
                 p.entry.name if p.entry else None,
+                round(len(arrays[i]) / SAMPLE_RATE, 3),
+                segments[i] if timestamps else None,
             )
             for i, p in enumerate(plans)
         ]
@@ -247,9 +298,11 @@ class Transcriber:
         language: str = AUTO,
         num_beams: int | None = None,
         adapter: str | None = ROUTE,
+        timestamps: bool = False,
+        options: DecodeOptions | None = None,
     ) -> Transcription:
         """Transcribe one input with its language's adapter (``auto``: detect it first)."""
-        return self.transcribe_batch([audio], language, num_beams, adapter)[0]
+        return self.transcribe_batch([audio], language, num_beams, adapter, timestamps, options)[0]
 
     def __repr__(self) -> str:
         return (

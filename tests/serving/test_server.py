@@ -59,11 +59,13 @@ def test_health_and_models(server):
 
 
 def test_formats_and_routing(server):
-    r = _post(server, WAVS[0], "sw").json()
-    assert r["adapter"] == "sw" and r["language"] == "sw" and r["text"]
-    assert _post(server, WAVS[0], "sw", fmt="json").json() == {"text": r["text"]}
+    r = _post(server, WAVS[0], "sw").json()  # verbose_json: decoded with timestamps, for its segments
+    assert r["adapter"] == "sw" and r["language"] == "swahili" and r["language_code"] == "sw"
+    assert isinstance(r["segments"], list) and r["duration"] > 0
+    plain = _post(server, WAVS[0], "sw", fmt="json").json()
+    assert list(plain) == ["text"] and plain["text"]
     text = _post(server, WAVS[0], "sw", fmt="text")
-    assert text.headers["content-type"].startswith("text/plain") and text.text == r["text"]
+    assert text.headers["content-type"].startswith("text/plain") and text.text == plain["text"]
     assert _post(server, WAVS[0], "swahili").json()["adapter"] == "sw"  # aliases name adapters too
     routed = _post(server, WAVS[0], "auto", "cs").json()
     assert routed["adapter"] == "cs" and routed["language_probability"] is None
@@ -90,7 +92,7 @@ def test_official_openai_client(server):
         ({"wav": _wav(np.full(16000, np.nan, np.float32), "FLOAT")}, 400, "16000 non-finite (NaN or infinite)"),
         ({"model": "klingon"}, 404, "unknown model 'klingon'; valid models: whisper-tiny-random, auto"),
         ({"language": "xx"}, 400, "unknown language 'xx'"),
-        ({"fmt": "srt"}, 400, "unsupported response_format 'srt'; valid: json, text, verbose_json"),
+        ({"fmt": "docx"}, 400, "unsupported response_format 'docx'; valid: json, text, srt, vtt, verbose_json"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(server, kwargs, status, message):
@@ -153,3 +155,17 @@ def test_a_broken_adapter_is_reported_and_the_rest_serve(tiny_dir, tiny_registry
             r = _post(url, WAVS[0], model, lang)
             assert r.status_code == 503, r.text
             assert "adapter 'cs' is broken: " in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"response_format": "json", "timestamp_granularities[]": "word"}, "needs response_format=verbose_json"),
+        ({"timestamp_granularities[]": "phoneme"}, "unknown timestamp_granularities ['phoneme']; valid: segment, word"),
+        ({"temperature": "1.5"}, "temperature=1.5 must be between 0 and 1"),
+    ],
+)
+def test_timestamp_fields_are_honoured_or_refused(server, extra, message):
+    data = {"model": "sw", "response_format": "verbose_json", **extra}
+    r = httpx.post(f"{server}/v1/audio/transcriptions", data=data, files={"file": ("a.wav", WAVS[0])}, timeout=120)
+    assert r.status_code == 400 and message in r.json()["error"]["message"]

@@ -5,6 +5,7 @@ Rows that cannot be used are skipped and counted by reason (see ``records.BAD_RE
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ class Example:
     text: str
     language: str  # registry code
     audio: str  # path of the audio file
-    labels: list[int]  # <|lang|> <|transcribe|> <|notimestamps|> text <|endoftext|> (no <|sot|>)
+    labels: list[int]  # <|lang|> <|transcribe|> <|notimestamps|> text <|endoftext|> (no <|sot|>), or timestamped
     duration: float  # seconds of audio
     feature_extractor: object = field(default=None, repr=False, compare=False)
 
@@ -47,21 +48,43 @@ def log_mel(feature_extractor, audio: np.ndarray) -> torch.Tensor:
         return feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
 
 
-def prefix_ids(tokenizer, language: str, task: str = "transcribe") -> list[int]:
-    """Decoder prefix ``<|sot|> <|lang|> <|task|> <|notimestamps|>`` for a language."""
+TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
+
+
+def prefix_ids(tokenizer, language: str, task: str = "transcribe", timestamps: bool = False) -> list[int]:
+    """Decoder prefix ``<|sot|> <|lang|> <|task|>``, plus ``<|notimestamps|>`` unless ``timestamps``."""
     ids = tokenizer.convert_tokens_to_ids
-    return [
-        ids("<|startoftranscript|>"),
-        ids(f"<|{resolve_language(language).whisper}|>"),
-        ids(f"<|{task}|>"),
-        ids("<|notimestamps|>"),
-    ]
+    prefix = [ids("<|startoftranscript|>"), ids(f"<|{resolve_language(language).whisper}|>"), ids(f"<|{task}|>")]
+    return prefix if timestamps else [*prefix, ids("<|notimestamps|>")]
 
 
-def label_ids(tokenizer, text: str, language: str) -> list[int]:
-    """Label ids for training (the ``<|sot|>`` start token is added by the model's shift)."""
+def timestamp_id(tokenizer, seconds: float) -> int:
+    """The ``<|t.tt|>`` token of a time inside the 30 s window (rounded to 20 ms, clamped to 0..30 s)."""
+    step = round(min(max(seconds, 0.0), CHUNK_SECONDS) / TIME_PRECISION)
+    return tokenizer.convert_tokens_to_ids("<|0.00|>") + step
+
+
+def label_ids(tokenizer, text: str, language: str, span: tuple[float, float] | None = None) -> list[int]:
+    """Label ids for training (the ``<|sot|>`` start token is added by the model's shift).
+
+    With ``span=(start, end)`` in seconds the text is framed by timestamp tokens, as in Whisper's
+    own training data (``<|lang|> <|transcribe|> <|0.00|> text <|3.42|> <|endoftext|>``), so an
+    adapter keeps predicting segment times.
+    """
     body = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
-    return prefix_ids(tokenizer, language)[1:] + body + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if span is None:
+        return prefix_ids(tokenizer, language)[1:] + body + [eot]
+    start, end = (timestamp_id(tokenizer, t) for t in span)
+    return prefix_ids(tokenizer, language, timestamps=True)[1:] + [start, *body, end, eot]
+
+
+def wants_timestamps(utterance_id: str, share: float) -> bool:
+    """Whether an utterance gets timestamped labels: a stable choice of ``share`` of the corpus by id."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha1(utterance_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
 
 
 def featurize(
@@ -70,8 +93,12 @@ def featurize(
     bad: BadRows | None = None,
     max_label_tokens: int = MAX_LABEL_TOKENS,
     progress: bool = False,
+    timestamp_share: float = 0.0,
 ) -> tuple[list[Example], BadRows]:
-    """Decode and check records, tokenise their labels; returns the good examples and the bad-row report."""
+    """Decode and check records, tokenise their labels; returns the good examples and the bad-row report.
+
+    ``timestamp_share`` of the utterances (chosen by id) get timestamped labels spanning the clip.
+    """
     from tqdm.auto import tqdm
 
     bad = bad if bad is not None else BadRows()
@@ -94,11 +121,13 @@ def featurize(
         if is_silent(audio):
             bad.add("silence", r.id)
             continue
-        labels = label_ids(processor.tokenizer, r.text, r.language)
+        duration = len(audio) / SAMPLE_RATE
+        span = (0.0, duration) if wants_timestamps(r.id, timestamp_share) else None
+        labels = label_ids(processor.tokenizer, r.text, r.language, span)
         if len(labels) + 1 > max_label_tokens:
             bad.add("too_long_labels", r.id)
             continue
-        out.append(Example(r.id, r.text, r.language, r.audio, labels, len(audio) / SAMPLE_RATE, processor.feature_extractor))
+        out.append(Example(r.id, r.text, r.language, r.audio, labels, duration, processor.feature_extractor))
     return out, bad
 
 

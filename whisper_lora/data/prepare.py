@@ -23,18 +23,20 @@ def prepare_splits(
     seed: int = 0,
     max_bad_fraction: float = 0.1,
     progress: bool = True,
+    timestamp_share: float = 0.0,
 ) -> dict[str, list[Example]]:
     """Featurised examples of the requested splits of the corpus at ``data``.
 
     Only the requested splits are read (a corpus holding only ``test`` can be scored); a missing
     dev or test split is carved out of train (see ``load_corpus``). Fails with the bad-row report
     when more than ``max_bad_fraction`` of the rows read are unusable, and when ``train`` was
-    asked for but has no usable utterance.
+    asked for but has no usable utterance. ``timestamp_share`` of the train split gets timestamped labels.
     """
     records, bad = load_corpus(data, language, data_format, split_fractions, seed, splits=splits)
     out: dict[str, list[Example]] = {}
     for name in splits:
-        out[name], bad = featurize(records[name], processor, bad, progress=progress)
+        share = timestamp_share if name == "train" else 0.0  # dev/test labels are only read as text
+        out[name], bad = featurize(records[name], processor, bad, progress=progress, timestamp_share=share)
     bad.check(max_bad_fraction, f"corpus {data}")
     if bad.bad:
         log.warning("skipped rows: %s", bad.summary())

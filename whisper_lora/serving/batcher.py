@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..longform import DecodeOptions
 from ..transcriber import Transcriber, Transcription
 
 
@@ -18,15 +19,22 @@ class _Request:
     audio: np.ndarray
     language: str
     adapter: str | None
+    timestamps: bool = False
+    options: DecodeOptions | None = None
     future: Future = field(default_factory=Future)
+
+    @property
+    def kind(self) -> tuple:
+        return (self.timestamps, self.options)
 
 
 class MicroBatcher:
     """Collects requests for up to ``max_wait_ms`` (or ``max_batch`` of them) and decodes them together.
 
     Each request keeps its own language and adapter (peft mixed batches), so its result equals
-    an isolated call. If a batch fails, its requests are retried one by one, so one bad input
-    never fails the others.
+    an isolated call. Requests asking for timestamps or other decoding options are decoded with
+    those that ask for the same. If a batch fails, its requests are retried one by one, so one bad
+    input never fails the others.
     """
 
     def __init__(self, transcriber: Transcriber, max_batch: int = 8, max_wait_ms: float = 10.0):
@@ -38,9 +46,15 @@ class MicroBatcher:
         self.served = 0
 
     def submit(
-        self, audio: np.ndarray, language: str, adapter: str | None, timeout: float | None = None
+        self,
+        audio: np.ndarray,
+        language: str,
+        adapter: str | None,
+        timeout: float | None = None,
+        timestamps: bool = False,
+        options: DecodeOptions | None = None,
     ) -> Transcription:
-        req = _Request(audio, language, adapter)
+        req = _Request(audio, language, adapter, timestamps, options)
         self._queue.put(req)
         return req.future.result(timeout)
 
@@ -64,12 +78,20 @@ class MicroBatcher:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            self._decode(batch)
+            kinds: dict[tuple, list[_Request]] = {}
+            for r in batch:
+                kinds.setdefault(r.kind, []).append(r)
+            for group in kinds.values():
+                self._decode(group)
 
     def _decode(self, batch: list[_Request]) -> None:
         try:
             results = self.transcriber.transcribe_batch(
-                [r.audio for r in batch], [r.language for r in batch], adapter=[r.adapter for r in batch]
+                [r.audio for r in batch],
+                [r.language for r in batch],
+                adapter=[r.adapter for r in batch],
+                timestamps=batch[0].timestamps,
+                options=batch[0].options,
             )
             self.batches += 1
         except Exception as e:  # noqa: BLE001 - isolate the failing request

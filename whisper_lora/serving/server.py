@@ -8,23 +8,25 @@ uses that adapter; the base's name uses the untouched base; ``auto`` or ``whispe
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..data.audio import SAMPLE_RATE, AudioError, check_signal, load_audio
+from ..data.audio import AudioError, check_signal, load_audio
 from ..errors import AdapterError, BrokenAdapterError, ConfigError, WhisperLoraError
+from ..formats import to_srt, to_vtt, verbose_json
 from ..languages import resolve_language
 from ..transcriber import AUTO, ROUTE, Transcriber
 from .batcher import MicroBatcher
 
 ROUTER_MODELS = ("auto", "whisper-1")
-FORMATS = ("json", "text", "verbose_json")
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("segment", "word")
 
 
 @dataclass(frozen=True)
@@ -158,13 +160,38 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
         model: Annotated[str, Form()],
         language: Annotated[str | None, Form()] = None,
         response_format: Annotated[str, Form()] = "json",
-        prompt: Annotated[str | None, Form()] = None,  # accepted for compatibility; not used
-        temperature: Annotated[float | None, Form()] = None,  # accepted for compatibility; decoding is greedy
+        prompt: Annotated[str | None, Form()] = None,  # initial prompt of timestamped decoding
+        temperature: Annotated[float | None, Form()] = None,  # first temperature of the fallback ladder
+        timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
     ):
         if response_format not in FORMATS:
             raise ApiError(
                 400, f"unsupported response_format {response_format!r}; valid: {', '.join(FORMATS)}", "response_format"
             )
+        granularities = set(timestamp_granularities or ["segment"])
+        if not granularities <= set(GRANULARITIES):
+            bad = sorted(granularities - set(GRANULARITIES))
+            raise ApiError(
+                400,
+                f"unknown timestamp_granularities {bad}; valid: {', '.join(GRANULARITIES)}",
+                "timestamp_granularities",
+            )
+        if timestamp_granularities and response_format != "verbose_json":
+            raise ApiError(400, "timestamp_granularities needs response_format=verbose_json", "timestamp_granularities")
+        if temperature is not None and not 0 <= temperature <= 1:
+            raise ApiError(400, f"temperature={temperature!r} must be between 0 and 1", "temperature")
+        words = "word" in granularities
+        options = None
+        if prompt or temperature is not None or words:
+            try:
+                options = replace(
+                    transcriber.decode_options.with_temperature(temperature),
+                    prompt=prompt or None,
+                    word_timestamps=words,
+                )
+            except ConfigError as e:
+                raise ApiError(400, str(e)) from None
+        timed = response_format in ("srt", "vtt", "verbose_json") or options is not None
         lang = (language or AUTO).strip().lower()
         if lang != AUTO:
             try:
@@ -177,21 +204,16 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
             raise ApiError(413, f"file is larger than the limit of {config.max_upload_bytes} bytes", "file")
         audio = await run_in_threadpool(decode_upload, data, file.filename or "")
         started = time.perf_counter()
-        result = await run_in_threadpool(batcher.submit, audio, lang, adapter)
+        result = await run_in_threadpool(batcher.submit, audio, lang, adapter, None, timed, options)
         if response_format == "text":
             return PlainTextResponse(result.text)
         if response_format == "json":
             return {"text": result.text}
-        return {
-            "task": "transcribe",
-            "language": result.language,
-            "language_probability": result.language_probability,
-            "adapter": result.adapter,
-            "duration": round(len(audio) / SAMPLE_RATE, 3),
-            "text": result.text,
-            "segments": [],
-            "processing_seconds": round(time.perf_counter() - started, 3),
-        }
+        if response_format == "srt":
+            return Response(to_srt(result), media_type="application/x-subrip")
+        if response_format == "vtt":
+            return Response(to_vtt(result), media_type="text/vtt")
+        return {**verbose_json(result, words), "processing_seconds": round(time.perf_counter() - started, 3)}
 
     @app.on_event("shutdown")
     def _stop():

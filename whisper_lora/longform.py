@@ -1,0 +1,300 @@
+"""Timestamped and long-form decoding: Whisper's own sequential algorithm, through whichever adapter is active.
+
+transformers' ``generate`` already implements it for inputs past 30 s: windows that advance by the
+last predicted timestamp, the previous text as prompt, temperature fallback on compression ratio and
+average log-probability, word times from the cross-attention alignment heads. It shrinks and re-runs
+parts of the batch as inputs finish or fall back, so peft's per-row ``adapter_names`` cannot follow it:
+callers run it once per adapter group (``AdapterPool.groups``). What this module adds is what
+``generate`` does not return: per-segment ``avg_logprob``, ``compression_ratio``, ``no_speech_prob``,
+a repetition flag, words, and the no-speech skip of silent windows (decided from the recorded
+no-speech probability; transformers' own detector keeps only the last batch's values).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from .data.audio import SAMPLE_RATE
+from .errors import ConfigError
+from .generation import decoding_config
+
+N_FRAMES = 3000  # log-mel frames in Whisper's 30 s window
+FRAME_SECONDS = 0.01
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How timestamped / long-form decoding behaves (defaults: openai-whisper's ``transcribe``)."""
+
+    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # fallback ladder; (0.0,): greedy only
+    compression_ratio_threshold: float | None = 2.4  # above: re-decode hotter (and flag as repetition)
+    logprob_threshold: float | None = -1.0  # window average log-probability below this: re-decode hotter
+    no_speech_threshold: float | None = 0.6  # skip a window this likely silent (if its log-prob is low too)
+    condition_on_previous_text: bool = True  # previous window's text as the prompt of the next
+    prompt: str | None = None  # initial prompt: spelling, names, style
+    word_timestamps: bool = False  # word times from the alignment heads; they also bound each segment
+
+    def __post_init__(self) -> None:
+        temps = (self.temperature,) if isinstance(self.temperature, int | float) else tuple(self.temperature)
+        object.__setattr__(self, "temperature", tuple(float(t) for t in temps))
+        problems = []
+        if not self.temperature or any(not 0 <= t <= 1 or math.isnan(t) for t in self.temperature):
+            problems.append(f"temperature={self.temperature!r}: one or more values in [0, 1]")
+        if list(self.temperature) != sorted(self.temperature):
+            problems.append(f"temperature={self.temperature!r} must not decrease (a fallback gets hotter)")
+        if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 1:
+            problems.append(f"compression_ratio_threshold={self.compression_ratio_threshold!r} must be > 1")
+        if self.no_speech_threshold is not None and not 0 < self.no_speech_threshold < 1:
+            problems.append(f"no_speech_threshold={self.no_speech_threshold!r} must be in (0, 1)")
+        if self.logprob_threshold is not None and self.logprob_threshold > 0:
+            problems.append(f"logprob_threshold={self.logprob_threshold!r} must be <= 0")
+        if problems:
+            raise ConfigError("invalid decoding options:\n  - " + "\n  - ".join(problems))
+
+    def with_temperature(self, temperature: float | None) -> DecodeOptions:
+        """These options starting at one temperature (OpenAI's ``temperature`` field), then falling back in
+        steps of 0.2 up to 1.0 as openai-whisper does; None keeps the ladder as it is."""
+        if temperature is None:
+            return self
+        ladder = [temperature]
+        while ladder[-1] + 0.2 <= 1.0 + 1e-9:
+            ladder.append(round(ladder[-1] + 0.2, 4))
+        return replace(self, temperature=tuple(ladder))
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str  # as decoded, with its leading space
+    start: float
+    end: float
+
+    def to_dict(self) -> dict:
+        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One timestamped piece of a transcript (times in seconds from the start of the input)."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    avg_logprob: float  # of the window the segment was decoded in, as in openai-whisper
+    compression_ratio: float  # gzip ratio of the segment's text; high means repetition
+    no_speech_prob: float | None  # of its window; None when no-speech detection is off
+    repetition: bool  # compression ratio above the threshold even after every fallback
+    tokens: tuple[int, ...] = ()  # text token ids
+    words: tuple[Word, ...] | None = field(default=None)
+
+    def to_dict(self) -> dict:
+        d = {
+            "id": self.id,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "avg_logprob": round(self.avg_logprob, 4),
+            "compression_ratio": round(self.compression_ratio, 4),
+            "no_speech_prob": None if self.no_speech_prob is None else round(self.no_speech_prob, 4),
+            "repetition": self.repetition,
+            "tokens": list(self.tokens),
+        }
+        if self.words is not None:
+            d["words"] = [w.to_dict() for w in self.words]
+        return d
+
+
+def compression_ratio(text: str) -> float:
+    """gzip compression ratio of a text (openai-whisper's loop detector); 0 for an empty text."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def long_features(feature_extractor, audios: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel of whole signals, ``(batch, n_mels, frames)`` for the longest, and the mask of real frames.
+
+    Not padded to 30 s: ``generate`` then stops at each input's own end (as openai-whisper's
+    ``content_frames``) instead of decoding the padding of a short input after its last segment.
+    """
+    out = feature_extractor(
+        list(audios),
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="pt",
+        truncation=False,
+        padding="longest",
+        return_attention_mask=True,
+    )
+    return out.input_features, out.attention_mask
+
+
+class _NoSpeechRecorder:
+    """``monitor_progress`` hook of ``generate``: at each window, the no-speech probability of every
+    input still running (Whisper's ``<|nospeech|>`` after ``<|startoftranscript|>``, on that window)."""
+
+    def __init__(self, model, feats: torch.Tensor, sot: int, no_speech: int):
+        self.model, self.feats, self.sot, self.no_speech = model, feats, sot, no_speech
+        self.windows: list[list[tuple[int, float]]] = [[] for _ in range(feats.shape[0])]  # (seek frame, prob)
+
+    def __call__(self, seek_and_max: torch.Tensor) -> None:
+        rows = [i for i, (s, m) in enumerate(seek_and_max.tolist()) if s < m]
+        if not rows:
+            return
+        windows = []
+        for i in rows:
+            seek, stop = int(seek_and_max[i, 0]), int(seek_and_max[i, 1])
+            w = self.feats[i : i + 1, :, seek : min(seek + N_FRAMES, stop)]
+            windows.append(torch.nn.functional.pad(w, (0, N_FRAMES - w.shape[-1])))
+        dec = torch.full((len(rows), 1), self.sot, dtype=torch.long, device=self.feats.device)
+        logits = self.model(input_features=torch.cat(windows), decoder_input_ids=dec).logits[:, 0]
+        probs = logits.float().softmax(-1)[:, self.no_speech].tolist()
+        for i, p in zip(rows, probs, strict=True):
+            self.windows[i].append((int(seek_and_max[i, 0]), p))
+
+    def at(self, row: int, start: float) -> float | None:
+        """The probability of the window a segment starting at ``start`` seconds was decoded in."""
+        frame = round(start / FRAME_SECONDS)
+        found = [p for seek, p in self.windows[row] if seek <= frame + 1]
+        return found[-1] if found else None
+
+
+def _window_logprob(result: dict, cache: dict) -> float:
+    """Average log-probability of the tokens generated in one window (end-of-text included)."""
+    key = id(result)
+    if key not in cache:
+        scores = result.get("scores")
+        if not scores:
+            cache[key] = float("nan")
+        else:
+            generated = result["sequences"][-len(scores) :]
+            logps = [torch.log_softmax(s.float(), -1)[int(t)] for s, t in zip(scores, generated, strict=True)]
+            finite = [float(x) for x in logps if torch.isfinite(x)]
+            cache[key] = sum(finite) / max(len(finite), 1)
+    return cache[key]
+
+
+def _words(tokenizer, tokens: list[int], times: list[float], end: float, timestamp_begin: int) -> tuple[Word, ...]:
+    """Group text tokens into words (a leading space starts one); a word ends where the next begins."""
+    pieces = [(t, s) for t, s in zip(tokens, times, strict=False) if t < timestamp_begin - 1]  # text tokens only
+    pieces = [(t, s) for t, s in pieces if t < tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    words: list[list] = []
+    for t, s in pieces:
+        text = tokenizer.decode([t])
+        if not words or text.startswith(" "):
+            words.append([text, s])
+        else:
+            words[-1][0] += text
+    out = []
+    for k, (text, s) in enumerate(words):
+        e = words[k + 1][1] if k + 1 < len(words) else end
+        out.append(Word(text, float(s), float(max(e, s))))
+    return tuple(w for w in out if w.word.strip())
+
+
+def decode_segments(
+    model,
+    processor,
+    audios: Sequence[np.ndarray],
+    whisper_langs: Sequence[str],
+    options: DecodeOptions,
+    num_beams: int = 1,
+    max_new_tokens: int = 224,
+    seed: int = 0,
+) -> list[list[Segment]]:
+    """Timestamped segments of each input, decoded with ``model`` as it is (one adapter or none active).
+
+    The temperature fallback samples from ``seed`` without touching the caller's random state.
+    """
+    tokenizer = processor.tokenizer
+    feats, mask = long_features(processor.feature_extractor, audios)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    feats = feats.to(model.device, dtype)
+    half = model.config.max_target_positions // 2  # the previous text may take half of the decoder's context
+    gen = decoding_config(model, num_beams, min(max_new_tokens, half - 4))
+    gen.no_speech_threshold = None  # decided below from every window's recorded probability
+    timestamp_begin = gen.no_timestamps_token_id + 1
+    recorder = None
+    if options.no_speech_threshold is not None:
+        sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+        recorder = _NoSpeechRecorder(model, feats, sot, gen.no_timestamps_token_id - 1)
+    kw = dict(
+        input_features=feats,
+        generation_config=gen,
+        language=list(whisper_langs),
+        task="transcribe",
+        return_timestamps=True,
+        return_segments=True,
+        temperature=options.temperature if len(options.temperature) > 1 else options.temperature[0],
+        compression_ratio_threshold=options.compression_ratio_threshold,
+        # a threshold no window falls below still makes generate keep the scores avg_logprob needs
+        logprob_threshold=options.logprob_threshold if options.logprob_threshold is not None else -math.inf,
+        condition_on_prev_tokens=options.condition_on_previous_text,
+        monitor_progress=recorder,
+    )
+    kw["attention_mask"] = mask.to(model.device)  # each input's own length (batches, word timing)
+    if options.prompt:
+        prompt = processor.get_prompt_ids(options.prompt)
+        if len(prompt) > half - 1:
+            raise ConfigError(f"prompt is {len(prompt)} tokens long; at most {half - 1} fit before the transcript")
+        kw["prompt_ids"] = torch.as_tensor(prompt, device=model.device)
+    inner = getattr(model, "get_base_model", lambda: model)()
+    attn = inner.config._attn_implementation
+    if options.word_timestamps:
+        kw["return_token_timestamps"] = True
+    devices = [model.device] if model.device.type == "cuda" else []
+    try:  # a fallback samples: from a fixed seed, so the same inputs always give the same text
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = model.generate(**kw)
+    finally:
+        inner.config._attn_implementation = attn  # word timing switches the model to eager attention
+    results = []
+    logprob_cache: dict = {}
+    for row, raw in enumerate(out["segments"]):
+        segments: list[Segment] = []
+        for seg in raw:
+            tokens = [int(t) for t in seg["tokens"]]
+            text_tokens = [t for t in tokens if t < timestamp_begin - 1 and t != gen.eos_token_id]
+            text = tokenizer.decode(text_tokens, skip_special_tokens=True).strip()
+            start, end = float(seg["start"]), float(seg["end"])
+            logprob = _window_logprob(seg["result"], logprob_cache)
+            no_speech = recorder.at(row, start) if recorder else None
+            if (
+                no_speech is not None
+                and no_speech > options.no_speech_threshold
+                and (options.logprob_threshold is None or logprob < options.logprob_threshold)
+            ):
+                continue  # a silent window: Whisper's rule drops what was decoded in it
+            if not text:
+                continue
+            ratio = compression_ratio(text)
+            words = None
+            if options.word_timestamps and "token_timestamps" in seg:
+                words = _words(tokenizer, tokens, seg["token_timestamps"].tolist(), end, timestamp_begin)
+                if words:  # as openai-whisper: the aligned words bound the segment (finer than its tokens)
+                    start, end = words[0].start, max(words[-1].end, words[0].start)
+            threshold = options.compression_ratio_threshold or 2.4
+            if segments:  # cues in time order, never overlapping
+                start = max(start, segments[-1].end)
+            end = max(end, start)
+            segments.append(
+                Segment(
+                    len(segments),
+                    start,
+                    end,
+                    text,
+                    logprob,
+                    ratio,
+                    no_speech,
+                    ratio > threshold,
+                    tuple(text_tokens),
+                    words,
+                )
+            )
+        results.append(segments)
+    return results
