@@ -140,6 +140,7 @@ def test_cli_prints_valid_srt_for_a_long_file(english, tmp_path, capsys):
     cues = _parse_srt(capsys.readouterr().out)
     assert len(cues) >= 4
     assert all(s <= e for s, e in cues) and all(a[1] <= b[0] for a, b in zip(cues, cues[1:], strict=False))
+    assert statistics.median(start_errors([s for s, _ in cues], english[1].starts)) <= 0.5  # word-aligned by default
     assert cli([*args[:6], "vtt", *args[7:], "--output-dir", str(tmp_path / "out")]) == 0
     vtt = (tmp_path / "out" / "long.vtt").read_text()
     assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == len(cues)
@@ -169,12 +170,13 @@ def test_server_speaks_every_format_through_the_official_client(english, tmp_pat
         assert verbose.language == "english" and verbose.duration == pytest.approx(english[1].duration, abs=0.01)
         _check_segments([_Seg(s.start, s.end) for s in verbose.segments], english[1], median_error=0.5)
         assert len(verbose.words) >= 0.8 * len(verbose.text.split())
+        segments = ask(response_format="verbose_json").segments  # segment granularity: the timestamp tokens' times
         srt = ask(response_format="srt")
         assert [(round(s, 2), round(e, 2)) for s, e in _parse_srt(srt)] == [
-            (round(s.start, 2), round(s.end, 2)) for s in verbose.segments
+            (round(s.start, 2), round(s.end, 2)) for s in segments
         ]
         vtt = ask(response_format="vtt")
-        assert vtt.startswith("WEBVTT") and vtt.count(" --> ") == len(verbose.segments)
+        assert vtt.startswith("WEBVTT") and vtt.count(" --> ") == len(segments)
         prompted = ask(response_format="json", prompt="Mr. Dashwood, Norland Park.", temperature=0.0)
     local = Transcriber("whisper-base", AdapterRegistry(REPO_ADAPTERS), precision="fp32", device="cpu")
     torch.manual_seed(0)

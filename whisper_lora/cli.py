@@ -176,6 +176,11 @@ def _transcriber(a, **kw):
     return Transcriber(a.base, a.adapters, precision=_precision(a, "int8"), device=a.device or "auto", **kw)
 
 
+def _word_timestamps(a) -> bool:
+    """Word alignment: asked for, or by default for subtitles (it puts cue starts within ~0.3 s; see README)."""
+    return a.word_timestamps if a.word_timestamps is not None else a.format in ("srt", "vtt")
+
+
 def _decode_options(a):
     from .longform import DecodeOptions
 
@@ -184,7 +189,7 @@ def _decode_options(a):
         temperature=temps,
         condition_on_previous_text=not a.no_condition,
         prompt=a.prompt,
-        word_timestamps=a.word_timestamps,
+        word_timestamps=_word_timestamps(a),
     )
 
 
@@ -200,7 +205,7 @@ def _cmd_transcribe(a) -> int:
         raise WhisperLoraError(f"no such file: {', '.join(missing)}")
     options = _decode_options(a)
     t = _transcriber(a, num_beams=a.beams, detect_threshold=a.threshold, decode_options=options)
-    timed = fmt in TIMED_FORMATS or a.word_timestamps
+    timed = fmt in TIMED_FORMATS or bool(a.word_timestamps)
     for f in a.files:
         r = t.transcribe(f, a.language, timestamps=timed)
         if fmt == "json_lines":
@@ -209,7 +214,7 @@ def _cmd_transcribe(a) -> int:
             prob = f" p={r.language_probability:.2f}" if r.language_probability is not None else ""
             doc = f"{f}\t[{r.language}{prob} adapter={r.adapter or 'base'}]\t{r.text}\n"
         else:
-            doc = render(r, fmt, words=a.word_timestamps)
+            doc = render(r, fmt, words=bool(a.word_timestamps))
         if a.output_dir:
             out = Path(a.output_dir) / f"{Path(f).stem}.{EXTENSIONS.get(fmt, 'txt')}"
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument(
-        "--timestamp-share", type=float, help="share of utterances with timestamped labels (default 0.5; 0: none)"
+        "--timestamp-share", type=float, help="share of utterances with timestamped labels spanning the clip (default 0; see README)"
     )
     t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
     t.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
@@ -384,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="output: line (file, language, adapter, text), txt, json, verbose_json (segments), srt, vtt",
     )
     tr.add_argument("--output-dir", help="write <file stem>.<ext> per input here instead of printing")
-    tr.add_argument("--word-timestamps", action="store_true", help="word start/end times (verbose_json: words)")
+    tr.add_argument(
+        "--word-timestamps",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="word times from the alignment heads, which also bound each segment (default: on for srt and vtt)",
+    )
     tr.add_argument(
         "--temperature", type=float, nargs="+", help="temperature fallback ladder (default: 0 0.2 0.4 0.6 0.8 1)"
     )

@@ -48,7 +48,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between dev evaluations (0: only at the end)
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = 128  # decoding cap for evaluation
-    timestamp_share: float = 0.5  # share of training utterances with timestamped labels (keeps segment times)
+    timestamp_share: float = 0.0  # share of training utterances with timestamped labels spanning the clip
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
     final_eval: bool = True  # score base and adapter on the test split and store it in the metadata
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
