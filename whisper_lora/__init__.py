@@ -14,7 +14,9 @@ from .errors import (
     WhisperLoraError,
 )
 from .evaluate import compare_base_and_adapter, score
+from .formats import render
 from .languages import resolve_language
+from .longform import DecodeOptions, Segment, Word
 from .lora import LoraSpec, apply_lora, count_parameters
 from .merge import MergeReport, export_ctranslate2, merge_adapter
 from .model import load_base_model, silence_bitsandbytes
@@ -31,6 +33,10 @@ __all__ = [
     "MergeReport",
     "Transcriber",
     "Transcription",
+    "DecodeOptions",
+    "Segment",
+    "Word",
+    "render",
     "export_ctranslate2",
     "merge_adapter",
     "AdapterError",
