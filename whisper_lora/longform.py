@@ -4,10 +4,10 @@ transformers' ``generate`` already implements it for inputs past 30 s: windows t
 last predicted timestamp, the previous text as prompt, temperature fallback on compression ratio and
 average log-probability, word times from the cross-attention alignment heads. It shrinks and re-runs
 parts of the batch as inputs finish or fall back, so peft's per-row ``adapter_names`` cannot follow it:
-callers run it once per adapter group (``AdapterPool.groups``). What this module adds is what
+``decode_segments`` takes one input, run with its adapter active (``AdapterPool.decode_groups``). What this module adds is what
 ``generate`` does not return: per-segment ``avg_logprob``, ``compression_ratio``, ``no_speech_prob``,
 a repetition flag, words, and the no-speech skip of silent windows (decided from the recorded
-no-speech probability; transformers' own detector keeps only the last batch's values).
+no-speech probability; transformers' own detector keeps only the last call's values).
 """
 
 from __future__ import annotations
@@ -134,32 +134,27 @@ def long_features(feature_extractor, audios: Sequence[np.ndarray]) -> tuple[torc
 
 
 class _NoSpeechRecorder:
-    """``monitor_progress`` hook of ``generate``: at each window, the no-speech probability of every
-    input still running (Whisper's ``<|nospeech|>`` after ``<|startoftranscript|>``, on that window)."""
+    """``monitor_progress`` hook of ``generate``: at each window, the no-speech probability of the input
+    (Whisper's ``<|nospeech|>`` after ``<|startoftranscript|>``, on that window)."""
 
     def __init__(self, model, feats: torch.Tensor, sot: int, no_speech: int):
         self.model, self.feats, self.sot, self.no_speech = model, feats, sot, no_speech
-        self.windows: list[list[tuple[int, float]]] = [[] for _ in range(feats.shape[0])]  # (seek frame, prob)
+        self.windows: list[tuple[int, float]] = []  # (seek frame, probability)
 
     def __call__(self, seek_and_max: torch.Tensor) -> None:
-        rows = [i for i, (s, m) in enumerate(seek_and_max.tolist()) if s < m]
-        if not rows:
+        seek, stop = (int(x) for x in seek_and_max[0])
+        if seek >= stop:
             return
-        windows = []
-        for i in rows:
-            seek, stop = int(seek_and_max[i, 0]), int(seek_and_max[i, 1])
-            w = self.feats[i : i + 1, :, seek : min(seek + N_FRAMES, stop)]
-            windows.append(torch.nn.functional.pad(w, (0, N_FRAMES - w.shape[-1])))
-        dec = torch.full((len(rows), 1), self.sot, dtype=torch.long, device=self.feats.device)
-        logits = self.model(input_features=torch.cat(windows), decoder_input_ids=dec).logits[:, 0]
-        probs = logits.float().softmax(-1)[:, self.no_speech].tolist()
-        for i, p in zip(rows, probs, strict=True):
-            self.windows[i].append((int(seek_and_max[i, 0]), p))
+        window = self.feats[:, :, seek : min(seek + N_FRAMES, stop)]
+        window = torch.nn.functional.pad(window, (0, N_FRAMES - window.shape[-1]))
+        dec = torch.full((1, 1), self.sot, dtype=torch.long, device=self.feats.device)
+        logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0]
+        self.windows.append((seek, float(logits.float().softmax(-1)[0, self.no_speech])))
 
-    def at(self, row: int, start: float) -> float | None:
+    def at(self, start: float) -> float | None:
         """The probability of the window a segment starting at ``start`` seconds was decoded in."""
         frame = round(start / FRAME_SECONDS)
-        found = [p for seek, p in self.windows[row] if seek <= frame + 1]
+        found = [p for seek, p in self.windows if seek <= frame + 1]
         return found[-1] if found else None
 
 
@@ -178,10 +173,9 @@ def _window_logprob(result: dict, cache: dict) -> float:
     return cache[key]
 
 
-def _words(tokenizer, tokens: list[int], times: list[float], end: float, timestamp_begin: int) -> tuple[Word, ...]:
-    """Group text tokens into words (a leading space starts one); a word ends where the next begins."""
-    pieces = [(t, s) for t, s in zip(tokens, times, strict=False) if t < timestamp_begin - 1]  # text tokens only
-    pieces = [(t, s) for t, s in pieces if t < tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+def _words(tokenizer, pieces: list[tuple[int, float]], end: float) -> tuple[Word, ...]:
+    """Group (text token, start time) pairs into words (a leading space starts one); a word ends where the next
+    begins, the last at ``end``."""
     words: list[list] = []
     for t, s in pieces:
         text = tokenizer.decode([t])
@@ -199,36 +193,40 @@ def _words(tokenizer, tokens: list[int], times: list[float], end: float, timesta
 def decode_segments(
     model,
     processor,
-    audios: Sequence[np.ndarray],
-    whisper_langs: Sequence[str],
+    audio: np.ndarray,
+    whisper_language: str,
     options: DecodeOptions,
     num_beams: int = 1,
     max_new_tokens: int = 224,
     seed: int = 0,
-) -> list[list[Segment]]:
-    """Timestamped segments of each input, decoded with ``model`` as it is (one adapter or none active).
+) -> list[Segment]:
+    """Timestamped segments of one input, decoded with ``model`` as it is (one adapter or none active).
 
-    The temperature fallback samples from ``seed`` without touching the caller's random state.
+    One input per call: batched, transformers' long-form loop pads shorter inputs and shares the
+    fallback's random stream between rows, so a neighbour could change a result. The temperature
+    fallback samples from ``seed`` without touching the caller's random state.
     """
     tokenizer = processor.tokenizer
-    feats, mask = long_features(processor.feature_extractor, audios)
+    feats, mask = long_features(processor.feature_extractor, [audio])
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     feats = feats.to(model.device, dtype)
     half = model.config.max_target_positions // 2  # the previous text may take half of the decoder's context
     gen = decoding_config(model, num_beams, min(max_new_tokens, half - 4))
     gen.no_speech_threshold = None  # decided below from every window's recorded probability
-    timestamp_begin = gen.no_timestamps_token_id + 1
+    eot = gen.eos_token_id  # Whisper's special and timestamp tokens all come after <|endoftext|>
     recorder = None
     if options.no_speech_threshold is not None:
         sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
         recorder = _NoSpeechRecorder(model, feats, sot, gen.no_timestamps_token_id - 1)
     kw = dict(
         input_features=feats,
+        attention_mask=mask.to(model.device),  # the input's own length (word timing needs it)
         generation_config=gen,
-        language=list(whisper_langs),
+        language=whisper_language,
         task="transcribe",
         return_timestamps=True,
         return_segments=True,
+        return_token_timestamps=options.word_timestamps,
         temperature=options.temperature if len(options.temperature) > 1 else options.temperature[0],
         compression_ratio_threshold=options.compression_ratio_threshold,
         # a threshold no window falls below still makes generate keep the scores avg_logprob needs
@@ -236,7 +234,6 @@ def decode_segments(
         condition_on_prev_tokens=options.condition_on_previous_text,
         monitor_progress=recorder,
     )
-    kw["attention_mask"] = mask.to(model.device)  # each input's own length (batches, word timing)
     if options.prompt:
         prompt = processor.get_prompt_ids(options.prompt)
         if len(prompt) > half - 1:
@@ -244,57 +241,53 @@ def decode_segments(
         kw["prompt_ids"] = torch.as_tensor(prompt, device=model.device)
     inner = getattr(model, "get_base_model", lambda: model)()
     attn = inner.config._attn_implementation
-    if options.word_timestamps:
-        kw["return_token_timestamps"] = True
     devices = [model.device] if model.device.type == "cuda" else []
-    try:  # a fallback samples: from a fixed seed, so the same inputs always give the same text
+    try:  # a fallback samples: from a fixed seed, so the same input always gives the same text
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             out = model.generate(**kw)
     finally:
         inner.config._attn_implementation = attn  # word timing switches the model to eager attention
-    results = []
+    segments: list[Segment] = []
     logprob_cache: dict = {}
-    for row, raw in enumerate(out["segments"]):
-        segments: list[Segment] = []
-        for seg in raw:
-            tokens = [int(t) for t in seg["tokens"]]
-            text_tokens = [t for t in tokens if t < timestamp_begin - 1 and t != gen.eos_token_id]
-            text = tokenizer.decode(text_tokens, skip_special_tokens=True).strip()
-            start, end = float(seg["start"]), float(seg["end"])
-            logprob = _window_logprob(seg["result"], logprob_cache)
-            no_speech = recorder.at(row, start) if recorder else None
-            if (
-                no_speech is not None
-                and no_speech > options.no_speech_threshold
-                and (options.logprob_threshold is None or logprob < options.logprob_threshold)
-            ):
-                continue  # a silent window: Whisper's rule drops what was decoded in it
-            if not text:
-                continue
-            ratio = compression_ratio(text)
-            words = None
-            if options.word_timestamps and "token_timestamps" in seg:
-                words = _words(tokenizer, tokens, seg["token_timestamps"].tolist(), end, timestamp_begin)
-                if words:  # as openai-whisper: the aligned words bound the segment (finer than its tokens)
-                    start, end = words[0].start, max(words[-1].end, words[0].start)
-            threshold = options.compression_ratio_threshold or 2.4
-            if segments:  # cues in time order, never overlapping
-                start = max(start, segments[-1].end)
-            end = max(end, start)
-            segments.append(
-                Segment(
-                    len(segments),
-                    start,
-                    end,
-                    text,
-                    logprob,
-                    ratio,
-                    no_speech,
-                    ratio > threshold,
-                    tuple(text_tokens),
-                    words,
-                )
+    for seg in out["segments"][0]:
+        tokens = [int(t) for t in seg["tokens"]]
+        text_tokens = [t for t in tokens if t < eot]
+        text = tokenizer.decode(text_tokens).strip()
+        start, end = float(seg["start"]), float(seg["end"])
+        logprob = _window_logprob(seg["result"], logprob_cache)
+        no_speech = recorder.at(start) if recorder else None
+        if (
+            no_speech is not None
+            and no_speech > options.no_speech_threshold
+            and (options.logprob_threshold is None or logprob < options.logprob_threshold)
+        ):
+            continue  # a silent window: Whisper's rule drops what was decoded in it
+        if not text:
+            continue
+        ratio = compression_ratio(text)
+        words = None
+        if options.word_timestamps and "token_timestamps" in seg:
+            times = seg["token_timestamps"].tolist()
+            words = _words(tokenizer, [(t, s) for t, s in zip(tokens, times, strict=False) if t < eot], end)
+            if words:  # as openai-whisper: the aligned words bound the segment (finer than its tokens)
+                start, end = words[0].start, max(words[-1].end, words[0].start)
+        threshold = options.compression_ratio_threshold or 2.4
+        if segments:  # cues in time order, never overlapping
+            start = max(start, segments[-1].end)
+        end = max(end, start)
+        segments.append(
+            Segment(
+                len(segments),
+                start,
+                end,
+                text,
+                logprob,
+                ratio,
+                no_speech,
+                ratio > threshold,
+                tuple(text_tokens),
+                words,
             )
-        results.append(segments)
-    return results
+        )
+    return segments

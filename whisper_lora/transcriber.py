@@ -76,7 +76,7 @@ class Transcriber:
 
     Inputs past 30 s, and every input when ``timestamps=True``, are decoded the way Whisper's own
     ``transcribe`` does it (sequential windows, previous text as prompt, temperature fallback,
-    no-speech skip; ``decode_options``), once per adapter group of the batch.
+    no-speech skip; ``decode_options``), one input at a time with its adapter.
     """
 
     def __init__(
@@ -179,18 +179,14 @@ class Transcriber:
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
     def _decode_timed(self, rows, arrays, plans, opts: DecodeOptions, beams: int) -> list[list[Segment]]:
-        """Segments of ``arrays[i]`` for i in ``rows`` (long-form algorithm), one input at a time.
-
-        One at a time on purpose: batched, transformers' long-form loop pads shorter inputs and
-        shares the fallback's random stream between rows, so a neighbour could change a result.
-        """
+        """Segments of ``arrays[i]`` for i in ``rows`` (long-form algorithm), one input at a time with its adapter."""
         return [
             self._pool.decode_groups(
                 [plans[i].entry],
                 lambda model, _, i=i: [
                     decode_segments(
-                        model, self.processor, [arrays[i]], [plans[i].whisper], opts, beams, self.max_new_tokens
-                    )[0]
+                        model, self.processor, arrays[i], plans[i].whisper, opts, beams, self.max_new_tokens
+                    )
                 ],
             )[0]
             for i in rows

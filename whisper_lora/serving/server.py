@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.audio import AudioError, check_signal, load_audio
 from ..errors import AdapterError, BrokenAdapterError, ConfigError, WhisperLoraError
-from ..formats import to_srt, to_vtt, verbose_json
+from ..formats import TIMED_FORMATS, to_srt, to_vtt, verbose_json
 from ..languages import resolve_language
 from ..transcriber import AUTO, ROUTE, Transcriber
 from .batcher import MicroBatcher
@@ -191,7 +191,7 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
                 )
             except ConfigError as e:
                 raise ApiError(400, str(e)) from None
-        timed = response_format in ("srt", "vtt", "verbose_json") or options is not None
+        timed = response_format in TIMED_FORMATS or options is not None
         lang = (language or AUTO).strip().lower()
         if lang != AUTO:
             try:
