@@ -2,11 +2,13 @@
 """Time to held-out WER: whisper-lora against a port of PEFT's int8 Whisper recipe, same data and base.
 
     python bench/time_to_wer.py [--data data/sw_synth] [--minutes 6] [--ours-minutes 4] [--eval-n 16]
+    python bench/time_to_wer.py --config cs_fillets --data data/cs_fillets/manifest.csv --metric cer \
+        --minutes 12 --ours-minutes 6 --eval-n 40 --ref-eval-every 10 --ours-eval-every 40
 
 Reference (peft examples/int8_training): 8-bit base, prepare_model_for_kbit_training, LoRA r=32/alpha=64 on
 q_proj/v_proj (all stacks), dropout 0.05, Seq2SeqTrainer, batch 8, lr 1e-3, 50 warm-up steps, 30 s padded inputs.
-Ours: recipes/configs/sw_synth.yaml (decoder self+cross q/k/v/out, encoder outputs cached on first use), run once
-per VARIANTS entry so each speed lever's share shows. Every run's clock starts before loading the base, so its
+Ours: the recipe's config (--config: sw_synth, decoder self+cross q/k/v/out with encoder outputs cached on first use;
+cs_fillets, real Czech, LoRA in every stack), run once per VARIANTS entry so each lever's share shows. Every run's clock starts before loading the base, so its
 minutes include loading, featurising and (ours) encoding; the clock is paused while held-out WER on the first
 --eval-n test utterances is measured. Prints the curves and the time each run needs to reach the reference's
 final WER, and writes JSON.
@@ -70,9 +72,10 @@ def run_reference(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int
 
     class Budget(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step % eval_every == 0:
+            over = clock.minutes() > minutes
+            if state.global_step % eval_every == 0 or over:  # the last step is always measured
                 clock.measure(lambda: point(state.global_step))
-            if clock.minutes() > minutes:
+            if over:
                 control.should_training_stop = True
 
     train = [{"input_features": e.input_features, "labels": e.labels} for e in data["train"]]
@@ -105,11 +108,17 @@ def run_reference(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int
     return curve
 
 
-# whisper-lora with its speed levers switched on one at a time (TrainConfig overrides)
+# whisper-lora variants (TrainConfig overrides), one set per recipe: the speed levers switched on one at a time
 VARIANTS = {
-    "lazy cache, int8 encoder": {"cache_precision": "base", "mixed_precision": "no"},
-    "+ bf16 encoder pass": {"cache_precision": "auto", "mixed_precision": "no"},
-    "+ bf16 autocast (default)": {"cache_precision": "auto", "mixed_precision": "auto"},
+    "sw_synth": {
+        "lazy cache, int8 encoder": {"cache_precision": "base", "mixed_precision": "no"},
+        "+ bf16 encoder pass": {"cache_precision": "auto", "mixed_precision": "no"},
+        "+ bf16 autocast (default)": {"cache_precision": "auto", "mixed_precision": "auto"},
+    },
+    "cs_fillets": {
+        "recipe, 30 s windows": {"trim_padding": None},
+        "recipe defaults (trimmed encoder input)": {},
+    },
 }
 
 
@@ -120,77 +129,92 @@ def run_ours(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int, nam
     curve = []
 
     def on_step(state, model):
-        if state.step % eval_every == 0:
+        over = clock.minutes() > minutes  # the budget excludes measurements, so the run is stopped here
+        if state.step % eval_every == 0 or over:
 
             def point():
-                minutes = round(clock.minutes(), 2)
+                minutes_now = round(clock.minutes(), 2)
                 scores, _ = evaluate_examples(model, processor, test, cfg.language, max_new_tokens=cfg.max_new_tokens)
-                curve.append({"step": state.step, "minutes": minutes, "wer": scores.wer, "cer": scores.cer})
+                curve.append({"step": state.step, "minutes": minutes_now, "wer": scores.wer, "cer": scores.cer})
                 print(name, curve[-1], flush=True)
 
             clock.measure(point)
+        return over
 
-    cfg.max_minutes, cfg.max_steps, cfg.eval_every, cfg.checkpoint_every = minutes, 10_000, 0, 0
+    cfg.max_minutes, cfg.eval_every, cfg.checkpoint_every = None, 0, 0  # the recipe's max_steps and schedule stay
     cfg.final_eval = False  # the curve above is the measurement
     with tempfile.TemporaryDirectory() as tmp:
-        cfg.out = str(Path(tmp) / "sw")
+        cfg.out = str(Path(tmp) / cfg.language)
         train_adapter(cfg, progress=False, callbacks=[on_step])
     return curve
 
 
-def minutes_to_reach(curve: list[dict], wer: float) -> float | None:
-    return next((p["minutes"] for p in curve if p["wer"] <= wer), None)
+def minutes_to_reach(curve: list[dict], target: float, metric: str = "wer") -> float | None:
+    return next((p["minutes"] for p in curve if p[metric] <= target), None)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="sw_synth", choices=list(VARIANTS), help="recipe config (recipes/configs)")
     p.add_argument("--data", default="data/sw_synth")
     p.add_argument("--minutes", type=float, default=6.0)
     p.add_argument("--eval-n", type=int, default=16)
     p.add_argument("--ours-minutes", type=float, default=4.0, help="budget of each whisper-lora variant")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", help="names from VARIANTS[config] (default: all)")
+    p.add_argument(
+        "--metric", default="wer", choices=("wer", "cer"), help="time to the reference's final value of this"
+    )
+    p.add_argument("--ref-eval-every", type=int, default=5, help="steps between the reference's measurements")
+    p.add_argument("--ours-eval-every", type=int, default=5, help="steps between whisper-lora's measurements")
     p.add_argument("--json", default="bench/results/time_to_wer.json")
     a = p.parse_args()
     print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
-    if not (Path(a.data) / "texts").is_dir():
+    variants = VARIANTS[a.config]
+    chosen = a.variants or list(variants)
+    unknown = [v for v in chosen if v not in variants]
+    if unknown:
+        p.error(f"unknown variants {unknown} for {a.config}; valid: {', '.join(variants)}")
+    if a.config == "sw_synth" and not (Path(a.data) / "texts").is_dir():
         from whisper_lora.cli import main as cli
 
         cli(["synth", "--language", "sw", "--out", a.data])
 
     def config(**kw) -> TrainConfig:
-        return TrainConfig.from_yaml(ROOT / "recipes" / "configs" / "sw_synth.yaml", data=a.data, **kw)
+        return TrainConfig.from_yaml(ROOT / "recipes" / "configs" / f"{a.config}.yaml", data=a.data, **kw)
 
-    ref = run_reference(config(), a.minutes, 5, a.eval_n)
-    target = ref[-1]["wer"]
-    t_ref = minutes_to_reach(ref, target)
+    ref = run_reference(config(), a.minutes, a.ref_eval_every, a.eval_n)
+    target = ref[-1][a.metric]
+    t_ref = minutes_to_reach(ref, target, a.metric)
     runs = {"reference (PEFT int8 recipe)": ref}
-    for v in a.variants:
-        runs[v] = run_ours(config(**VARIANTS[v]), a.ours_minutes, 5, a.eval_n, v)
+    for v in chosen:
+        runs[v] = run_ours(config(**variants[v]), a.ours_minutes, a.ours_eval_every, a.eval_n, v)
     summary = []
     for name, curve in runs.items():
-        t = minutes_to_reach(curve, target)
+        t = minutes_to_reach(curve, target, a.metric)
         summary.append(
             {
                 "run": name,
                 "steps": curve[-1]["step"],
                 "final_wer": curve[-1]["wer"],
                 "final_cer": curve[-1]["cer"],
-                "minutes_to_reference_wer": t,
+                f"minutes_to_reference_{a.metric}": t,
                 "ratio": round(t / t_ref, 3) if t is not None and t_ref else None,
             }
         )
-    out = {"budget_minutes": a.minutes, "reference_final_wer": target, "summary": summary, "curves": runs}
+    out = {"config": a.config, "budget_minutes": a.minutes, f"reference_final_{a.metric}": target, "summary": summary}
+    out["curves"] = runs
     print("\n| run | step | minutes | held-out WER | CER |\n|---|---|---|---|---|")
     for name, curve in runs.items():
         for pt in curve:
             print(f"| {name} | {pt['step']} | {pt['minutes']} | {pt['wer']:.3f} | {pt['cer']:.3f} |")
-    print(f"\nTime to the reference's final held-out WER ({target:.3f})\n")
-    print("| run | steps | final WER | final CER | minutes to reference WER | ratio to reference |")
+    m = a.metric.upper()
+    print(f"\nTime to the reference's final held-out {m} ({target:.3f})\n")
+    print(f"| run | steps | final WER | final CER | minutes to reference {m} | ratio to reference |")
     print("|---|---|---|---|---|---|")
     for r in summary:
         print(
             f"| {r['run']} | {r['steps']} | {r['final_wer']:.3f} | {r['final_cer']:.3f} | "
-            f"{r['minutes_to_reference_wer']} | {r['ratio']} |"
+            f"{r[f'minutes_to_reference_{a.metric}']} | {r['ratio']} |"
         )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"machine": device_summary(), **out}, indent=2))

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 
 from tests.conftest import tiny_train_config
@@ -33,10 +35,28 @@ def test_auto_settings_resolve_and_explicit_ones_stay(tiny_dir, sw_corpus, tmp_p
     )
     with caplog.at_level("INFO", logger="whisper_lora"):
         got = resolve_auto_settings(auto, CPU, show=True)
-    assert (got.precision, got.gradient_checkpointing, got.batch_size) == ("fp32", False, 4)
-    assert "profile: precision fp32" in caplog.text
-    explicit = tiny_train_config(tiny_dir, sw_corpus, tmp_path, precision="int8", gradient_checkpointing=True)
+    assert (got.precision, got.gradient_checkpointing, got.batch_size) == ("fp32", False, 8)
+    assert got.trim_padding == 1.0  # every encoder layer adapted: trained on trimmed input, cheap steps, batch 8
+    assert "profile: precision fp32" in caplog.text and "encoder input trimmed to the audio + 1 s" in caplog.text
+    windows = resolve_auto_settings(replace(auto, trim_padding=None), CPU)
+    assert windows.batch_size == 4  # 30 s windows on a CPU: more updates per minute
+    explicit = tiny_train_config(
+        tiny_dir, sw_corpus, tmp_path, precision="int8", gradient_checkpointing=True, trim_padding=None
+    )
     assert resolve_auto_settings(explicit, CPU) is explicit
+
+
+def test_trim_padding_auto_follows_the_adapter_shape_and_the_cache(tiny_dir, sw_corpus, tmp_path):
+    def trim(**kw):
+        return resolve_auto_settings(tiny_train_config(tiny_dir, sw_corpus, tmp_path, **kw), CPU).trim_padding
+
+    decoder_only = {"stacks": ["decoder_self", "decoder_cross"]}
+    top1 = {"encoder_top": 1}
+    assert trim(lora=decoder_only) is None  # the base encoder only knows 30 s windows
+    assert trim(lora=top1) is None  # frozen lower layers come from the per-utterance cache
+    assert trim(lora=top1, cache_encoder=False) == 1.0
+    assert trim(lora=decoder_only, trim_padding="none") is None
+    assert trim(trim_padding=2.5) == 2.5
 
 
 def test_little_ram_keeps_checkpointing_on_for_a_small_base():

@@ -160,7 +160,11 @@ def test_a_datasets_dict_maps_its_splits(sw_corpus):
     train, rows = _sw_dataset(sw_corpus)
     dev, _ = _sw_dataset(sw_corpus, "dev")
     splits, bad = load_corpus(DatasetDict(train=train, validation=dev), "sw")
-    assert {k: len(v) for k, v in splits.items()} == {"train": 24 - len(splits["test"]), "dev": 4, "test": len(splits["test"])}
+    assert {k: len(v) for k, v in splits.items()} == {
+        "train": 24 - len(splits["test"]),
+        "dev": 4,
+        "test": len(splits["test"]),
+    }
     assert splits["test"], "the missing test split is carved out of train"
     got = {u.text for s in splits.values() for u in s}
     assert got == {r["words"] for r in rows} | {u.text for u in splits["dev"]}

@@ -157,7 +157,9 @@ def test_a_datasets_object_with_an_audio_column_trains_an_adapter(tiny_dir, sw_c
     def split(name):
         with open(sw_corpus / "texts" / f"{name}.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
-        ds = Dataset.from_dict({"audio": [str(sw_corpus / "wavs" / r["wav"]) for r in rows], "text": [r["words"] for r in rows]})
+        ds = Dataset.from_dict(
+            {"audio": [str(sw_corpus / "wavs" / r["wav"]) for r in rows], "text": [r["words"] for r in rows]}
+        )
         return ds.cast_column("audio", Audio(sampling_rate=16000))
 
     data = DatasetDict(train=split("train"), validation=split("dev"), test=split("test"))

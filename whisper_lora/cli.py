@@ -63,6 +63,16 @@ def _cmd_synth(a) -> int:
     return 0
 
 
+def _trim_arg(value: str) -> float | str:
+    """``--trim-padding``: seconds, ``auto`` or ``none``."""
+    if value.lower() in ("auto", "none"):
+        return value.lower()  # TrainConfig reads "none" as null
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give seconds (e.g. 1.0), auto or none") from None
+
+
 def _train_config(a):
     from .config import TrainConfig
 
@@ -81,6 +91,7 @@ def _train_config(a):
             "learning_rate",
             "seed",
             "timestamp_share",
+            "trim_padding",
         )
     }
     if a.config:
@@ -354,7 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument(
-        "--timestamp-share", type=float, help="share of utterances with timestamped labels spanning the clip (default 0; see README)"
+        "--timestamp-share",
+        type=float,
+        help="share of utterances with timestamped labels spanning the clip (default 0; see README)",
+    )
+    t.add_argument(
+        "--trim-padding",
+        type=_trim_arg,
+        help="train the encoder on each clip plus this many seconds instead of 30 s windows; 'none': 30 s windows "
+        "(default auto: 1 s when every encoder layer is adapted; see README)",
     )
     t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
     t.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")

@@ -49,6 +49,8 @@ class TrainConfig:
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = 128  # decoding cap for evaluation
     timestamp_share: float = 0.0  # share of training utterances with timestamped labels spanning the clip
+    trim_padding: float | str | None = "auto"  # encode the audio + this many seconds, not the 30 s window
+    # (trim.py); None: 30 s windows; auto: 1 s where every encoder layer is adapted (profile.py)
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
     final_eval: bool = True  # score base and adapter on the test split and store it in the metadata
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -57,6 +59,8 @@ class TrainConfig:
         if isinstance(self.lora, dict):
             self.lora = LoraSpec.from_dict(self.lora)
         self.split_fractions = tuple(self.split_fractions)
+        if self.trim_padding == "none":
+            self.trim_padding = None
         problems = []
         try:
             resolve_language(self.language)
@@ -89,6 +93,10 @@ class TrainConfig:
             problems.append(f"split_fractions={self.split_fractions!r}: two shares (dev, test) summing below 1")
         if not 0 <= self.timestamp_share <= 1:
             problems.append(f"timestamp_share={self.timestamp_share!r} must be in [0, 1]")
+        if self.trim_padding not in (None, "auto") and not (
+            isinstance(self.trim_padding, (int, float)) and 0 <= self.trim_padding <= 30
+        ):
+            problems.append(f"trim_padding={self.trim_padding!r}; valid: auto, null (30 s windows), seconds in [0, 30]")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes={self.max_minutes!r} must be > 0")
         if problems:

@@ -42,6 +42,7 @@ from .data.features import Example
 from .errors import ConfigError, format_choices
 from .hardware import fast_bf16
 from .model import load_whisper
+from .trim import embed
 
 CachePrecision = Literal["base", "auto", "bf16", "fp32"]
 CACHE_PRECISIONS: tuple[str, ...] = get_args(CachePrecision)
@@ -74,9 +75,7 @@ def encode_lower(encoder: nn.Module, features: torch.Tensor, n_layers: int | Non
     """
     if n_layers is None:
         return encoder(features).last_hidden_state
-    x = nn.functional.gelu(encoder.conv1(features))
-    x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
-    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = embed(encoder, features)
     for layer in encoder.layers[:n_layers]:
         x = layer(x, None)
     return x

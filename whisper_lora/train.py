@@ -27,8 +27,15 @@ from .languages import resolve_language
 from .lean_backward import make_backward_lean
 from .lora import apply_lora, count_parameters
 from .model import load_base_model
-from .profile import activation_bytes, choose_profile, count_base_parameters, default_batch_size
+from .profile import (
+    activation_bytes,
+    choose_profile,
+    choose_trim_padding,
+    count_base_parameters,
+    default_batch_size,
+)
 from .resolve import resolve_base
+from .trim import allow_short_inputs
 
 CHECKPOINT_STATE = "trainer_state.pt"
 log = logging.getLogger("whisper_lora")
@@ -94,17 +101,26 @@ class _Run:
 
 
 def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = False) -> TrainConfig:
-    """``cfg`` with its ``auto`` settings (precision, checkpointing, batch size) chosen by the device's profile."""
+    """``cfg`` with its ``auto`` settings (precision, checkpointing, batch size, trimming) chosen by the device's
+    profile and the adapter's shape."""
     auto = [k for k in ("precision", "gradient_checkpointing", "batch_size") if getattr(cfg, k) == "auto"]
-    if not auto:
+    if not auto and cfg.trim_padding != "auto":
         return cfg
     from transformers import WhisperConfig
 
     path = resolve_base(cfg.base)
     wc = WhisperConfig.from_pretrained(path)
-    batch = cfg.batch_size if cfg.batch_size != "auto" else default_batch_size(device)
+    if cfg.trim_padding == "auto":
+        trim, why = choose_trim_padding(cfg.lora, wc.encoder_layers, cfg.cache_encoder)
+        cfg = replace(cfg, trim_padding=trim)
+        if show:
+            log.info("profile: %s", why)
+    if not auto:
+        return cfg
+    trimmed = cfg.trim_padding is not None
+    batch = cfg.batch_size if cfg.batch_size != "auto" else default_batch_size(device, trimmed)
     acts = activation_bytes(wc.d_model, wc.encoder_layers, batch) if cfg.lora.touches_encoder else 0.0
-    profile = choose_profile(device, count_base_parameters(path), batch_activation_bytes=acts)
+    profile = choose_profile(device, count_base_parameters(path), batch_activation_bytes=acts, trimmed=trimmed)
     if show:
         log.info("profile: %s", profile.describe())
     return replace(cfg, **{k: getattr(profile, k) for k in auto})
@@ -136,6 +152,13 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
     if cfg.lean_backward:
         make_backward_lean(model)
     frozen = cfg.lora.frozen_encoder_layers(base.model.config.encoder_layers)
+    if cfg.trim_padding is not None:
+        allow_short_inputs(model)
+        if cfg.cache_encoder and frozen > 0:
+            raise ConfigError(
+                f"trim_padding={cfg.trim_padding} encodes each batch at its own length, which the encoder cache "
+                f"({frozen} frozen encoder layers) cannot serve; set cache_encoder: false or trim_padding: null"
+            )
     enc_cache = None
     if cfg.cache_encoder and frozen > 0:
         enc_cache = EncoderCache(
@@ -211,7 +234,7 @@ def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
     """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
     idx = _batches(len(run.train), cfg.batch_size, cfg.seed, step)[acc.process_index :: acc.num_processes]
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
-    batch = collate([run.train[i] for i in idx], features=run.enc_cache is None)
+    batch = collate([run.train[i] for i in idx], features=run.enc_cache is None, trim_padding=cfg.trim_padding)
     labels = batch["labels"].to(acc.device)
     # frozen states come from the cache at its own precision, outside the step's autocast
     cached = run.enc_cache.get(idx).to(run.hidden_dtype) if run.enc_cache is not None else None

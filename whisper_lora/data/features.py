@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..languages import resolve_language
+from ..trim import trim_batch
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, is_silent, load_audio
 from .records import BadRows, Utterance
 
@@ -35,6 +36,10 @@ class Example:
     labels: list[int]  # <|lang|> <|transcribe|> <|notimestamps|> text <|endoftext|> (no <|sot|>), or timestamped
     duration: float  # seconds of audio
     feature_extractor: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def n_samples(self) -> int:
+        return round(self.duration * SAMPLE_RATE)
 
     @property
     def input_features(self) -> torch.Tensor:
@@ -131,12 +136,16 @@ def featurize(
     return out, bad
 
 
-def collate(examples: Sequence[Example], pad_id: int = -100, features: bool = True) -> dict[str, torch.Tensor]:
-    """Pad labels with -100 (ignored by the loss) and, unless ``features=False``, stack the features."""
+def collate(
+    examples: Sequence[Example], pad_id: int = -100, features: bool = True, trim_padding: float | None = None
+) -> dict[str, torch.Tensor]:
+    """Pad labels with -100 (ignored by the loss) and, unless ``features=False``, stack the features
+    (cut to the longest clip plus ``trim_padding`` seconds when that is set, see ``trim.py``)."""
     n = max(len(e.labels) for e in examples)
     labels = torch.full((len(examples), n), pad_id, dtype=torch.long)
     for i, e in enumerate(examples):
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
     if not features:  # training on cached encoder outputs needs only the labels
         return {"labels": labels}
-    return {"input_features": torch.stack([e.input_features for e in examples]), "labels": labels}
+    feats = trim_batch(torch.stack([e.input_features for e in examples]), [e.n_samples for e in examples], trim_padding)
+    return {"input_features": feats, "labels": labels}
