@@ -33,6 +33,9 @@ def test_shipped_adapters_are_hub_ready():
         wer = next(m["value"] for m in front["model-index"][0]["results"][0]["metrics"] if m["type"] == "wer")
         assert wer == meta["metrics"]["adapter"]["wer"]
         assert "More Information Needed" not in card
+        trimmed = meta["training"].get("trim_padding") is not None  # cs: encoder trained on clip + 1 s
+        assert ("instead of 30 s windows (decode on 30 s windows as usual)" in card) == trimmed
+        assert trimmed == (lang == "cs")
 
 
 def test_a_copied_adapter_loads_with_plain_peft_by_its_base_id(tmp_path):

@@ -186,3 +186,26 @@ def test_a_callback_returning_true_ends_training_and_the_adapter_is_saved(tiny_d
     result = train_adapter(cfg, progress=False, callbacks=[lambda s, m: seen.append(s.step), lambda s, m: s.step >= 3])
     assert result.state.step == 3 and seen == [1, 2, 3]  # every callback ran on the last step too
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_spec_augment_masks_training_input_and_resumes_identically(tiny_dir, sw_corpus, tmp_path):
+    kw = dict(eval_every=0, final_eval=False, mixed_precision="no")
+    plain = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "plain", **kw), progress=False)
+    full = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "full", spec_augment=True, **kw), progress=False)
+    assert full.metadata.training["spec_augment"] and full.metadata.training["trim_padding"] == 1.0
+    # same weights at step 1, masked input: another loss
+    assert full.metadata.training["loss_history"][0] != plain.metadata.training["loss_history"][0]
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "resumed", spec_augment=True, **kw)
+    train_until(cfg, 2)
+    resumed = train_adapter(cfg, resume=True, progress=False)
+    a = load_file(full.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the masks are drawn per step, like dropout
+    base = load_base_model(str(tiny_dir), "fp32", "cpu").model
+    assert not base.config.apply_spec_augment  # the checkpoint on disk is untouched
+
+
+def test_spec_augment_with_a_cached_encoder_prefix_is_refused(tiny_dir, sw_corpus, tmp_path):
+    decoder_only = LoraSpec(r=4, alpha=8, stacks=("decoder_self", "decoder_cross"))
+    with pytest.raises(ConfigError, match="set cache_encoder: false or spec_augment: false"):
+        train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "x", lora=decoder_only, spec_augment=True), progress=False)

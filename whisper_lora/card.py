@@ -80,7 +80,7 @@ with its `<|{meta.language if meta.language == lang.whisper else lang.whisper}|>
 - LoRA r={meta.lora.get("r")}, alpha={meta.lora.get("alpha")} on {", ".join(meta.lora.get("targets", []))} of
   {", ".join(meta.lora.get("stacks", []))}; {t.get("steps", "?")} steps, batch {t.get("batch_size", "?")},
   lr {t.get("learning_rate", "?")}, base in {t.get("precision", meta.base.get("precision", "?"))},
-  {t.get("minutes", "?")} min
+  {t.get("minutes", "?")} min{_trim_note(t)}
 
 ## Held-out results ({meta.metrics.get("split", "test")} split, normalised WER/CER)
 
@@ -104,6 +104,13 @@ or, serving many languages from one base: `whisper_lora.Transcriber("{base_id}",
 Base weights fingerprint: `{meta.base.get("fingerprint", "?")}` (whisper-lora refuses the adapter on another base).
 """
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def _trim_note(training: dict) -> str:
+    pad = training.get("trim_padding")
+    if not isinstance(pad, (int, float)):
+        return ""
+    return f"; encoder trained on each clip + {pad:g} s instead of 30 s windows (decode on 30 s windows as usual)"
 
 
 def write_hub_files(adapter_dir: str | Path, meta: AdapterMetadata) -> str:

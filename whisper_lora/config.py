@@ -51,6 +51,7 @@ class TrainConfig:
     timestamp_share: float = 0.0  # share of training utterances with timestamped labels spanning the clip
     trim_padding: float | str | None = "auto"  # encode the audio + this many seconds, not the 30 s window
     # (trim.py); None: 30 s windows; auto: 1 s where every encoder layer is adapted (profile.py)
+    spec_augment: bool = False  # SpecAugment time masks on the log-mel input of training steps (transformers')
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
     final_eval: bool = True  # score base and adapter on the test split and store it in the metadata
     num_threads: int | None = None  # torch CPU threads (None: torch's default)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .adapter_io import AdapterMetadata, data_fingerprint, save_adapter
@@ -159,6 +160,13 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
                 f"trim_padding={cfg.trim_padding} encodes each batch at its own length, which the encoder cache "
                 f"({frozen} frozen encoder layers) cannot serve; set cache_encoder: false or trim_padding: null"
             )
+    if cfg.spec_augment:
+        if cfg.cache_encoder and frozen > 0:
+            raise ConfigError(
+                "spec_augment masks the log-mel input, which a cached encoder prefix never sees; "
+                "set cache_encoder: false or spec_augment: false"
+            )
+        base.model.config.apply_spec_augment = True  # transformers masks input features in training mode only
     enc_cache = None
     if cfg.cache_encoder and frozen > 0:
         enc_cache = EncoderCache(
@@ -234,6 +242,8 @@ def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
     """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
     idx = _batches(len(run.train), cfg.batch_size, cfg.seed, step)[acc.process_index :: acc.num_processes]
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
+    if cfg.spec_augment:
+        np.random.seed((cfg.seed * 1_000_003 + step) % 2**32)  # and so do SpecAugment's (drawn with numpy)
     batch = collate([run.train[i] for i in idx], features=run.enc_cache is None, trim_padding=cfg.trim_padding)
     labels = batch["labels"].to(acc.device)
     # frozen states come from the cache at its own precision, outside the step's autocast

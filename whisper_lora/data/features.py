@@ -147,5 +147,7 @@ def collate(
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
     if not features:  # training on cached encoder outputs needs only the labels
         return {"labels": labels}
-    feats = trim_batch(torch.stack([e.input_features for e in examples]), [e.n_samples for e in examples], trim_padding)
+    feats = torch.stack([e.input_features for e in examples])
+    if trim_padding is not None:
+        feats = trim_batch(feats, [e.n_samples for e in examples], trim_padding)
     return {"input_features": feats, "labels": labels}
