@@ -193,14 +193,14 @@ def test_spec_augment_masks_training_input_and_resumes_identically(tiny_dir, sw_
     plain = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "plain", **kw), progress=False)
     full = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "full", spec_augment=True, **kw), progress=False)
     assert full.metadata.training["spec_augment"] and full.metadata.training["trim_padding"] == 1.0
-    # same weights at step 1, masked input: another loss
-    assert full.metadata.training["loss_history"][0] != plain.metadata.training["loss_history"][0]
+    masked = load_file(full.adapter_dir / "adapter_model.safetensors")
+    unmasked = load_file(plain.adapter_dir / "adapter_model.safetensors")
+    assert any(not torch.equal(masked[k], unmasked[k]) for k in masked)  # same seed, masked input: other updates
     cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "resumed", spec_augment=True, **kw)
     train_until(cfg, 2)
     resumed = train_adapter(cfg, resume=True, progress=False)
-    a = load_file(full.adapter_dir / "adapter_model.safetensors")
-    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)  # the masks are drawn per step, like dropout
+    again = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(masked[k], again[k]) for k in masked)  # the masks are drawn per step, like dropout
     base = load_base_model(str(tiny_dir), "fp32", "cpu").model
     assert not base.config.apply_spec_augment  # the checkpoint on disk is untouched
 
