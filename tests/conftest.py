@@ -82,8 +82,8 @@ def corpus_copy(sw_corpus, tmp_path) -> Path:
     return dst
 
 
-def make_tiny_adapter(tiny_dir: Path, out: Path, language: str, seed: int, r: int = 4) -> Path:
-    """A random (non-zero) LoRA adapter with metadata, as if trained on the tiny base."""
+def make_tiny_adapter(tiny_dir: Path, out: Path, language: str, seed: int, r: int = 4, spec=None) -> Path:
+    """A random (non-zero) LoRA adapter with metadata, as if trained on the tiny base (``spec``: a ``LoraSpec``)."""
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
@@ -93,7 +93,7 @@ def make_tiny_adapter(tiny_dir: Path, out: Path, language: str, seed: int, r: in
     from whisper_lora.model import load_base_model
 
     info = load_base_model(str(tiny_dir), "fp32", "cpu").info
-    spec = LoraSpec(r=r, alpha=2 * r, targets=("q", "v"))
+    spec = spec or LoraSpec(r=r, alpha=2 * r, targets=("q", "v"))
     torch.manual_seed(seed)
     cfg: LoraConfig = spec.peft_config(2, 2)
     cfg.init_lora_weights = False  # random B too, so the adapter changes outputs

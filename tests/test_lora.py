@@ -12,6 +12,13 @@ from whisper_lora.lora import LoraSpec, apply_lora, count_parameters
         (LoraSpec(r=8, alpha=16, targets=("q", "k", "v", "out"), stacks=("decoder_self", "decoder_cross")), 4 * 4),
         (LoraSpec(r=2, alpha=4, targets=("q", "fc1", "fc2"), stacks=("encoder_self",)), 3 * 2),
         (LoraSpec(r=4, alpha=8, layers=(1,)), 2 * 3),
+        (  # the vLLM-servable shape: no LoRA on the cross-attention k/v that read encoder frames
+            LoraSpec(
+                r=4, alpha=8, targets=("q", "k", "v", "out"), stacks=("decoder_self", "decoder_cross"),
+                cross_targets=("q", "out"),
+            ),
+            2 * (4 + 2),
+        ),
     ],
 )
 def test_trainable_counts_match_the_spec(tiny_dir, spec, n_modules):
@@ -56,3 +63,17 @@ def test_encoder_top_adapts_only_the_upper_encoder_layers():
     assert LoraSpec(encoder_top=0).frozen_encoder_layers(6) == 6
     with pytest.raises(ConfigError, match="encoder_top=-1"):
         LoraSpec(encoder_top=-1)
+
+
+def test_cross_targets_choose_the_cross_attention_projections_alone():
+    spec = LoraSpec(targets=("q", "v"), stacks=("decoder_self", "decoder_cross"), cross_targets=("q", "out"))
+    names = spec.target_modules(encoder_layers=2, decoder_layers=1)
+    assert names == [
+        "model.decoder.layers.0.encoder_attn.out_proj",
+        "model.decoder.layers.0.encoder_attn.q_proj",
+        "model.decoder.layers.0.self_attn.q_proj",
+        "model.decoder.layers.0.self_attn.v_proj",
+    ]
+    assert LoraSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ConfigError, match=r"cross_targets=\['fc1'\]: valid cross-attention targets are k, out, q, v"):
+        LoraSpec(cross_targets=("fc1",))

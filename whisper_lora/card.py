@@ -78,7 +78,7 @@ with its `<|{meta.language if meta.language == lang.whisper else lang.whisper}|>
 - {meta.data.get("train_utterances", "?")} utterances, {meta.data.get("train_seconds", "?")} s of audio
   (fingerprint `{meta.data.get("fingerprint", "?")}`)
 - LoRA r={meta.lora.get("r")}, alpha={meta.lora.get("alpha")} on {", ".join(meta.lora.get("targets", []))} of
-  {", ".join(meta.lora.get("stacks", []))}; {t.get("steps", "?")} steps, batch {t.get("batch_size", "?")},
+  {", ".join(meta.lora.get("stacks", []))}{_cross_note(meta.lora)}; {t.get("steps", "?")} steps, batch {t.get("batch_size", "?")},
   lr {t.get("learning_rate", "?")}, base in {t.get("precision", meta.base.get("precision", "?"))},
   {t.get("minutes", "?")} min{_trim_note(t)}
 
@@ -104,6 +104,11 @@ or, serving many languages from one base: `whisper_lora.Transcriber("{base_id}",
 Base weights fingerprint: `{meta.base.get("fingerprint", "?")}` (whisper-lora refuses the adapter on another base).
 """
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def _cross_note(lora: dict) -> str:
+    cross = lora.get("cross_targets")
+    return f" (cross-attention: {', '.join(cross)})" if cross and "decoder_cross" in lora.get("stacks", []) else ""
 
 
 def _trim_note(training: dict) -> str:

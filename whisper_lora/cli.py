@@ -249,6 +249,16 @@ def _cmd_adapters_card(a) -> int:
     return 0
 
 
+def _cmd_adapters_vllm(a) -> int:
+    from .registry import AdapterRegistry
+    from .vllm_export import plan_vllm
+
+    langs = [x.strip() for x in a.languages.split(",") if x.strip()] if a.languages else None
+    plan = plan_vllm(AdapterRegistry(a.adapters), langs, base=a.base)
+    print(plan.command() if a.command else " ".join(plan.serve_args()))
+    return 0
+
+
 def _cmd_adapters(a) -> int:
     from .registry import AdapterRegistry
 
@@ -434,6 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cd.add_argument("--adapters", help="registry directory (default: the repository's adapters/)")
     cd.set_defaults(fn=_cmd_adapters_card)
+    va = ad_sub.add_parser(
+        "vllm-args",
+        help="arguments of `vllm serve` for the registry (refuses adapters vLLM cannot apply exactly)",
+    )
+    va.add_argument("--adapters", help="registry directory (default: the repository's adapters/)")
+    va.add_argument("--languages", help="comma-separated adapters to serve (default: all)")
+    va.add_argument("--base", help="model argument for vLLM (default: the adapters' public base id)")
+    va.add_argument("--command", action="store_true", help="print the whole `vllm serve ...` command")
+    va.set_defaults(fn=_cmd_adapters_vllm)
 
     m = sub.add_parser("merge", help="merge an adapter into its base: a standalone checkpoint")
     m.add_argument("--adapter", required=True)

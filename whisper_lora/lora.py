@@ -32,10 +32,13 @@ class LoraSpec:
     stacks: tuple[str, ...] = STACKS  # encoder_self, decoder_self, decoder_cross
     layers: tuple[int, ...] | None = None  # restrict to these layer indices (None = all)
     encoder_top: int | None = None  # adapt only the top K encoder layers (None = all); the frozen rest is cached
+    cross_targets: tuple[str, ...] | None = None  # projections in decoder_cross (None = same as targets)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "stacks", tuple(self.stacks))
+        if self.cross_targets is not None:
+            object.__setattr__(self, "cross_targets", tuple(self.cross_targets))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         problems = []
@@ -48,6 +51,13 @@ class LoraSpec:
         bad_t = [t for t in self.targets if t not in TARGETS]
         if bad_t or not self.targets:
             problems.append(f"targets={list(self.targets)!r}: valid targets are {format_choices(TARGETS)}")
+        if self.cross_targets is not None:
+            bad_c = [t for t in self.cross_targets if t not in TARGETS or t in ("fc1", "fc2")]
+            if bad_c or not self.cross_targets:
+                problems.append(
+                    f"cross_targets={list(self.cross_targets)!r}: valid cross-attention targets are "
+                    f"{format_choices(('q', 'k', 'v', 'out'))} (None = the same as targets)"
+                )
         if self.encoder_top is not None and (not isinstance(self.encoder_top, int) or self.encoder_top < 0):
             problems.append(f"encoder_top={self.encoder_top!r} must be a non-negative integer (None = all layers)")
         bad_s = [s for s in self.stacks if s not in STACKS]
@@ -95,8 +105,9 @@ class LoraSpec:
                 indices = self._adapted_encoder_layers(encoder_layers)
             else:
                 indices = [i for i in range(decoder_layers) if self.layers is None or i in self.layers]
+            targets = self.cross_targets if stack == "decoder_cross" and self.cross_targets else self.targets
             for i in indices:
-                for t in self.targets:
+                for t in targets:
                     if t in ("fc1", "fc2"):
                         if stack != "decoder_cross":  # FFN belongs to the layer, count it once
                             names.append(f"{prefix}.{i}.{_PROJ[t]}")
