@@ -69,3 +69,16 @@ def test_cli_prints_args_and_refuses_unservable_adapters(mixed_registry, capsys)
     assert "adapter 'cs' cannot be served by vLLM" in err and "servable: id, sw" in err
     assert cli(["adapters", "vllm-args", "--adapters", str(mixed_registry), "--languages", "xx"]) == 2
     assert "no usable adapter for ['xx']" in capsys.readouterr().err
+
+
+def test_zero_adapter_serves_the_base_through_a_real_slot(mixed_registry, tmp_path):
+    from safetensors.torch import load_file
+
+    plan = plan_vllm(AdapterRegistry(mixed_registry), ["sw"], base="b", base_adapter=tmp_path / "zero")
+    zero = load_file(str(tmp_path / "zero" / "adapter_model.safetensors"))
+    real = load_file(str(mixed_registry / "sw" / "adapter_model.safetensors"))
+    assert zero.keys() == real.keys() and all(v.shape == real[k].shape and not v.any() for k, v in zero.items())
+    assert plan.served == {"sw": str(mixed_registry / "sw"), "base": str((tmp_path / "zero").resolve())}
+    args = plan.serve_args()
+    assert args[args.index("--max-loras") + 1] == "2" and f"base={(tmp_path / 'zero').resolve()}" in args
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind

@@ -254,7 +254,7 @@ def _cmd_adapters_vllm(a) -> int:
     from .vllm_export import plan_vllm
 
     langs = [x.strip() for x in a.languages.split(",") if x.strip()] if a.languages else None
-    plan = plan_vllm(AdapterRegistry(a.adapters), langs, base=a.base)
+    plan = plan_vllm(AdapterRegistry(a.adapters), langs, base=a.base, base_adapter=a.base_adapter)
     print(plan.command() if a.command else " ".join(plan.serve_args()))
     return 0
 
@@ -451,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--adapters", help="registry directory (default: the repository's adapters/)")
     va.add_argument("--languages", help="comma-separated adapters to serve (default: all)")
     va.add_argument("--base", help="model argument for vLLM (default: the adapters' public base id)")
+    va.add_argument(
+        "--base-adapter",
+        help="write an all-zero adapter here and serve it as `base` (on CPU, request `base` instead of the model: see README)",
+    )
     va.add_argument("--command", action="store_true", help="print the whole `vllm serve ...` command")
     va.set_defaults(fn=_cmd_adapters_vllm)
 

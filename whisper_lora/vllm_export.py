@@ -8,6 +8,12 @@ the cross-attention ``k_proj``/``v_proj`` (run on those frames). With LoRA there
 (``--lora-target-modules`` with their full names) and refuses adapters that carry weights anywhere else: served
 without them, those adapters would silently decode differently from what they were trained and measured as.
 
+vLLM's CPU LoRA kernels (``vllm/lora/ops/torch_ops``) also index the adapter slots with -1 for requests without an
+adapter, which in PyTorch is the last slot: in a batch that mixes adapters and the plain base, or after an adapter was
+loaded into the last slot, a base request is decoded with some other language's adapter (reproduced by
+``bench/vllm_repro.py``). ``write_zero_adapter`` makes an all-zero adapter that serves the untouched base through a
+real slot, so no request ever takes index -1.
+
 Nothing here imports vLLM; it runs in the training environment and prints the command for the serving one.
 """
 
@@ -32,6 +38,7 @@ _DECODER_TOKEN_MODULES = {
     "fc1": "mlp.fc1",
     "fc2": "mlp.fc2",
 }
+BASE_ADAPTER = "base"  # served name of the all-zero adapter that stands for the untouched base on CPU
 _VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_[AB](\.[^.]+)?\.weight$")
 _DECODER = re.compile(r"^model\.decoder\.layers\.(?P<layer>\d+)\.(?P<rest>.+)$")
@@ -99,6 +106,25 @@ def _kind(name: str) -> str:
     return "modules outside the decoder"
 
 
+def write_zero_adapter(like: str | Path, out: str | Path) -> Path:
+    """An adapter shaped like ``like`` with every weight zero: it decodes exactly as the base (written atomically)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    like, out = Path(like), Path(out)
+    tensors = {k: v.new_zeros(v.shape) for k, v in load_file(str(like / "adapter_model.safetensors")).items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    shutil.copy(like / "adapter_config.json", tmp / "adapter_config.json")
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 @dataclass
 class VllmPlan:
     """What `vllm serve` needs to serve a set of registry adapters over one base."""
@@ -107,6 +133,12 @@ class VllmPlan:
     adapters: dict[str, str]  # served name (the language code) -> absolute adapter directory
     max_lora_rank: int
     target_modules: list[str] = field(default_factory=list)
+    base_adapter: str | None = None  # all-zero adapter serving the plain base (CPU workaround, see module docstring)
+
+    @property
+    def served(self) -> dict[str, str]:
+        """Every LoRA module vLLM loads: the adapters, plus the zero adapter under ``BASE_ADAPTER``."""
+        return {**self.adapters, **({BASE_ADAPTER: self.base_adapter} if self.base_adapter else {})}
 
     def serve_args(self) -> list[str]:
         """Arguments after ``vllm serve``."""
@@ -114,11 +146,11 @@ class VllmPlan:
             self.base,
             "--enable-lora",
             "--max-loras",
-            str(len(self.adapters)),
+            str(len(self.served)),
             "--max-lora-rank",
             str(self.max_lora_rank),
             "--lora-modules",
-            *(f"{name}={path}" for name, path in self.adapters.items()),
+            *(f"{name}={path}" for name, path in self.served.items()),
             "--lora-target-modules",
             *self.target_modules,
         ]
@@ -128,7 +160,7 @@ class VllmPlan:
         return {
             "model": self.base,
             "enable_lora": True,
-            "max_loras": len(self.adapters),
+            "max_loras": len(self.served),
             "max_lora_rank": self.max_lora_rank,
             "lora_target_modules": list(self.target_modules),
         }
@@ -137,11 +169,14 @@ class VllmPlan:
         return shlex.join(["vllm", "serve", *self.serve_args()])
 
 
-def plan_vllm(registry, languages: list[str] | None = None, base: str | None = None) -> VllmPlan:
+def plan_vllm(
+    registry, languages: list[str] | None = None, base: str | None = None, base_adapter: str | Path | None = None
+) -> VllmPlan:
     """Check the adapters (all healthy ones, or ``languages``) and build the `vllm serve` plan.
 
     ``base`` defaults to the adapters' public base id (``openai/whisper-base``); pass a local checkpoint directory where
-    the hub cannot be reached. All adapters must share one base.
+    the hub cannot be reached. All adapters must share one base. ``base_adapter``: a directory to write the all-zero
+    adapter to, served as ``base`` (needed on CPU whenever base requests share the engine with adapters).
     """
     good, broken = registry.scan()
     by_name = {e.name: e for e in good}
@@ -180,9 +215,12 @@ def plan_vllm(registry, languages: list[str] | None = None, base: str | None = N
     rank = next((r for r in _VLLM_RANKS if r >= max(ranks)), None)
     if rank is None:
         raise AdapterError(f"LoRA rank {max(ranks)} exceeds vLLM's largest --max-lora-rank {_VLLM_RANKS[-1]}")
+    if BASE_ADAPTER in {e.name for e in entries} and base_adapter:
+        raise AdapterError(f"an adapter is named {BASE_ADAPTER!r}, the name reserved for the zero adapter")
     return VllmPlan(
         base=base or next(iter(bases))[1],
         adapters={e.name: str(e.path) for e in entries},
         max_lora_rank=rank,
         target_modules=sorted(modules),
+        base_adapter=str(write_zero_adapter(entries[0].path, base_adapter).resolve()) if base_adapter else None,
     )

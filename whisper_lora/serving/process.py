@@ -17,14 +17,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(args: list[str], ready_path: str = "/health", timeout: float = 120.0, env=None) -> Iterator[str]:
-    """Start ``python -m whisper_lora.cli ARGS --port P``; yield its base URL once ``ready_path`` answers 200."""
+def running(
+    args: list[str], ready_path: str = "/health", timeout: float = 120.0, env=None, program: list[str] | None = None
+) -> Iterator[str]:
+    """Start ``python -m whisper_lora.cli ARGS --port P`` (or ``PROGRAM ARGS --port P``); yield its base URL once
+    ``ready_path`` answers 200."""
     import httpx
 
     port = free_port()
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
     proc = subprocess.Popen(
-        [sys.executable, "-m", "whisper_lora.cli", *args, "--port", str(port)],
+        [*(program or [sys.executable, "-m", "whisper_lora.cli"]), *args, "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
