@@ -42,7 +42,7 @@ from .data.features import Example
 from .errors import ConfigError, format_choices
 from .hardware import fast_bf16
 from .model import load_whisper
-from .trim import embed
+from .trim import embed, encode_upper  # noqa: F401 - encode_upper: the cache's upper half, kept importable here
 
 CachePrecision = Literal["base", "auto", "bf16", "fp32"]
 CACHE_PRECISIONS: tuple[str, ...] = get_args(CachePrecision)
@@ -79,15 +79,6 @@ def encode_lower(encoder: nn.Module, features: torch.Tensor, n_layers: int | Non
     for layer in encoder.layers[:n_layers]:
         x = layer(x, None)
     return x
-
-
-def encode_upper(encoder: nn.Module, hidden: torch.Tensor, start: int) -> torch.Tensor:
-    """The encoder's output from the input of layer ``start`` (returns ``hidden`` when ``start`` is the layer count)."""
-    if start >= len(encoder.layers):
-        return hidden
-    for layer in encoder.layers[start:]:
-        hidden = layer(hidden, None)
-    return encoder.layer_norm(hidden)
 
 
 def features_key(features: torch.Tensor) -> str:

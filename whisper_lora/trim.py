@@ -51,9 +51,16 @@ def _short_forward(self, input_features, attention_mask=None, **kwargs):
     if frames > WINDOW_FRAMES or frames % 2:
         raise ValueError(f"encoder input of {frames} log-mel frames; expected an even count up to {WINDOW_FRAMES}")
     x = nn.functional.dropout(embed(self, input_features), p=self.dropout, training=self.training)
-    for layer in self.layers:
-        x = layer(x, None)
-    return BaseModelOutput(last_hidden_state=self.layer_norm(x))
+    return BaseModelOutput(last_hidden_state=encode_upper(self, x, 0))
+
+
+def encode_upper(encoder: nn.Module, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """The encoder's output from the input of layer ``start`` (returns ``hidden`` when ``start`` is the layer count)."""
+    if start >= len(encoder.layers):
+        return hidden
+    for layer in encoder.layers[start:]:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
 
 
 def find_encoder(model) -> nn.Module:
