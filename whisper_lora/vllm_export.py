@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_directory
 from .errors import AdapterError, format_choices
 
 # vLLM's runtime name for each peft module suffix of a decoder layer (q/k/v of self-attention are packed into qkv_proj)
@@ -109,19 +110,14 @@ def _kind(name: str) -> str:
 def write_zero_adapter(like: str | Path, out: str | Path) -> Path:
     """An adapter shaped like ``like`` with every weight zero: it decodes exactly as the base (written atomically)."""
     import shutil
-    import tempfile
 
     from safetensors.torch import load_file, save_file
 
     like, out = Path(like), Path(out)
     tensors = {k: v.new_zeros(v.shape) for k, v in load_file(str(like / "adapter_model.safetensors")).items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    shutil.copy(like / "adapter_config.json", tmp / "adapter_config.json")
-    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_directory(out) as tmp:
+        shutil.copy(like / "adapter_config.json", tmp / "adapter_config.json")
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     return out
 
 
