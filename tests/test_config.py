@@ -30,6 +30,7 @@ def test_every_problem_is_reported_at_once():
             mixed_precision="fp16",
             gradient_checkpointing="maybe",
             cache_storage="tape",
+            batch_by_duration="yes",
         )
     msg = str(e.value)
     for part in (
@@ -42,6 +43,7 @@ def test_every_problem_is_reported_at_once():
         "split_fractions",
         "cache_precision='int4'; valid: auto, base, bf16, fp32",
         "mixed_precision='fp16'; valid: auto, bf16, no",
+        "batch_by_duration='yes'; valid: true, false",
     ):
         assert part in msg
 

@@ -14,7 +14,10 @@ from whisper_lora.lora import LoraSpec, apply_lora, count_parameters
         (LoraSpec(r=4, alpha=8, layers=(1,)), 2 * 3),
         (  # the vLLM-servable shape: no LoRA on the cross-attention k/v that read encoder frames
             LoraSpec(
-                r=4, alpha=8, targets=("q", "k", "v", "out"), stacks=("decoder_self", "decoder_cross"),
+                r=4,
+                alpha=8,
+                targets=("q", "k", "v", "out"),
+                stacks=("decoder_self", "decoder_cross"),
                 cross_targets=("q", "out"),
             ),
             2 * (4 + 2),

@@ -21,7 +21,9 @@ SERVABLE = LoraSpec(
 def mixed_registry(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("vllm-registry")
     make_tiny_adapter(tiny_dir, root, "sw", 0, spec=SERVABLE)
-    make_tiny_adapter(tiny_dir, root, "id", 1, spec=LoraSpec(r=16, alpha=32, targets=("q", "fc1"), stacks=("decoder_self",)))
+    make_tiny_adapter(
+        tiny_dir, root, "id", 1, spec=LoraSpec(r=16, alpha=32, targets=("q", "fc1"), stacks=("decoder_self",))
+    )
     make_tiny_adapter(tiny_dir, root, "cs", 2)  # q, v in every stack: encoder and cross-attention k/v included
     return root
 

@@ -34,6 +34,7 @@ class TrainConfig:
     max_steps: int = 300  # optimizer steps
     max_minutes: float | None = None  # stop earlier when this wall-clock budget is spent
     batch_size: int | str = "auto"  # utterances per optimizer step (across all processes); auto: profile.py
+    batch_by_duration: bool = True  # batches of similar-length clips (data/sampler.py): less padding when trimmed
     learning_rate: float = 1e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -81,6 +82,8 @@ class TrainConfig:
             problems.append(f"data_format={self.data_format!r}; valid: {format_choices(FORMATS)}")
         if not isinstance(self.max_steps, int) or self.max_steps < 1:
             problems.append(f"max_steps={self.max_steps!r} must be >= 1")
+        if not isinstance(self.batch_by_duration, bool):
+            problems.append(f"batch_by_duration={self.batch_by_duration!r}; valid: true, false")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             problems.append(f"batch_size={self.batch_size!r} must be >= 1 or auto")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_samples"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from .config import TrainConfig
 from .data.features import Example, collate
 from .data.prepare import prepare_splits
 from .data.readers import describe_source
+from .data.sampler import batch_indices
 from .encoder_cache import EncoderCache, encode_upper
 from .errors import ConfigError
 from .evaluate import compare_base_and_adapter, evaluate_examples
@@ -59,15 +59,6 @@ class TrainResult:
     adapter_dir: Path
     metadata: AdapterMetadata
     state: TrainState
-
-
-def _batches(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """The example indices of a global step: a seeded permutation per epoch, no data leaks."""
-    per_epoch = max(1, n // batch_size)
-    epoch, pos = divmod(step, per_epoch)
-    order = list(range(n))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
-    return order[pos * batch_size : (pos + 1) * batch_size]
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -240,7 +231,9 @@ def _save_checkpoint(run: _Run, cfg: TrainConfig, ckpt_dir: Path, state: TrainSt
 
 def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
     """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
-    idx = _batches(len(run.train), cfg.batch_size, cfg.seed, step)[acc.process_index :: acc.num_processes]
+    durations = [e.duration for e in run.train]
+    idx = batch_indices(durations, cfg.batch_size, cfg.seed, step, cfg.batch_by_duration)
+    idx = idx[acc.process_index :: acc.num_processes]
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
     if cfg.spec_augment:
         np.random.seed((cfg.seed * 1_000_003 + step) % 2**32)  # and so do SpecAugment's (drawn with numpy)

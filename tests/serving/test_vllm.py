@@ -44,7 +44,9 @@ def first_divergence_gap(model, processor, audio: np.ndarray, language: str, our
     a = tok(" " + ours, add_special_tokens=False).input_ids + [tok.eos_token_id]
     b = tok(" " + theirs, add_special_tokens=False).input_ids + [tok.eos_token_id]
     j = next(i for i in range(min(len(a), len(b))) if a[i] != b[i])
-    prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>", "<|notimestamps|>"])
+    prompt = tok.convert_tokens_to_ids(
+        ["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>", "<|notimestamps|>"]
+    )
     feats = processor.feature_extractor([audio], sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
         logits = model(input_features=feats, decoder_input_ids=torch.tensor([prompt + a[:j]])).logits[0, -1]
@@ -94,7 +96,9 @@ def test_vllm_matches_the_transcriber_on_a_mixed_batch(clips):
         else:
             model.set_adapter(adapter)
             gaps.append(first_divergence_gap(model, processor, audio[i], langs[i], mine, theirs))
-    print(f"\nvLLM {served['vllm']} vs Transcriber: {len(pairs) - len(gaps)}/{len(pairs)} identical, near-tie gaps {gaps}")
+    print(
+        f"\nvLLM {served['vllm']} vs Transcriber: {len(pairs) - len(gaps)}/{len(pairs)} identical, near-tie gaps {gaps}"
+    )
     assert all(abs(g) <= TIE for g in gaps), (gaps, pairs)
     assert len(gaps) <= len(pairs) // 4, pairs  # near-ties are the exception, equal text the rule
 
