@@ -72,7 +72,8 @@ class Transcriber:
     Adapters that fail validation or were trained on another base are left out and listed by
     ``broken_adapters()``; asking for one raises an ``AdapterError`` with the reason.
     Calls are serialised by a lock, so threads can share one instance. int8 bases load with
-    ``int8_threshold=0.0`` by default so that batch composition never changes a result.
+    ``int8_threshold=0.0`` by default so that batch composition does not change a result (up to
+    float rounding of batch-size-dependent kernels, which can flip a near-tie).
 
     Inputs past 30 s, and every input when ``timestamps=True``, are decoded the way Whisper's own
     ``transcribe`` does it (sequential windows, previous text as prompt, temperature fallback,
