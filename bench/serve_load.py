@@ -110,8 +110,10 @@ def main():
         with running([*plan.serve_args(), *extra], timeout=900, env=env, program=program) as url:
             results["vllm"] = load(url, vcases, a.requests, a.threads)
     print(f"\nHTTP load: {a.requests} requests, {a.threads} threads, models {[c[0] for c in cases]}")
-    print("\n| server | requests/s | p50 latency | p95 latency | errors | answers differing from the isolated request |"
-          " isolated latency |")
+    print(
+        "\n| server | requests/s | p50 latency | p95 latency | errors | answers differing from the isolated request |"
+        " isolated latency |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(

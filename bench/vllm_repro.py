@@ -39,7 +39,9 @@ def main(base: str, adapters: Path) -> int:
         }
 
     params = SamplingParams(temperature=0, max_tokens=24)
-    engine = dict(model=base, enable_lora=True, max_lora_rank=32, dtype="float32", max_model_len=448, enforce_eager=True)
+    engine = dict(
+        model=base, enable_lora=True, max_lora_rank=32, dtype="float32", max_model_len=448, enforce_eager=True
+    )
 
     llm = LLM(**engine, max_loras=1)
     try:
