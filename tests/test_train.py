@@ -209,3 +209,42 @@ def test_spec_augment_with_a_cached_encoder_prefix_is_refused(tiny_dir, sw_corpu
     decoder_only = LoraSpec(r=4, alpha=8, stacks=("decoder_self", "decoder_cross"))
     with pytest.raises(ConfigError, match="set cache_encoder: false or spec_augment: false"):
         train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "x", lora=decoder_only, spec_augment=True), progress=False)
+
+
+def _fake_clock(monkeypatch):
+    """Every reading of the training loop's clock is 30 s after the previous one."""
+    import types
+
+    import whisper_lora.train as train_module
+
+    ticks = iter(range(0, 100_000, 30))
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(monotonic=lambda: float(next(ticks))))
+
+
+@pytest.mark.parametrize("decay", ["budget", "steps"])
+def test_a_time_capped_run_decays_its_learning_rate_by_the_budget(tiny_dir, sw_corpus, tmp_path, monkeypatch, decay):
+    _fake_clock(monkeypatch)  # one step per 30 s: a 3-minute budget ends after 6 of 100 steps
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / decay, max_steps=100, max_minutes=3.0, lr_decay=decay, eval_every=0)
+    r = train_adapter(cfg, progress=False)
+    lrs = [h["lr"] / cfg.learning_rate for h in r.state.history if "lr" in h]
+    assert r.state.step == 6
+    if decay == "budget":  # linear to 0 over the minutes
+        assert lrs == pytest.approx([0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    else:  # over the 100 steps: the run stops at nearly the full rate
+        assert lrs == pytest.approx([0, 1, 98 / 99, 97 / 99, 96 / 99, 95 / 99])
+
+
+def test_a_resumed_time_capped_run_continues_its_budget(tiny_dir, sw_corpus, tmp_path, monkeypatch):
+    kw = dict(max_steps=100, max_minutes=3.0, eval_every=0, checkpoint_every=1)
+    _fake_clock(monkeypatch)
+    full = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "full", **kw), progress=False)
+    _fake_clock(monkeypatch)
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "resumed", **kw)
+    train_until(cfg, 3)
+    _fake_clock(monkeypatch)  # a new process: its clock starts again
+    resumed = train_adapter(cfg, resume=True, progress=False)
+    assert resumed.state.step == full.state.step == 6  # not 3 + 6: the minutes spent before count
+    assert [h["lr"] for h in resumed.state.history if "lr" in h] == [h["lr"] for h in full.state.history if "lr" in h]
+    a = load_file(full.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -12,6 +12,7 @@ from .languages import resolve_language
 from .lora import LoraSpec
 from .model import PRECISIONS
 from .resolve import DEFAULT_BASE
+from .schedule import LR_DECAYS
 
 MIXED_PRECISIONS = ("no", "bf16", "auto")
 
@@ -37,6 +38,7 @@ class TrainConfig:
     batch_by_duration: bool = True  # batches of similar-length clips (data/sampler.py): less padding when trimmed
     learning_rate: float = 1e-3
     warmup_steps: int = 20
+    lr_decay: str = "budget"  # linear decay to 0 at the end of: budget (max_steps or max_minutes, first), steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool | str = "auto"  # recompute activations (use_reentrant=False); auto: profile.py
@@ -78,6 +80,8 @@ class TrainConfig:
             problems.append(f"cache_storage={self.cache_storage!r}; valid: {format_choices(CACHE_STORAGES)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             problems.append(f"mixed_precision={self.mixed_precision!r}; valid: {format_choices(MIXED_PRECISIONS)}")
+        if self.lr_decay not in LR_DECAYS:
+            problems.append(f"lr_decay={self.lr_decay!r}; valid: {format_choices(LR_DECAYS)}")
         if self.data_format not in FORMATS:
             problems.append(f"data_format={self.data_format!r}; valid: {format_choices(FORMATS)}")
         if not isinstance(self.max_steps, int) or self.max_steps < 1:

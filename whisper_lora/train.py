@@ -36,6 +36,7 @@ from .profile import (
     default_batch_size,
 )
 from .resolve import resolve_base
+from .schedule import BudgetSchedule
 from .trim import allow_short_inputs
 
 CHECKPOINT_STATE = "trainer_state.pt"
@@ -50,6 +51,7 @@ class TrainState:
     best_cer: float = math.inf
     best_step: int = 0
     history: list[dict] = field(default_factory=list)  # {"step", "loss"} and {"step", "dev": {...}}
+    minutes: float = 0.0  # wall-clock training minutes spent (a resume continues the max_minutes budget)
 
 
 @dataclass
@@ -84,7 +86,8 @@ class _Run:
     dev: list[Example]
     test: list[Example]
     opt: torch.optim.Optimizer
-    sched: object
+    sched: object  # LambdaLR over ``schedule``
+    schedule: BudgetSchedule
     params: list[torch.Tensor]
     enc_cache: EncoderCache | None
     bf16: bool  # autocast the forward
@@ -120,8 +123,6 @@ def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = F
 
 def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
     """Load the base, featurise the corpus, inject LoRA, build the optimizer."""
-    from transformers import get_linear_schedule_with_warmup
-
     if show:
         log.info("device: %s", device_summary(acc.device))
     torch.manual_seed(cfg.seed)
@@ -179,7 +180,8 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, cfg.warmup_steps, cfg.max_steps)
+    schedule = BudgetSchedule(cfg.warmup_steps, cfg.max_steps, cfg.max_minutes, cfg.lr_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
     dev = data["dev"][: cfg.eval_samples] if cfg.eval_samples else data["dev"]
     return _Run(
@@ -192,6 +194,7 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         data["test"],
         opt,
         sched,
+        schedule,
         params,
         enc_cache,
         bf16,
@@ -205,7 +208,7 @@ def _restore(run: _Run, cfg: TrainConfig, ckpt_dir: Path) -> tuple[TrainState, d
     saved = torch.load(ckpt_dir / CHECKPOINT_STATE, weights_only=False)
     current = cfg.to_dict()
     if saved["config"] != current:
-        diff = sorted(k for k in saved["config"] if saved["config"][k] != current.get(k))
+        diff = sorted(k for k in saved["config"].keys() | current.keys() if saved["config"].get(k) != current.get(k))
         raise ConfigError(f"cannot resume from {ckpt_dir}: the config changed ({', '.join(diff)})")
     _load_trainable(run.raw, saved["model"])
     run.opt.load_state_dict(saved["optimizer"])
@@ -253,6 +256,17 @@ def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
     return acc.gather(loss.detach()[None]).mean().item()
+
+
+def _minutes_since(started: float, acc) -> float:
+    """Wall-clock minutes since ``started``, the main process's value on every process (so that all processes
+    stop at the same step and use the same learning rate)."""
+    minutes = (time.monotonic() - started) / 60
+    if acc.num_processes == 1:
+        return minutes
+    from accelerate.utils import broadcast
+
+    return float(broadcast(torch.tensor([minutes], dtype=torch.float64, device=acc.device), from_process=0)[0])
 
 
 def _evaluate_dev(run: _Run, cfg: TrainConfig, language: str, state: TrainState, best: dict) -> None:
@@ -334,17 +348,19 @@ def train_adapter(
         acc.wait_for_everyone()
 
     # training loop
-    started = time.monotonic()
+    started = time.monotonic() - state.minutes * 60  # a resumed run continues its budget
     run.model.train()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {lang}", disable=not (progress and main))
     while state.step < cfg.max_steps:
-        if cfg.max_minutes and (time.monotonic() - started) / 60 > cfg.max_minutes:
+        state.minutes = run.schedule.minutes = _minutes_since(started, acc)
+        if cfg.max_minutes and state.minutes > cfg.max_minutes:
             if main:
                 log.warning("time budget of %s min spent at step %d of %d", cfg.max_minutes, state.step, cfg.max_steps)
             break
+        lr = run.opt.param_groups[0]["lr"]  # the rate this step uses
         loss = _train_step(run, cfg, acc, state.step)
         state.step += 1
-        state.history.append({"step": state.step, "loss": round(loss, 4)})
+        state.history.append({"step": state.step, "loss": round(loss, 4), "lr": lr})
         bar.update()
         bar.set_postfix(loss=f"{loss:.3f}")
         if cfg.eval_every and state.step % cfg.eval_every == 0:
