@@ -43,3 +43,15 @@ def test_budget_decay_follows_the_clock_when_time_runs_out_first():
 def test_lr_decay_is_validated():
     with pytest.raises(ConfigError, match=r"lr_decay='cosine'; valid: budget, steps"):
         TrainConfig(language="sw", data="x", lr_decay="cosine")
+
+
+def test_without_a_step_cap_the_minutes_alone_decide():
+    s = BudgetSchedule(2, None, 10.0)
+    s.minutes = 5.0
+    assert s(100_000) == pytest.approx(0.5)
+
+
+def test_max_steps_defaults_to_300_unless_a_time_budget_is_given():
+    assert TrainConfig(language="sw", data="x").max_steps == 300
+    assert TrainConfig(language="sw", data="x", max_minutes=15).max_steps is None  # the budget decides
+    assert TrainConfig(language="sw", data="x", max_minutes=15, max_steps=50).max_steps == 50  # first to end

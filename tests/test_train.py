@@ -221,14 +221,17 @@ def _fake_clock(monkeypatch):
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(monotonic=lambda: float(next(ticks))))
 
 
-@pytest.mark.parametrize("decay", ["budget", "steps"])
-def test_a_time_capped_run_decays_its_learning_rate_by_the_budget(tiny_dir, sw_corpus, tmp_path, monkeypatch, decay):
-    _fake_clock(monkeypatch)  # one step per 30 s: a 3-minute budget ends after 6 of 100 steps
-    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / decay, max_steps=100, max_minutes=3.0, lr_decay=decay, eval_every=0)
+@pytest.mark.parametrize(("decay", "max_steps"), [("budget", 100), ("budget", None), ("steps", 100)])
+def test_a_time_capped_run_decays_its_learning_rate_by_the_budget(
+    tiny_dir, sw_corpus, tmp_path, monkeypatch, decay, max_steps
+):
+    _fake_clock(monkeypatch)  # one step per 30 s: a 3-minute budget ends after 6 steps
+    kw = dict(max_steps=max_steps, max_minutes=3.0, lr_decay=decay, eval_every=0)
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / decay, **kw)
     r = train_adapter(cfg, progress=False)
     lrs = [h["lr"] / cfg.learning_rate for h in r.state.history if "lr" in h]
     assert r.state.step == 6
-    if decay == "budget":  # linear to 0 over the minutes
+    if decay == "budget":  # linear to 0 over the minutes (with or without a step cap)
         assert lrs == pytest.approx([0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
     else:  # over the 100 steps: the run stops at nearly the full rate
         assert lrs == pytest.approx([0, 1, 98 / 99, 97 / 99, 96 / 99, 95 / 99])

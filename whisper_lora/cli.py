@@ -108,8 +108,10 @@ def _cmd_train(a) -> int:
     cfg = _train_config(a)
     result = train_adapter(cfg, resume=a.resume, progress=not (a.quiet or a.no_progress))
     t = result.metadata.training
-    cut = f", stopped by the {cfg.max_minutes}-minute cap" if t["steps"] < cfg.max_steps else ""
-    print(f"trained {t['steps']} of {cfg.max_steps} steps in {t['minutes']} min{cut}; kept step {t['best_step']}")
+    of = f" of {cfg.max_steps}" if cfg.max_steps else ""
+    timed = cfg.max_minutes and (not cfg.max_steps or t["steps"] < cfg.max_steps)
+    cut = f", stopped by the {cfg.max_minutes}-minute cap" if timed else ""
+    print(f"trained {t['steps']}{of} steps in {t['minutes']} min{cut}; kept step {t['best_step']}")
     print(_metrics_table(result.metadata.language, result.metadata.metrics))
     print(f"adapter written to {result.adapter_dir}")
     return 0
@@ -369,8 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="corpus root or manifest")
     t.add_argument("--out", help="adapter directory (default adapters/<language>)")
     _add_common(t)
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--max-steps", type=int, help="optimizer steps (default 300; no step cap with --max-minutes alone)")
+    t.add_argument(
+        "--max-minutes", type=float, help="wall-clock training budget; the learning rate decays to 0 at its end"
+    )
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--seed", type=int)

@@ -15,6 +15,7 @@ from .resolve import DEFAULT_BASE
 from .schedule import LR_DECAYS
 
 MIXED_PRECISIONS = ("no", "bf16", "auto")
+DEFAULT_MAX_STEPS = 300  # the step budget when neither max_steps nor max_minutes is given
 
 
 @dataclass
@@ -32,12 +33,12 @@ class TrainConfig:
     split_fractions: tuple[float, float] = (0.1, 0.1)  # dev/test shares when a corpus has none
     max_bad_fraction: float = 0.1  # fail when more rows than this are unusable
     seed: int = 0  # data order, dropout and splits
-    max_steps: int = 300  # optimizer steps
+    max_steps: int | None = None  # optimizer steps; None: 300, or no step cap when max_minutes is set
     max_minutes: float | None = None  # stop earlier when this wall-clock budget is spent
     batch_size: int | str = "auto"  # utterances per optimizer step (across all processes); auto: profile.py
     batch_by_duration: bool = True  # batches of similar-length clips (data/sampler.py): less padding when trimmed
     learning_rate: float = 1e-3
-    warmup_steps: int = 20
+    warmup_steps: int = 10
     lr_decay: str = "budget"  # linear decay to 0 at the end of: budget (max_steps or max_minutes, first), steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -48,7 +49,7 @@ class TrainConfig:
     cache_dir: str | None = None  # disk cache root (None: $WHISPER_LORA_CACHE/encoder)
     lean_backward: bool = True  # backward through frozen int8/nf4 layers without keeping their inputs
     mixed_precision: str = "auto"  # bf16 autocast of the training forward: auto (where bf16 is fast), bf16, no
-    eval_every: int = 50  # steps between dev evaluations (0: only at the end)
+    eval_every: int = 100  # steps between dev evaluations (0: only at the end); each costs time from max_minutes
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = 128  # decoding cap for evaluation
     timestamp_share: float = 0.0  # share of training utterances with timestamped labels spanning the clip
@@ -84,7 +85,9 @@ class TrainConfig:
             problems.append(f"lr_decay={self.lr_decay!r}; valid: {format_choices(LR_DECAYS)}")
         if self.data_format not in FORMATS:
             problems.append(f"data_format={self.data_format!r}; valid: {format_choices(FORMATS)}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+        if self.max_steps is None and self.max_minutes is None:
+            self.max_steps = DEFAULT_MAX_STEPS
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             problems.append(f"max_steps={self.max_steps!r} must be >= 1")
         if not isinstance(self.batch_by_duration, bool):
             problems.append(f"batch_by_duration={self.batch_by_duration!r}; valid: true, false")

@@ -8,7 +8,8 @@ LR_DECAYS = ("budget", "steps")
 class BudgetSchedule:
     """Linear warm-up, then linear decay to 0 at whichever budget ends first.
 
-    ``decay="steps"`` decays over ``max_steps`` only (the classic linear schedule; a run cut short by
+    ``max_steps=None`` means no step cap (``max_minutes`` alone ends the run). ``decay="steps"`` decays over
+    ``max_steps`` only (the classic linear schedule; a run cut short by
     ``max_minutes`` then stops at a high learning rate). ``decay="budget"`` also counts the share of
     ``max_minutes`` spent, so a time-capped run ends with its learning rate near 0, whatever the
     machine's speed. The training loop sets ``minutes`` before each step; the factor is a pure
@@ -16,13 +17,15 @@ class BudgetSchedule:
     same budget. Used as the ``lr_lambda`` of ``torch.optim.lr_scheduler.LambdaLR``.
     """
 
-    def __init__(self, warmup_steps: int, max_steps: int, max_minutes: float | None = None, decay: str = "budget"):
+    def __init__(
+        self, warmup_steps: int, max_steps: int | None, max_minutes: float | None = None, decay: str = "budget"
+    ):
         self.warmup_steps, self.max_steps, self.max_minutes, self.decay = warmup_steps, max_steps, max_minutes, decay
         self.minutes = 0.0  # training minutes spent so far (set by the loop)
 
     def progress(self, step: int) -> float:
         """Share of the budget spent at ``step`` (0 to 1), counted after warm-up for steps."""
-        by_steps = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        by_steps = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps) if self.max_steps else 0.0
         by_time = self.minutes / self.max_minutes if self.decay == "budget" and self.max_minutes else 0.0
         return min(1.0, max(0.0, by_steps, by_time))
 

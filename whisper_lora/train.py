@@ -351,11 +351,16 @@ def train_adapter(
     started = time.monotonic() - state.minutes * 60  # a resumed run continues its budget
     run.model.train()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {lang}", disable=not (progress and main))
-    while state.step < cfg.max_steps:
+    while cfg.max_steps is None or state.step < cfg.max_steps:
         state.minutes = run.schedule.minutes = _minutes_since(started, acc)
         if cfg.max_minutes and state.minutes > cfg.max_minutes:
             if main:
-                log.warning("time budget of %s min spent at step %d of %d", cfg.max_minutes, state.step, cfg.max_steps)
+                if cfg.max_steps:  # the steps were meant to end it: say that the clock did
+                    log.warning(
+                        "time budget of %s min spent at step %d of %d", cfg.max_minutes, state.step, cfg.max_steps
+                    )
+                else:
+                    log.info("time budget of %s min spent at step %d", cfg.max_minutes, state.step)
             break
         lr = run.opt.param_groups[0]["lr"]  # the rate this step uses
         loss = _train_step(run, cfg, acc, state.step)
