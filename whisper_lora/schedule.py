@@ -10,7 +10,7 @@ class BudgetSchedule:
 
     ``max_steps=None`` means no step cap (``max_minutes`` alone ends the run). ``decay="steps"`` decays over
     ``max_steps`` only (the classic linear schedule; a run cut short by
-    ``max_minutes`` then stops at a high learning rate). ``decay="budget"`` also counts the share of
+    ``max_minutes`` then stops at a high learning rate; without a step cap it keeps the peak rate). ``decay="budget"`` also counts the share of
     ``max_minutes`` spent, so a time-capped run ends with its learning rate near 0, whatever the
     machine's speed. The training loop sets ``minutes`` before each step; the factor is a pure
     function of (step, minutes), and checkpoints record the minutes, so a resumed run continues the
