@@ -148,7 +148,8 @@ class _NoSpeechRecorder:
         window = self.feats[:, :, seek : min(seek + N_FRAMES, stop)]
         window = torch.nn.functional.pad(window, (0, N_FRAMES - window.shape[-1]))
         dec = torch.full((1, 1), self.sot, dtype=torch.long, device=self.feats.device)
-        logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0]
+        with torch.no_grad():  # transformers calls this hook outside generate's no_grad
+            logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0]
         self.windows.append((seek, float(logits.float().softmax(-1)[0, self.no_speech])))
 
     def at(self, start: float) -> float | None:
