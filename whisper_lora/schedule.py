@@ -8,13 +8,13 @@ LR_DECAYS = ("budget", "steps")
 class BudgetSchedule:
     """Linear warm-up, then linear decay to 0 at whichever budget ends first.
 
-    ``max_steps=None`` means no step cap (``max_minutes`` alone ends the run). ``decay="steps"`` decays over
-    ``max_steps`` only (the classic linear schedule; a run cut short by
-    ``max_minutes`` then stops at a high learning rate; without a step cap it keeps the peak rate). ``decay="budget"`` also counts the share of
-    ``max_minutes`` spent, so a time-capped run ends with its learning rate near 0, whatever the
-    machine's speed. The training loop sets ``minutes`` before each step; the factor is a pure
-    function of (step, minutes), and checkpoints record the minutes, so a resumed run continues the
-    same budget. Used as the ``lr_lambda`` of ``torch.optim.lr_scheduler.LambdaLR``.
+    ``max_steps=None`` means no step cap (``max_minutes`` alone ends the run). ``decay="steps"`` decays
+    over ``max_steps`` only (the classic linear schedule: a run cut short by ``max_minutes`` stops at a
+    high learning rate, and without a step cap the rate stays at its peak). ``decay="budget"`` also
+    counts the share of ``max_minutes`` spent, so a time-capped run ends with its learning rate near 0,
+    whatever the machine's speed. The training loop sets ``minutes`` before each step; the factor is a
+    pure function of (step, minutes), and checkpoints record the minutes, so a resumed run continues
+    the same budget. Used as the ``lr_lambda`` of ``torch.optim.lr_scheduler.LambdaLR``.
     """
 
     def __init__(

@@ -93,6 +93,7 @@ class _Run:
     bf16: bool  # autocast the forward
     hidden_dtype: torch.dtype  # cached encoder states enter the model in this dtype
     encoder: torch.nn.Module  # the (LoRA-injected) encoder of the model being trained
+    durations: tuple[float, ...]  # of the training utterances, for the batch sampler
 
 
 def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = False) -> TrainConfig:
@@ -200,6 +201,7 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         bf16,
         model.get_base_model().dtype,
         model.get_base_model().model.encoder,
+        tuple(e.duration for e in data["train"]),
     )
 
 
@@ -234,8 +236,7 @@ def _save_checkpoint(run: _Run, cfg: TrainConfig, ckpt_dir: Path, state: TrainSt
 
 def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
     """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
-    durations = [e.duration for e in run.train]
-    idx = batch_indices(durations, cfg.batch_size, cfg.seed, step, cfg.batch_by_duration)
+    idx = batch_indices(run.durations, cfg.batch_size, cfg.seed, step, cfg.batch_by_duration)
     idx = idx[acc.process_index :: acc.num_processes]
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
     if cfg.spec_augment:
