@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of one LoRA training step at batch 1 for Whisper shapes (random weights, no download).
 
-    python bench/memory.py [--shapes tiny base small] [--precisions int8 nf4 fp32]
+    python bench/memory.py [--shapes tiny base small] [--precisions int8 nf4 fp32] [--checkpointing 0 1]
 
 Each configuration runs in its own process. On CUDA the figure is ``torch.cuda.max_memory_allocated``.
 On CPU it is the peak resident memory during the step minus the process's resident memory before the
@@ -73,17 +73,21 @@ def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     dev = pick_device("auto")
     before = _status_kb("VmRSS") * 1024
     bnb_backward = precision.endswith("-bnb")  # bitsandbytes' own backward, for comparison
-    precision = precision.removesuffix("-bnb")
-    spec = LoraSpec(r=32, alpha=64, targets=("q", "v"))  # the reference recipe's spec
-    model = apply_lora(load_whisper(path, precision, dev), spec)
-    if not bnb_backward:
+    full = precision == "full-fp32"  # full fine-tuning: every weight trained (the figure LoRA is measured against)
+    precision = "fp32" if full else precision.removesuffix("-bnb")
+    model = load_whisper(path, precision, dev)
+    if full:
+        model.requires_grad_(True)
+    else:
+        model = apply_lora(model, LoraSpec(r=32, alpha=64, targets=("q", "v")))  # the reference recipe's spec
+    if not (bnb_backward or full):
         make_backward_lean(model)  # what train_adapter does
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     mels = model.config.num_mel_bins
-    feats = torch.randn(1, mels, 3000, device=dev)
+    feats = torch.randn(1, mels, 3000, device=dev, dtype=model.get_encoder().conv1.weight.dtype)
     labels = torch.randint(0, 50000, (1, 32), device=dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -119,13 +123,20 @@ def main():
         "--precisions",
         nargs="+",
         default=["int8", "int8-bnb", "nf4", "fp32"],
-        choices=["int8", "int8-bnb", "nf4", "nf4-bnb", "fp32"],
-        help="int8/nf4 use whisper-lora's lean backward (as train_adapter does); -bnb: bitsandbytes' own",
+        choices=["int8", "int8-bnb", "nf4", "nf4-bnb", "bf16", "fp32", "full-fp32"],
+        help="int8/nf4 use whisper-lora's lean backward (as train_adapter does); -bnb: bitsandbytes' own; "
+        "full-fp32: full fine-tuning (all weights trained, AdamW), for comparison",
+    )
+    p.add_argument(
+        "--checkpointing", nargs="+", type=int, default=[0, 1], choices=[0, 1], help="gradient checkpointing off/on"
     )
     p.add_argument("--json", default="bench/results/memory.json")
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: path precision checkpointing
     a = p.parse_args()
-    print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
+    import torch
+
+    machine = device_summary("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"machine: {machine}", flush=True)  # every table below holds for this device / CPU class
     if a.one:
         print(json.dumps(one_step(a.one[0], a.one[1], a.one[2] == "1")))
         return
@@ -135,7 +146,7 @@ def main():
             path = build(shape, Path(tmp))
             row = {"shape": shape}
             for prec in a.precisions:
-                for gc in (0, 1):
+                for gc in a.checkpointing:
                     r = subprocess.run(
                         [sys.executable, __file__, "--one", str(path), prec, str(gc)], capture_output=True, text=True
                     )
@@ -146,7 +157,9 @@ def main():
                     if r.returncode:
                         raise SystemExit(r.stderr[-2000:])
                     row[key] = json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"]
-            for a_, b_ in (("int8", "fp32"), ("int8+gc", "fp32+gc"), ("int8-bnb", "fp32"), ("int8-bnb+gc", "fp32+gc")):
+            pairs = [("int8", "fp32"), ("int8+gc", "fp32+gc"), ("int8-bnb", "fp32"), ("int8-bnb+gc", "fp32+gc")]
+            pairs += [(f"{q}{g}", f"full-fp32{g}") for q in ("int8", "nf4", "bf16") for g in ("", "+gc")]
+            for a_, b_ in pairs:
                 x, y = row.get(f"{a_}_mb"), row.get(f"{b_}_mb")
                 if isinstance(x, float) and isinstance(y, float):
                     row[f"{a_}/{b_}"] = x / y
@@ -159,7 +172,7 @@ def main():
     for r in rows:
         print("| " + " | ".join(_cell(c, r.get(c, "")) for c in cols) + " |")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"machine": device_summary(), "rows": rows}, indent=2))
+    Path(a.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

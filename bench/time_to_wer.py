@@ -27,17 +27,27 @@ from whisper_lora.data.features import collate
 from whisper_lora.data.prepare import prepare_splits
 from whisper_lora.evaluate import evaluate_examples
 from whisper_lora.hardware import device_summary
-from whisper_lora.model import load_base_model
+from whisper_lora.model import load_base_model, pick_device
 from whisper_lora.train import train_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class Clock:
-    """Wall time since start, excluding measurement pauses."""
+    """Wall time since start, excluding measurement pauses; ``every`` minutes (if set) also make a point due."""
 
-    def __init__(self):
+    def __init__(self, every: float | None = None):
         self.start, self.paused = time.perf_counter(), 0.0
+        self.every, self.next = every, every
+
+    def due(self, step: int, eval_every: int) -> bool:
+        """A measurement is due: every ``eval_every`` steps, or each time ``every`` more minutes have passed."""
+        if self.every is None:
+            return step % eval_every == 0
+        if self.minutes() < self.next:
+            return False
+        self.next = (int(self.minutes() / self.every) + 1) * self.every
+        return True
 
     def minutes(self) -> float:
         return (time.perf_counter() - self.start - self.paused) / 60
@@ -49,11 +59,13 @@ class Clock:
         return out
 
 
-def run_reference(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int) -> list[dict]:
+def run_reference(
+    cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int, eval_minutes: float | None = None
+) -> list[dict]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
-    clock = Clock()
+    clock = Clock(eval_minutes)
     _loaded = load_base_model(cfg.base, "int8")
     model, processor = _loaded.model, _loaded.processor
     data = prepare_splits(cfg.data, cfg.language, processor, splits=("train", "test"), progress=False)
@@ -73,7 +85,7 @@ def run_reference(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int
     class Budget(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             over = clock.minutes() > minutes
-            if state.global_step % eval_every == 0 or over:  # the last step is always measured
+            if clock.due(state.global_step, eval_every) or over:  # the last step is always measured
                 clock.measure(lambda: point(state.global_step))
             if over:
                 control.should_training_stop = True
@@ -122,15 +134,22 @@ VARIANTS = {
 }
 
 
-def run_ours(cfg: TrainConfig, minutes: float, eval_every: int, eval_n: int, name: str = "ours") -> list[dict]:
-    clock = Clock()
+def run_ours(
+    cfg: TrainConfig,
+    minutes: float,
+    eval_every: int,
+    eval_n: int,
+    name: str = "ours",
+    eval_minutes: float | None = None,
+) -> list[dict]:
+    clock = Clock(eval_minutes)
     processor = load_base_model(cfg.base, "fp32", "cpu").processor
     test = prepare_splits(cfg.data, cfg.language, processor, splits=("test",), progress=False)["test"][:eval_n]
     curve = []
 
     def on_step(state, model):
         over = clock.minutes() > minutes  # the budget excludes measurements, so the run is stopped here
-        if state.step % eval_every == 0 or over:
+        if clock.due(state.step, eval_every) or over:
 
             def point():
                 minutes_now = round(clock.minutes(), 2)
@@ -166,9 +185,11 @@ def main():
     )
     p.add_argument("--ref-eval-every", type=int, default=5, help="steps between the reference's measurements")
     p.add_argument("--ours-eval-every", type=int, default=5, help="steps between whisper-lora's measurements")
+    p.add_argument("--eval-minutes", type=float, help="measure every this many training minutes instead (fast devices)")
     p.add_argument("--json", default="bench/results/time_to_wer.json")
     a = p.parse_args()
-    print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
+    machine = device_summary(pick_device("auto"))
+    print(f"machine: {machine}", flush=True)  # every table below holds for this device / CPU class
     variants = VARIANTS[a.config]
     chosen = a.variants or list(variants)
     unknown = [v for v in chosen if v not in variants]
@@ -182,12 +203,12 @@ def main():
     def config(**kw) -> TrainConfig:
         return TrainConfig.from_yaml(ROOT / "recipes" / "configs" / f"{a.config}.yaml", data=a.data, **kw)
 
-    ref = run_reference(config(), a.minutes, a.ref_eval_every, a.eval_n)
+    ref = run_reference(config(), a.minutes, a.ref_eval_every, a.eval_n, a.eval_minutes)
     target = ref[-1][a.metric]
     t_ref = minutes_to_reach(ref, target, a.metric)
     runs = {"reference (PEFT int8 recipe)": ref}
     for v in chosen:
-        runs[v] = run_ours(config(**variants[v]), a.ours_minutes, a.ours_eval_every, a.eval_n, v)
+        runs[v] = run_ours(config(**variants[v]), a.ours_minutes, a.ours_eval_every, a.eval_n, v, a.eval_minutes)
     summary = []
     for name, curve in runs.items():
         t = minutes_to_reach(curve, target, a.metric)
@@ -217,7 +238,7 @@ def main():
             f"{r[f'minutes_to_reference_{a.metric}']} | {r['ratio']} |"
         )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"machine": device_summary(), **out}, indent=2))
+    Path(a.json).write_text(json.dumps({"machine": machine, **out}, indent=2))
 
 
 if __name__ == "__main__":
