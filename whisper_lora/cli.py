@@ -92,6 +92,8 @@ def _train_config(a):
             "seed",
             "timestamp_share",
             "trim_padding",
+            "speed_perturb",
+            "noise_snr_db",
         )
     }
     if a.config:
@@ -388,6 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_trim_arg,
         help="train the encoder on each clip plus this many seconds instead of 30 s windows; 'none': 30 s windows "
         "(default auto: 1 s when every encoder layer is adapted; see README)",
+    )
+    t.add_argument(
+        "--speed-perturb",
+        type=float,
+        nargs="+",
+        metavar="SPEED",
+        help="add a copy of every training clip at each speed, e.g. 0.9 1.1 (default none; see README)",
+    )
+    t.add_argument(
+        "--noise-snr-db",
+        type=float,
+        nargs="+",
+        metavar="DB",
+        help="add a copy of every training clip with white noise at each signal-to-noise ratio (default none)",
     )
     t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
     t.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .data.perturb import SNR_RANGE, SPEED_RANGE
 from .data.readers import FORMATS, describe_source
 from .encoder_cache import CACHE_PRECISIONS, CACHE_STORAGES
 from .errors import ConfigError, format_choices
@@ -56,6 +57,8 @@ class TrainConfig:
     trim_padding: float | str | None = "auto"  # encode the audio + this many seconds, not the 30 s window
     # (trim.py); None: 30 s windows; auto: 1 s where every encoder layer is adapted (profile.py)
     spec_augment: bool = False  # SpecAugment time masks on the log-mel input of training steps (transformers')
+    speed_perturb: tuple[float, ...] = ()  # extra copy of each training clip per speed, e.g. (0.9, 1.1) (perturb.py)
+    noise_snr_db: tuple[float, ...] = ()  # extra copy of each training clip per white-noise level (SNR in dB)
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
     final_eval: bool = True  # score base and adapter on the test split and store it in the metadata
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -64,6 +67,8 @@ class TrainConfig:
         if isinstance(self.lora, dict):
             self.lora = LoraSpec.from_dict(self.lora)
         self.split_fractions = tuple(self.split_fractions)
+        self.speed_perturb = tuple(self.speed_perturb or ())
+        self.noise_snr_db = tuple(self.noise_snr_db or ())
         if self.trim_padding == "none":
             self.trim_padding = None
         problems = []
@@ -108,6 +113,16 @@ class TrainConfig:
             isinstance(self.trim_padding, (int, float)) and 0 <= self.trim_padding <= 30
         ):
             problems.append(f"trim_padding={self.trim_padding!r}; valid: auto, null (30 s windows), seconds in [0, 30]")
+        lo, hi = SPEED_RANGE
+        for s in self.speed_perturb:
+            if not isinstance(s, (int, float)) or not lo <= s <= hi or s == 1:
+                problems.append(f"speed_perturb value {s!r} must be a speed in [{lo}, {hi}] other than 1")
+        if len(set(self.speed_perturb)) != len(self.speed_perturb):
+            problems.append(f"speed_perturb={list(self.speed_perturb)!r} repeats a speed")
+        lo, hi = SNR_RANGE
+        for n in self.noise_snr_db:
+            if not isinstance(n, (int, float)) or not lo <= n <= hi:
+                problems.append(f"noise_snr_db value {n!r} must be a signal-to-noise ratio in [{lo:g}, {hi:g}] dB")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes={self.max_minutes!r} must be > 0")
         if problems:

@@ -17,6 +17,7 @@ from .adapter_io import AdapterMetadata, data_fingerprint, save_adapter
 from .atomic import atomic_directory
 from .config import TrainConfig
 from .data.features import Example, collate
+from .data.perturb import perturbed_copies
 from .data.prepare import prepare_splits
 from .data.readers import describe_source
 from .data.sampler import batch_indices
@@ -139,6 +140,11 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
         progress=show,
         timestamp_share=cfg.timestamp_share,
     )
+    extra = perturbed_copies(data["train"], cfg.speed_perturb, cfg.noise_snr_db)
+    if extra:
+        if show:
+            log.info("augmentation: %d perturbed copies added to %d training clips", len(extra), len(data["train"]))
+        data["train"] = data["train"] + extra
     torch.manual_seed(cfg.seed)  # adapter init does not depend on what loading consumed
     model = apply_lora(base.model, cfg.lora)
     if show:
@@ -283,15 +289,17 @@ def _evaluate_dev(run: _Run, cfg: TrainConfig, language: str, state: TrainState,
 def _metadata(run: _Run, cfg: TrainConfig, acc, state: TrainState, minutes: float) -> AdapterMetadata:
     """What ``whisper_lora.json`` records about this run."""
     lang = resolve_language(cfg.language)
+    originals = [e for e in run.train if e.perturbation is None]
     return AdapterMetadata(
         language=lang.code,
         whisper_language=lang.whisper,
         base={k: v for k, v in run.base_info.__dict__.items() if k != "path"},
         lora=cfg.lora.to_dict(),
         data={
-            "fingerprint": data_fingerprint(run.train),
-            "train_utterances": len(run.train),
-            "train_seconds": round(sum(e.duration for e in run.train), 1),
+            "fingerprint": data_fingerprint(originals),
+            "train_utterances": len(originals),
+            "train_seconds": round(sum(e.duration for e in originals), 1),
+            "augmented_copies": len(run.train) - len(originals),
             "source": describe_source(cfg.data),
         },
         training={

@@ -16,6 +16,7 @@ import torch
 from ..languages import resolve_language
 from ..trim import trim_batch
 from .audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, is_silent, load_audio
+from .perturb import Perturbation
 from .records import BadRows, Utterance
 
 MAX_LABEL_TOKENS = 448  # Whisper's decoder context
@@ -36,6 +37,8 @@ class Example:
     labels: list[int]  # <|lang|> <|transcribe|> <|notimestamps|> text <|endoftext|> (no <|sot|>), or timestamped
     duration: float  # seconds of audio
     feature_extractor: object = field(default=None, repr=False, compare=False)
+    perturbation: Perturbation | None = None  # augmented copy: the clip is transformed when read (perturb.py)
+    timestamped: bool = False  # labels carry <|0.00|> ... <|end|> timestamps spanning the clip
 
     @property
     def n_samples(self) -> int:
@@ -44,7 +47,10 @@ class Example:
     @property
     def input_features(self) -> torch.Tensor:
         """``(n_mels, 3000)`` log-mel of the 30 s window, as the processor computes it."""
-        return log_mel(self.feature_extractor, load_audio(self.audio))
+        audio = load_audio(self.audio)
+        if self.perturbation is not None:
+            audio = self.perturbation.apply(audio, self.id)
+        return log_mel(self.feature_extractor, audio)
 
 
 def log_mel(feature_extractor, audio: np.ndarray) -> torch.Tensor:
@@ -132,7 +138,18 @@ def featurize(
         if len(labels) + 1 > max_label_tokens:
             bad.add("too_long_labels", r.id)
             continue
-        out.append(Example(r.id, r.text, r.language, r.audio, labels, duration, processor.feature_extractor))
+        out.append(
+            Example(
+                r.id,
+                r.text,
+                r.language,
+                r.audio,
+                labels,
+                duration,
+                processor.feature_extractor,
+                timestamped=span is not None,
+            )
+        )
     return out, bad
 
 
