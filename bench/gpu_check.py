@@ -3,7 +3,7 @@
 
     python bench/gpu_check.py [--device cuda] [--processor DIR] [--json bench/results/gpu_check.json]
 
-Random weights and tone "speech": this checks that the paths run on the device and agree, not quality.
+Random weights (whisper-tiny's shape) and tone "speech": this checks that the paths run on the device and agree, not quality.
 For each precision (int8, nf4, bf16, fp32; auto shows what the profile picks) it trains an adapter for
 --steps steps with the library's defaults (``train_adapter``; the loss must fall), then, on the int8 base,
 a Transcriber decodes a batch that mixes the adapter with the untouched base and compares it with
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from memory import build  # bench/memory.py: random-weight checkpoints of OpenAI's shapes
 
 from whisper_lora import AdapterRegistry, TrainConfig, Transcriber, merge_adapter, train_adapter
 from whisper_lora.hardware import device_summary
@@ -29,28 +30,15 @@ WORDS = ["jambo", "habari", "asante", "karibu", "ndiyo", "hapana", "rafiki", "ch
 
 
 def tiny_whisper(out: Path, processor_dir: str) -> Path:
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+    """whisper-tiny's shape with random weights (``memory.build``), plus the real tokenizer and generation config."""
+    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-    torch.manual_seed(0)
-    cfg = WhisperConfig(
-        vocab_size=51865,
-        d_model=256,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=512,
-        decoder_ffn_dim=512,
-        pad_token_id=50257,
-        bos_token_id=50257,
-        eos_token_id=50257,
-        decoder_start_token_id=50258,
-    )
-    model = WhisperForConditionalGeneration(cfg)
+    path = build("tiny", out)
+    model = WhisperForConditionalGeneration.from_pretrained(path)
     model.generation_config = GenerationConfig.from_pretrained(processor_dir)
-    model.save_pretrained(out)
-    WhisperProcessor.from_pretrained(processor_dir).save_pretrained(out)
-    return out
+    model.save_pretrained(path)
+    WhisperProcessor.from_pretrained(processor_dir).save_pretrained(path)
+    return path
 
 
 def tone_corpus(root: Path) -> Path:
@@ -144,7 +132,7 @@ def main():
             "merge_max_logit_diff": merged.max_logit_diff,
         }
     cols = list(dict.fromkeys(c for r in rows for c in r))
-    print(f"\nTraining on {device}, tiny random Whisper (d_model 256), {a.steps} steps, batch auto\n")
+    print(f"\nTraining on {device}, random-weight whisper-tiny shape, {a.steps} steps, batch auto\n")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
