@@ -7,6 +7,7 @@ utterance; the voice set is selectable so held-out voices can differ from traini
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import random
@@ -27,7 +28,10 @@ from .audio import SAMPLE_RATE, resample, write_wav
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _CHARS_UTF8 = 1
 _RATE, _PITCH, _RANGE = 1, 3, 4
+_RAND_SEED = 1  # espeak-ng's noise generator, seeded before each utterance
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+_SYNTH_ARGS = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint]
+_SYNTH_ARGS += [ctypes.c_void_p, ctypes.c_void_p]
 
 # Voice variants: the default split keeps some voices out of training entirely.
 TRAIN_VOICES: tuple[str, ...] = ("m1", "m3", "m5", "m7", "f1", "f3", "f5", "klatt", "klatt3", "iven", "john", "quincy")
@@ -37,7 +41,16 @@ _LOCK = threading.Lock()
 
 
 class _Espeak:
-    """A process-wide espeak-ng instance; synthesis is serialised by a lock."""
+    """espeak-ng, loaded afresh for every utterance; synthesis is serialised by a lock.
+
+    espeak-ng keeps synthesis state in C statics that nothing resets (the pitch-flutter index and the
+    glottal phase in wavegen.c, advanced every 64 samples): the same text, voice, speed and pitch then
+    sound different depending on what the process spoke before (waveforms correlate only 0.4-0.7).
+    Its noise (breath, voicing) also draws from its own generator, seeded from the clock unless set.
+    So each utterance unloads the library (dlclose), loads it again (resetting the statics, about 7 ms)
+    and seeds the generator: an utterance then depends only on its arguments, in any process and after
+    any other; corpora are reproducible and tests hear the same audio in any order.
+    """
 
     _instance: _Espeak | None = None
 
@@ -46,12 +59,8 @@ class _Espeak:
             import espeakng_loader
         except ImportError:
             raise DataError("synthetic corpora need espeak-ng: pip install 'whisper-lora[synth]'") from None
-        self.lib = ctypes.cdll.LoadLibrary(str(espeakng_loader.get_library_path()))
-        data = str(espeakng_loader.get_data_path()).encode()
+        self.lib_path = str(espeakng_loader.get_library_path())
         self.data_path = Path(espeakng_loader.get_data_path())
-        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
-        if self.rate <= 0:
-            raise DataError(f"espeak-ng failed to initialise (data path {data.decode()})")
         self._chunks: list[np.ndarray] = []
 
         def _collect(wav, n, _events):
@@ -60,17 +69,23 @@ class _Espeak:
             return 0
 
         self._cb = _CALLBACK(_collect)  # keep a reference: ctypes must not free it
-        self.lib.espeak_SetSynthCallback(self._cb)
-        self.lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
+        with self._loaded() as lib:
+            self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), 0)
+        if self.rate <= 0:
+            raise DataError(f"espeak-ng failed to initialise (data path {self.data_path})")
+
+    @contextlib.contextmanager
+    def _loaded(self):
+        """The library, freshly loaded (its C statics at their initial values), unloaded on exit."""
+        import _ctypes
+
+        lib = ctypes.CDLL(self.lib_path)
+        try:
+            yield lib
+        finally:
+            handle = lib._handle
+            del lib
+            _ctypes.dlclose(handle)
 
     @classmethod
     def get(cls) -> _Espeak:
@@ -84,16 +99,26 @@ class _Espeak:
     def say(self, text: str, voice: str, variant: str, speed: int, pitch: int) -> np.ndarray:
         """Synthesize ``text``; returns float32 mono audio at 16 kHz."""
         name = f"{voice}+{variant}".encode()
-        if self.lib.espeak_SetVoiceByName(name) != 0:
-            raise ConfigError(f"espeak-ng has no voice {name.decode()!r}; variants: {format_choices(self.variants())}")
-        self.lib.espeak_SetParameter(_RATE, int(speed), 0)
-        self.lib.espeak_SetParameter(_PITCH, int(pitch), 0)
         self._chunks = []
-        raw = text.encode("utf-8") + b"\0"
-        err = self.lib.espeak_Synth(raw, len(raw), 0, 0, 0, _CHARS_UTF8, None, None)
-        if err != 0:
-            raise DataError(f"espeak-ng failed on {text!r} (error {err})")
-        self.lib.espeak_Synchronize()
+        with self._loaded() as lib:
+            lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), 0)
+            try:
+                lib.espeak_ng_SetRandSeed(ctypes.c_long(_RAND_SEED))  # its own generator (breath noise)
+                lib.espeak_SetSynthCallback(self._cb)
+                if lib.espeak_SetVoiceByName(name) != 0:
+                    raise ConfigError(
+                        f"espeak-ng has no voice {name.decode()!r}; variants: {format_choices(self.variants())}"
+                    )
+                lib.espeak_SetParameter(_RATE, int(speed), 0)
+                lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+                lib.espeak_Synth.argtypes = _SYNTH_ARGS
+                raw = text.encode("utf-8") + b"\0"
+                err = lib.espeak_Synth(raw, len(raw), 0, 0, 0, _CHARS_UTF8, None, None)
+                if err != 0:
+                    raise DataError(f"espeak-ng failed on {text!r} (error {err})")
+                lib.espeak_Synchronize()
+            finally:
+                lib.espeak_Terminate()
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return resample(pcm.astype(np.float32) / 32768.0, self.rate, SAMPLE_RATE)
 
