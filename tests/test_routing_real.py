@@ -62,10 +62,11 @@ def test_shipped_adapters_are_small_safetensors_with_metrics():
         assert e.metadata.base["name"] == "whisper-base"
 
 
-def _teacher_forced(t, feats, langs, entries, ids):
-    """Log-probs of the tokens ``ids[i]`` (prompt + text) for each row, decoded with ``entries[i]``."""
+def _teacher_forced(t, feats, langs, entries, ids, width=None):
+    """Log-probs of the tokens ``ids[i]`` (prompt + text) for each row, decoded with ``entries[i]``; the
+    decoder input is padded (eos) to ``width`` tokens (default: the longest row)."""
     eos = t.model.generation_config.eos_token_id
-    dec = torch.full((len(ids), max(len(x) for x in ids)), eos)
+    dec = torch.full((len(ids), width or max(len(x) for x in ids)), eos)
     for i, x in enumerate(ids):
         dec[i, : len(x)] = x
 
@@ -82,10 +83,13 @@ def _teacher_forced(t, feats, langs, entries, ids):
 @pytest.mark.slow
 def test_int8_mixed_batch_equals_isolated_on_the_real_base(czech_clip):
     """With LLM.int8's batch-wide outlier columns (threshold 6) a neighbour can change a result;
-    the Transcriber's default threshold 0 quantises rows independently. What is left is float rounding
-    of batch-size-dependent kernels, which can flip a near-tie in greedy decoding on some CPUs; so the
-    comparison is teacher-forced: every token of each isolated transcript gets the same log-prob in the
-    mixed batch, and a wrong routing does not."""
+    the Transcriber's default threshold 0 quantises rows independently. Checked teacher-forced: every
+    token of each isolated transcript gets the same log-prob in the mixed batch, and a wrong routing
+    does not. The isolated rows get the batch's decoder width: over another number of padded
+    positions the kernels can round differently in the last bit, and the int8 base turns such
+    differences into visible ones (up to 0.74 in a token's log-prob on 5 of 12 sets of clips),
+    which is a property of teacher forcing at two widths, not of routing (greedy decoding steps
+    every row at the same width)."""
     t = Transcriber("whisper-base", AdapterRegistry(SHIPPED), precision="int8", device="cpu", max_new_tokens=64)
     clips = [
         synthesize(x, lang, v)
@@ -107,11 +111,13 @@ def test_int8_mixed_batch_equals_isolated_on_the_real_base(czech_clip):
     ids = [t._pool.decode(feats[i : i + 1], langs[i : i + 1], entries[i : i + 1], generate)[0] for i in range(6)]
     assert [t.processor.decode(x, skip_special_tokens=True).strip() for x in ids] == [a.text for a in alone]
     together = _teacher_forced(t, feats, langs, entries, ids)
+    width = max(len(x) for x in ids)  # each row alone, its decoder input padded as in the batch
     isolated = [
-        _teacher_forced(t, feats[i : i + 1], langs[i : i + 1], entries[i : i + 1], ids[i : i + 1])[0] for i in range(6)
+        _teacher_forced(t, feats[i : i + 1], langs[i : i + 1], entries[i : i + 1], ids[i : i + 1], width)[0]
+        for i in range(6)
     ]
-    for m, a in zip(together, isolated, strict=True):
-        assert (m - a).abs().max() < 1e-3
+    gaps = [round(float((m - a).abs().max()), 5) for m, a in zip(together, isolated, strict=True)]
+    assert max(gaps) < 1e-3, f"mixed batch vs each row alone, max |d log-prob| per row: {gaps}"
     swapped = _teacher_forced(t, feats, langs, entries[::-1], ids)  # sw<->base/cs rows get another adapter
     assert all((swapped[i] - isolated[i]).abs().max() > 1.0 for i in (0, 1, 4, 5))
     same = sum(m.text == a.text for m, a in zip(mixed, alone, strict=True))
