@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from whisper_lora.data.synth import shipped_sentences, synthesize
+from whisper_lora.data.synth import SynthConfig, SynthSplit, shipped_sentences, synthesize, synthesize_corpus
 
 SENTENCE = shipped_sentences("sw", "test")[1]  # long enough for pitch flutter and breath noise to matter
 
@@ -29,3 +29,14 @@ def test_the_same_arguments_give_the_same_audio_in_another_process():
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     here = hashlib.sha256(synthesize(SENTENCE, "sw", "f2").tobytes()).hexdigest()
     assert there == here
+
+
+def test_a_corpus_is_the_same_in_every_run(tmp_path):
+    split = SynthSplit("train", shipped_sentences("sw", "train")[:3], voices=("m1", "f3"))
+    cfg = SynthConfig("sw", splits=(split,), seed=3)
+    a = synthesize_corpus(cfg, tmp_path / "a", progress=False)
+    synthesize("Habari za leo?", "sw", "klatt")  # something else spoken in between
+    b = synthesize_corpus(cfg, tmp_path / "b", progress=False)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 4  # texts/train.csv + 3 wavs
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
