@@ -103,7 +103,9 @@ class _Espeak:
         with self._loaded() as lib:
             lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), 0)
             try:
-                lib.espeak_ng_SetRandSeed(ctypes.c_long(_RAND_SEED))  # its own generator (breath noise)
+                seed = getattr(lib, "espeak_ng_SetRandSeed", None)  # espeak-ng >= 1.52
+                if seed is not None:
+                    seed(ctypes.c_long(_RAND_SEED))  # its own noise generator
                 lib.espeak_SetSynthCallback(self._cb)
                 if lib.espeak_SetVoiceByName(name) != 0:
                     raise ConfigError(
