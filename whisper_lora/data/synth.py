@@ -30,8 +30,16 @@ _CHARS_UTF8 = 1
 _RATE, _PITCH, _RANGE = 1, 3, 4
 _RAND_SEED = 1  # espeak-ng's noise generator, seeded before each utterance
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-_SYNTH_ARGS = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint]
-_SYNTH_ARGS += [ctypes.c_void_p, ctypes.c_void_p]
+_SYNTH_ARGS = [
+    ctypes.c_char_p,
+    ctypes.c_size_t,
+    ctypes.c_uint,
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.c_uint,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+]
 
 # Voice variants: the default split keeps some voices out of training entirely.
 TRAIN_VOICES: tuple[str, ...] = ("m1", "m3", "m5", "m7", "f1", "f3", "f5", "klatt", "klatt3", "iven", "john", "quincy")
@@ -69,19 +77,24 @@ class _Espeak:
             return 0
 
         self._cb = _CALLBACK(_collect)  # keep a reference: ctypes must not free it
-        with self._loaded() as lib:
-            self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), 0)
-        if self.rate <= 0:
-            raise DataError(f"espeak-ng failed to initialise (data path {self.data_path})")
+        with self._session():
+            pass  # checks that espeak-ng initialises and reads its sample rate
 
     @contextlib.contextmanager
-    def _loaded(self):
-        """The library, freshly loaded (its C statics at their initial values), unloaded on exit."""
+    def _session(self):
+        """The library freshly loaded (its C statics at their initial values) and initialised;
+        terminated and unloaded on exit."""
         import _ctypes
 
         lib = ctypes.CDLL(self.lib_path)
         try:
-            yield lib
+            self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), 0)
+            if self.rate <= 0:
+                raise DataError(f"espeak-ng failed to initialise (data path {self.data_path})")
+            try:
+                yield lib
+            finally:
+                lib.espeak_Terminate()
         finally:
             handle = lib._handle
             del lib
@@ -100,27 +113,23 @@ class _Espeak:
         """Synthesize ``text``; returns float32 mono audio at 16 kHz."""
         name = f"{voice}+{variant}".encode()
         self._chunks = []
-        with self._loaded() as lib:
-            lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), 0)
-            try:
-                seed = getattr(lib, "espeak_ng_SetRandSeed", None)  # espeak-ng >= 1.52
-                if seed is not None:
-                    seed(ctypes.c_long(_RAND_SEED))  # its own noise generator
-                lib.espeak_SetSynthCallback(self._cb)
-                if lib.espeak_SetVoiceByName(name) != 0:
-                    raise ConfigError(
-                        f"espeak-ng has no voice {name.decode()!r}; variants: {format_choices(self.variants())}"
-                    )
-                lib.espeak_SetParameter(_RATE, int(speed), 0)
-                lib.espeak_SetParameter(_PITCH, int(pitch), 0)
-                lib.espeak_Synth.argtypes = _SYNTH_ARGS
-                raw = text.encode("utf-8") + b"\0"
-                err = lib.espeak_Synth(raw, len(raw), 0, 0, 0, _CHARS_UTF8, None, None)
-                if err != 0:
-                    raise DataError(f"espeak-ng failed on {text!r} (error {err})")
-                lib.espeak_Synchronize()
-            finally:
-                lib.espeak_Terminate()
+        with self._session() as lib:
+            seed = getattr(lib, "espeak_ng_SetRandSeed", None)  # espeak-ng >= 1.52
+            if seed is not None:
+                seed(ctypes.c_long(_RAND_SEED))  # its own noise generator
+            lib.espeak_SetSynthCallback(self._cb)
+            if lib.espeak_SetVoiceByName(name) != 0:
+                raise ConfigError(
+                    f"espeak-ng has no voice {name.decode()!r}; variants: {format_choices(self.variants())}"
+                )
+            lib.espeak_SetParameter(_RATE, int(speed), 0)
+            lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+            lib.espeak_Synth.argtypes = _SYNTH_ARGS
+            raw = text.encode("utf-8") + b"\0"
+            err = lib.espeak_Synth(raw, len(raw), 0, 0, 0, _CHARS_UTF8, None, None)
+            if err != 0:
+                raise DataError(f"espeak-ng failed on {text!r} (error {err})")
+            lib.espeak_Synchronize()
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return resample(pcm.astype(np.float32) / 32768.0, self.rate, SAMPLE_RATE)
 
