@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from whisper_lora.hardware import device_summary
+from whisper_lora.base.hardware import device_summary
 
 D_MODEL = {"tiny": 384, "base": 512, "small": 768, "medium": 1024, "large-v3": 1280}
 FRAMES = 1500  # encoder positions of a 30 s window
@@ -41,7 +41,7 @@ def one(store: str, size: int, shape: str, root: str) -> dict:
     """Fill and read one store in this process; returns the figures."""
     import torch
 
-    from whisper_lora.encoder_cache import DiskStore, MemoryStore
+    from whisper_lora.training.encoder_cache import DiskStore, MemoryStore
 
     d = D_MODEL[shape]
     directory = Path(root) / f"{store}-{size}"

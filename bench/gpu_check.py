@@ -22,9 +22,9 @@ import torch
 from memory import build  # bench/memory.py: random-weight checkpoints of OpenAI's shapes
 
 from whisper_lora import AdapterRegistry, TrainConfig, Transcriber, merge_adapter, train_adapter
-from whisper_lora.hardware import device_summary
-from whisper_lora.model import pick_device
-from whisper_lora.resolve import resolve_base
+from whisper_lora.base.hardware import device_summary
+from whisper_lora.base.model import pick_device
+from whisper_lora.base.resolve import resolve_base
 
 WORDS = ["jambo", "habari", "asante", "karibu", "ndiyo", "hapana", "rafiki", "chakula"]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
+from whisper_lora.base.hardware import device_summary
+from whisper_lora.base.model import load_base_model
 from whisper_lora.data.audio import load_audio
 from whisper_lora.data.synth import shipped_sentences, synthesize
-from whisper_lora.hardware import device_summary
-from whisper_lora.model import load_base_model
-from whisper_lora.transcriber import Transcriber
+from whisper_lora.inference.transcriber import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
@@ -82,7 +82,7 @@ def main():
     t_load = timed(load_set, a.repeats)
 
     def reload_base():
-        from whisper_lora.adapter_io import load_adapter
+        from whisper_lora.registry.adapter_io import load_adapter
 
         m = load_base_model("whisper-base", a.precision).model
         load_adapter(m, entry.path)
@@ -120,7 +120,7 @@ def main():
     # 3. real-time factor: plain base, unmerged adapter, merged adapter (fp32 base for an exact merge)
     feats = t._features([x for xs in audio.values() for x in xs])
     base = load_base_model("whisper-base", "fp32").model
-    from whisper_lora.adapter_io import load_adapter
+    from whisper_lora.registry.adapter_io import load_adapter
 
     unmerged = load_adapter(load_base_model("whisper-base", "fp32").model, t.registry.get("sw").path).eval()
     merged = (

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from whisper_lora.hardware import device_summary
+from whisper_lora.base.hardware import device_summary
 
 # (d_model, layers, heads, ffn, mels, vocab) of OpenAI's checkpoints
 SHAPES = {
@@ -66,9 +66,9 @@ def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     import bitsandbytes  # noqa: F401  (its libraries count as "before" for every precision)
     import torch
 
-    from whisper_lora.lean_backward import make_backward_lean
-    from whisper_lora.lora import LoraSpec, apply_lora
-    from whisper_lora.model import load_whisper, pick_device
+    from whisper_lora.base.model import load_whisper, pick_device
+    from whisper_lora.training.lean_backward import make_backward_lean
+    from whisper_lora.training.lora import LoraSpec, apply_lora
 
     dev = pick_device("auto")
     before = _status_kb("VmRSS") * 1024

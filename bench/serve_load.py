@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import soundfile as sf
 
+from whisper_lora.base.hardware import device_summary
+from whisper_lora.base.resolve import resolve_base
 from whisper_lora.data.synth import shipped_sentences, synthesize
-from whisper_lora.hardware import device_summary
-from whisper_lora.registry import AdapterRegistry
-from whisper_lora.resolve import resolve_base
+from whisper_lora.registry.catalog import AdapterRegistry
 from whisper_lora.serving.process import running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +97,8 @@ def main():
         results["whisper-lora"] = load(url, cases, a.requests, a.threads, fmt)
         results["whisper-lora"]["decode_calls"] = httpx.get(f"{url}/health").json()["batches"]
     if a.engine == "both":
-        from whisper_lora.serving.vllm_client import CPU_ENGINE, vllm_python
-        from whisper_lora.vllm_export import BASE_ADAPTER, plan_vllm
+        from whisper_lora.serving.vllm.client import CPU_ENGINE, vllm_python
+        from whisper_lora.serving.vllm.export import BASE_ADAPTER, plan_vllm
 
         zero = Path(tempfile.mkdtemp()) / "zero"
         plan = plan_vllm(AdapterRegistry(ROOT / "adapters"), ["sw", "id"], resolve_base("whisper-base"), zero)

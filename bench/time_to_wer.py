@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from whisper_lora.config import TrainConfig
+from whisper_lora.base.hardware import device_summary
+from whisper_lora.base.model import load_base_model, pick_device
 from whisper_lora.data.features import collate
 from whisper_lora.data.prepare import prepare_splits
-from whisper_lora.evaluate import evaluate_examples
-from whisper_lora.hardware import device_summary
-from whisper_lora.model import load_base_model, pick_device
-from whisper_lora.train import train_adapter
+from whisper_lora.inference.scoring import evaluate_examples
+from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.train import train_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"  # the shipp
 @pytest.fixture(scope="session")
 def base_dir() -> Path:
     """The real multilingual whisper-base, converted from its PyPI CTranslate2 packages."""
-    from whisper_lora.resolve import resolve_base
+    from whisper_lora.base.resolve import resolve_base
 
     return Path(resolve_base("whisper-base"))
 
@@ -87,10 +87,10 @@ def make_tiny_adapter(tiny_dir: Path, out: Path, language: str, seed: int, r: in
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_lora.adapter_io import AdapterMetadata, save_adapter
+    from whisper_lora.base.model import load_base_model
     from whisper_lora.languages import resolve_language
-    from whisper_lora.lora import LoraSpec
-    from whisper_lora.model import load_base_model
+    from whisper_lora.registry.adapter_io import AdapterMetadata, save_adapter
+    from whisper_lora.training.lora import LoraSpec
 
     info = load_base_model(str(tiny_dir), "fp32", "cpu").info
     spec = spec or LoraSpec(r=r, alpha=2 * r, targets=("q", "v"))
@@ -127,7 +127,7 @@ class Interrupted(Exception):
 
 def train_until(cfg, step: int) -> None:
     """Run ``train_adapter(cfg)`` and kill it right after optimizer step ``step`` (its checkpoints stay)."""
-    from whisper_lora.train import train_adapter
+    from whisper_lora.training.train import train_adapter
 
     def stop(state, model):
         if state.step == step:
@@ -139,7 +139,7 @@ def train_until(cfg, step: int) -> None:
 
 def tiny_train_config(tiny_dir: Path, corpus: Path, out: Path, **overrides):
     """A ``TrainConfig`` that trains on the tiny random Whisper in seconds; ``overrides`` replace any field."""
-    from whisper_lora.config import TrainConfig
+    from whisper_lora.training.config import TrainConfig
 
     fields = dict(
         language="sw",

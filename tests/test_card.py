@@ -5,9 +5,9 @@ import yaml
 from peft import PeftModel
 
 from tests.conftest import REPO_ADAPTERS
-from whisper_lora.card import make_hub_ready, public_base_id
-from whisper_lora.model import load_whisper
-from whisper_lora.resolve import resolve_base
+from whisper_lora.base.model import load_whisper
+from whisper_lora.base.resolve import resolve_base
+from whisper_lora.registry.card import make_hub_ready, public_base_id
 
 
 def _front_matter(text: str) -> dict:

@@ -184,7 +184,7 @@ def test_eval_on_a_corpus_with_only_a_test_split(tiny_dir, corpus_copy):
 
 
 def test_version_and_quiet(capsys):
-    from whisper_lora.adapter_io import library_version
+    from whisper_lora.registry.adapter_io import library_version
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])

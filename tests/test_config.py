@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_lora.config import TrainConfig
 from whisper_lora.errors import ConfigError
-from whisper_lora.lora import LoraSpec
+from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.lora import LoraSpec
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "recipes" / "configs").glob("*.yaml"))
 

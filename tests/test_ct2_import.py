@@ -6,10 +6,10 @@ import soundfile as sf
 import torch
 
 from tests.conftest import LIBRIVOX
-from whisper_lora.ct2_import import convert_ct2_checkpoint, read_ct2_variables
+from whisper_lora.base.ct2_import import convert_ct2_checkpoint, read_ct2_variables
+from whisper_lora.base.resolve import shipped_ct2_dirs
 from whisper_lora.errors import ConversionError
-from whisper_lora.evaluate import normalizer_for
-from whisper_lora.resolve import shipped_ct2_dirs
+from whisper_lora.inference.scoring import normalizer_for
 
 CLIPS = ["0870", "0880", "0930"]
 
@@ -22,7 +22,7 @@ def _features(processor, clip):
 
 @pytest.fixture(scope="module")
 def base(base_dir):
-    from whisper_lora.model import load_base_model
+    from whisper_lora.base.model import load_base_model
 
     loaded = load_base_model(str(base_dir), "fp32", "cpu")
     return loaded.model, loaded.processor

@@ -4,14 +4,20 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_train_config, train_until
+from whisper_lora.base.model import load_base_model
 from whisper_lora.data.audio import write_wav
 from whisper_lora.data.features import Example
 from whisper_lora.data.prepare import prepare_splits
-from whisper_lora.encoder_cache import DiskStore, EncoderCache, encode_lower, encode_upper, resolve_cache_precision
 from whisper_lora.errors import ConfigError
-from whisper_lora.lora import LoraSpec, apply_lora
-from whisper_lora.model import load_base_model
-from whisper_lora.train import train_adapter
+from whisper_lora.training.encoder_cache import (
+    DiskStore,
+    EncoderCache,
+    encode_lower,
+    encode_upper,
+    resolve_cache_precision,
+)
+from whisper_lora.training.lora import LoraSpec, apply_lora
+from whisper_lora.training.train import train_adapter
 
 DECODER_ONLY = LoraSpec(r=4, alpha=8, dropout=0.1, stacks=("decoder_self", "decoder_cross"))
 

@@ -1,6 +1,6 @@
 import math
 
-from whisper_lora.evaluate import normalize_arabic, normalizer_for, score
+from whisper_lora.inference.scoring import normalize_arabic, normalizer_for, score
 
 
 def test_arabic_normalisation_strips_diacritics_and_unifies_alef():

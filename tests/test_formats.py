@@ -5,9 +5,9 @@ import json
 import pytest
 
 from whisper_lora.errors import ConfigError
-from whisper_lora.formats import render, to_srt, to_vtt, verbose_json
-from whisper_lora.longform import DecodeOptions, Segment, Word, compression_ratio
-from whisper_lora.transcriber import Transcription
+from whisper_lora.inference.formats import render, to_srt, to_vtt, verbose_json
+from whisper_lora.inference.longform import DecodeOptions, Segment, Word, compression_ratio
+from whisper_lora.inference.transcriber import Transcription
 
 
 def _seg(i, start, end, text, words=None):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from whisper_lora.lean_backward import make_backward_lean
-from whisper_lora.lora import LoraSpec, apply_lora
-from whisper_lora.model import load_base_model
+from whisper_lora.base.model import load_base_model
+from whisper_lora.training.lean_backward import make_backward_lean
+from whisper_lora.training.lora import LoraSpec, apply_lora
 
 
 def _grads(tiny_dir, precision, lean, checkpointing=False):

@@ -15,10 +15,10 @@ from whisper_lora.data.audio import load_audio
 from whisper_lora.data.fillets import DEFAULT_ROOT, build_fillets_manifest
 from whisper_lora.data.longaudio import join_clips, start_errors
 from whisper_lora.data.synth import shipped_sentences, synthesize
-from whisper_lora.evaluate import score
-from whisper_lora.longform import DecodeOptions
-from whisper_lora.registry import AdapterRegistry
-from whisper_lora.transcriber import Transcriber
+from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.scoring import score
+from whisper_lora.inference.transcriber import Transcriber
+from whisper_lora.registry.catalog import AdapterRegistry
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@ import pytest
 from transformers import WhisperForConditionalGeneration
 
 from whisper_lora.errors import ConfigError
-from whisper_lora.lora import LoraSpec, apply_lora, count_parameters
+from whisper_lora.training.lora import LoraSpec, apply_lora, count_parameters
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from whisper_lora.base.model import load_base_model
 from whisper_lora.errors import ConfigError
-from whisper_lora.merge import merge_adapter
-from whisper_lora.model import load_base_model
-from whisper_lora.transcriber import Transcriber
+from whisper_lora.inference.merge import merge_adapter
+from whisper_lora.inference.transcriber import Transcriber
 
 
 def test_fp32_merge_matches_the_unmerged_adapter(tiny_dir, tiny_registry, tmp_path):

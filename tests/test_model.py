@@ -4,12 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from whisper_lora.base.model import load_base_model, pick_device
+from whisper_lora.base.resolve import resolve_base
 from whisper_lora.data.features import collate, featurize
 from whisper_lora.data.readers import load_corpus
 from whisper_lora.errors import ConfigError, ModelNotFoundError
-from whisper_lora.lora import LoraSpec, apply_lora
-from whisper_lora.model import load_base_model, pick_device
-from whisper_lora.resolve import resolve_base
+from whisper_lora.training.lora import LoraSpec, apply_lora
 
 
 def test_int8_load_and_one_training_step(tiny_dir, sw_corpus, caplog):

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from tests.conftest import tiny_train_config
-from whisper_lora.config import TrainConfig
+from whisper_lora.base.model import load_base_model
 from whisper_lora.data.features import Example
 from whisper_lora.data.perturb import Perturbation, perturbed_copies
 from whisper_lora.data.prepare import prepare_splits
 from whisper_lora.errors import ConfigError
-from whisper_lora.lora import LoraSpec
-from whisper_lora.model import load_base_model
-from whisper_lora.train import train_adapter
+from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.lora import LoraSpec
+from whisper_lora.training.train import train_adapter
 
 TONE = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
 
@@ -108,11 +108,12 @@ def test_augmented_training_adds_cache_entries_and_reuses_them(tiny_dir, sw_corp
 
 
 def test_cli_passes_perturbation_flags(tmp_path):
-    from whisper_lora.cli import _train_config, build_parser
+    from whisper_lora.cli import build_parser
+    from whisper_lora.cli.train import train_config
 
     a = build_parser().parse_args(
         ["train", "--language", "sw", "--data", str(tmp_path), "--speed-perturb", "0.9", "1.1", "--noise-snr-db", "20"]
     )
-    cfg = _train_config(a)
+    cfg = train_config(a)
     assert cfg.speed_perturb == (0.9, 1.1) and cfg.noise_snr_db == (20.0,)
     assert dataclasses.replace(cfg).speed_perturb == (0.9, 1.1)

@@ -3,10 +3,10 @@ from dataclasses import replace
 import torch
 
 from tests.conftest import tiny_train_config
-from whisper_lora.hardware import cpu_info
-from whisper_lora.model import load_base_model
-from whisper_lora.profile import activation_bytes, choose_profile, count_base_parameters
-from whisper_lora.train import resolve_auto_settings
+from whisper_lora.base.hardware import cpu_info
+from whisper_lora.base.model import load_base_model
+from whisper_lora.base.profile import activation_bytes, choose_profile, count_base_parameters
+from whisper_lora.training.train import resolve_auto_settings
 
 CPU = torch.device("cpu")
 GIB = 2**30

@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
+from whisper_lora.base.model import load_base_model
 from whisper_lora.errors import AdapterError, BrokenAdapterError
-from whisper_lora.model import load_base_model
-from whisper_lora.registry import AdapterRegistry
+from whisper_lora.registry.catalog import AdapterRegistry
 
 
 def test_lists_and_resolves_codes_and_aliases(tiny_registry):

@@ -10,9 +10,9 @@ from tests.conftest import LIBRIVOX
 from whisper_lora.data.audio import load_audio
 from whisper_lora.data.fillets import DEFAULT_ROOT, build_fillets_manifest
 from whisper_lora.data.synth import shipped_sentences, synthesize
-from whisper_lora.generation import decoding_config
-from whisper_lora.registry import AdapterRegistry
-from whisper_lora.transcriber import Transcriber
+from whisper_lora.inference.generation import decoding_config
+from whisper_lora.inference.transcriber import Transcriber
+from whisper_lora.registry.catalog import AdapterRegistry
 
 SHIPPED = Path(__file__).resolve().parent.parent / "adapters"
 

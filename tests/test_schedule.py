@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from whisper_lora.config import TrainConfig
 from whisper_lora.errors import ConfigError
-from whisper_lora.schedule import BudgetSchedule
+from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.schedule import BudgetSchedule
 
 
 def _factors(sched, steps):

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_train_config, train_until
-from whisper_lora.adapter_io import METADATA_FILE, load_adapter, read_metadata
+from whisper_lora.base.model import load_base_model
 from whisper_lora.errors import ConfigError
-from whisper_lora.lora import LoraSpec
-from whisper_lora.model import load_base_model
-from whisper_lora.train import train_adapter
+from whisper_lora.registry.adapter_io import METADATA_FILE, load_adapter, read_metadata
+from whisper_lora.training.lora import LoraSpec
+from whisper_lora.training.train import train_adapter
 
 
 def _cfg(tiny_dir, corpus, out, **kw):
@@ -215,7 +215,7 @@ def _fake_clock(monkeypatch):
     """Every reading of the training loop's clock is 30 s after the previous one."""
     import types
 
-    import whisper_lora.train as train_module
+    import whisper_lora.training.train as train_module
 
     ticks = iter(range(0, 100_000, 30))
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(monotonic=lambda: float(next(ticks))))

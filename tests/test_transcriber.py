@@ -7,8 +7,8 @@ import torch
 from tests.conftest import LIBRIVOX
 from whisper_lora.data.audio import load_audio
 from whisper_lora.errors import ConfigError
-from whisper_lora.longform import DecodeOptions
-from whisper_lora.transcriber import Transcriber
+from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.transcriber import Transcriber
 
 CLIPS = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
 LANGS = ["sw", "cs", "en", "ary", "sw", "en"]  # en has no adapter: the base serves it
@@ -37,7 +37,7 @@ def test_mixed_batch_equals_isolated_runs(routed, beams):
 
 
 def test_language_without_adapter_is_bit_identical_to_base(routed, tiny_dir):
-    from whisper_lora.model import load_base_model
+    from whisper_lora.base.model import load_base_model
 
     routed.transcribe_batch(AUDIO[:2], ["sw", "cs"])  # adapters attached
     assert routed.loaded_adapters()[-2:] == ["sw", "cs"]  # most recently used last

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny_train_config
+from whisper_lora.base.trim import WINDOW_FRAMES, allow_short_inputs, trim_batch, trimmed_frames
 from whisper_lora.errors import ConfigError
-from whisper_lora.trim import WINDOW_FRAMES, allow_short_inputs, trim_batch, trimmed_frames
 
 
 def _tiny(tiny_dir, max_source_positions=None):
@@ -64,8 +64,8 @@ def test_full_windows_are_untouched_and_bad_lengths_refused(tiny_dir):
 
 
 def test_training_steps_see_trimmed_input_and_evaluations_30_s_windows(tiny_dir, sw_corpus, tmp_path):
-    from whisper_lora.train import train_adapter
-    from whisper_lora.trim import find_encoder
+    from whisper_lora.base.trim import find_encoder
+    from whisper_lora.training.train import train_adapter
 
     cfg = tiny_train_config(tiny_dir, sw_corpus, tmp_path / "sw", max_steps=3)  # auto: every encoder layer adapted
     seen: list[tuple[bool, int]] = []  # (training mode, frames) of every encoder input from step 2 on
@@ -94,7 +94,7 @@ def _durations(corpus):
 
 
 def test_trim_with_an_encoder_cache_is_refused(tiny_dir, sw_corpus, tmp_path):
-    from whisper_lora.train import train_adapter
+    from whisper_lora.training.train import train_adapter
 
     decoder_only = {"r": 4, "alpha": 8, "stacks": ["decoder_self", "decoder_cross"]}
     cfg = tiny_train_config(tiny_dir, sw_corpus, tmp_path / "sw", max_steps=1, trim_padding=1.0, lora=decoder_only)

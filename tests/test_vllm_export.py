@@ -8,9 +8,9 @@ import pytest
 from tests.conftest import make_tiny_adapter
 from whisper_lora.cli import main as cli
 from whisper_lora.errors import AdapterError
-from whisper_lora.lora import LoraSpec
-from whisper_lora.registry import AdapterRegistry
-from whisper_lora.vllm_export import adapted_modules, plan_vllm, vllm_modules
+from whisper_lora.registry.catalog import AdapterRegistry
+from whisper_lora.serving.vllm.export import adapted_modules, plan_vllm, vllm_modules
+from whisper_lora.training.lora import LoraSpec
 
 SERVABLE = LoraSpec(
     r=4, alpha=8, targets=("q", "k", "v", "out"), stacks=("decoder_self", "decoder_cross"), cross_targets=("q", "out")

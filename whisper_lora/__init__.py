@@ -1,11 +1,11 @@
 """whisper-lora: per-language LoRA adapters for OpenAI Whisper."""
 
-from .adapter_io import AdapterMetadata, load_adapter, read_metadata, save_adapter
-from .config import TrainConfig
-from .ct2_import import convert_ct2_checkpoint
-from .data.readers import load_corpus, read_commonvoice, read_dvoice, read_manifest
-from .data.records import BadRows, Utterance
-from .errors import (
+from whisper_lora.base.ct2_import import convert_ct2_checkpoint
+from whisper_lora.base.model import load_base_model, silence_bitsandbytes
+from whisper_lora.base.resolve import resolve_base
+from whisper_lora.data.readers import load_corpus, read_commonvoice, read_dvoice, read_manifest
+from whisper_lora.data.records import BadRows, Utterance
+from whisper_lora.errors import (
     AdapterError,
     ConfigError,
     ConversionError,
@@ -13,17 +13,17 @@ from .errors import (
     ModelNotFoundError,
     WhisperLoraError,
 )
-from .evaluate import compare_base_and_adapter, score
-from .formats import render
-from .languages import resolve_language
-from .longform import DecodeOptions, Segment, Word
-from .lora import LoraSpec, apply_lora, count_parameters
-from .merge import MergeReport, export_ctranslate2, merge_adapter
-from .model import load_base_model, silence_bitsandbytes
-from .registry import AdapterEntry, AdapterRegistry
-from .resolve import resolve_base
-from .train import TrainResult, train_adapter
-from .transcriber import Transcriber, Transcription
+from whisper_lora.inference.formats import render
+from whisper_lora.inference.longform import DecodeOptions, Segment, Word
+from whisper_lora.inference.merge import MergeReport, export_ctranslate2, merge_adapter
+from whisper_lora.inference.scoring import compare_base_and_adapter, score
+from whisper_lora.inference.transcriber import Transcriber, Transcription
+from whisper_lora.languages import resolve_language
+from whisper_lora.registry.adapter_io import AdapterMetadata, load_adapter, read_metadata, save_adapter
+from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry
+from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.lora import LoraSpec, apply_lora, count_parameters
+from whisper_lora.training.train import TrainResult, train_adapter
 
 silence_bitsandbytes()  # before bitsandbytes is first imported, so its import-time notice is dropped too
 

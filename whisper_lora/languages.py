@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError, format_choices
+from whisper_lora.errors import ConfigError, format_choices
 
 # Whisper's own language codes (tokens ``<|xx|>``) in token-id order, as in openai/whisper.
 WHISPER_LANGUAGES: tuple[str, ...] = (

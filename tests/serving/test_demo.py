@@ -34,7 +34,7 @@ def demo(tiny_dir, tiny_registry):
 def test_upload_and_read_transcripts(demo, tiny_dir, tiny_registry):
     from playwright.sync_api import sync_playwright
 
-    from whisper_lora.transcriber import Transcriber
+    from whisper_lora.inference.transcriber import Transcriber
 
     t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
     expected_adapter = t.transcribe(str(CLIP), "sw").text

@@ -14,13 +14,13 @@ import soundfile as sf
 import torch
 
 from tests.conftest import LIBRIVOX, REPO_ADAPTERS
+from whisper_lora.base.resolve import resolve_base
 from whisper_lora.data.synth import shipped_sentences, synthesize
-from whisper_lora.evaluate import score
-from whisper_lora.registry import AdapterRegistry
-from whisper_lora.resolve import resolve_base
-from whisper_lora.serving.vllm_client import transcribe_with_vllm
-from whisper_lora.transcriber import Transcriber
-from whisper_lora.vllm_export import plan_vllm
+from whisper_lora.inference.scoring import score
+from whisper_lora.inference.transcriber import Transcriber
+from whisper_lora.registry.catalog import AdapterRegistry
+from whisper_lora.serving.vllm.client import transcribe_with_vllm
+from whisper_lora.serving.vllm.export import plan_vllm
 
 N = 4  # held-out sentences per adapter language (test split, voices never trained on)
 TIE = 1.0  # nats: the largest log-probability gap a float-rounding branch may cross

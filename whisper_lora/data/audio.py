@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from whisper_lora.errors import DataError
 
 SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30

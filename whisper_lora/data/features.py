@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..languages import resolve_language
-from ..trim import trim_batch
-from .audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, is_silent, load_audio
-from .perturb import Perturbation
-from .records import BadRows, Utterance
+from whisper_lora.base.trim import trim_batch
+from whisper_lora.data.audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, is_silent, load_audio
+from whisper_lora.data.perturb import Perturbation
+from whisper_lora.data.records import BadRows, Utterance
+from whisper_lora.languages import resolve_language
 
 MAX_LABEL_TOKENS = 448  # Whisper's decoder context
 

@@ -16,8 +16,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..errors import DataError
+from whisper_lora.atomic import atomic_write_text
+from whisper_lora.errors import DataError
 
 DEFAULT_ROOT = Path("/usr/share/games/fillets-ng")
 _DIALOG = re.compile(r'dialogId\(\s*"([^"]+)"[^\n]*\n\s*dialogStr\(\s*"((?:[^"\\]|\\.)*)"\s*\)')

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from whisper_lora.data.audio import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

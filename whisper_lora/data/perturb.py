@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .audio import CHUNK_SECONDS, SAMPLE_RATE
+from whisper_lora.data.audio import CHUNK_SECONDS, SAMPLE_RATE
 
 SPEED_RANGE = (0.5, 2.0)  # speeds outside this range distort speech past usefulness
 SNR_RANGE = (0.0, 60.0)

@@ -6,9 +6,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import DataError
-from .features import Example, featurize
-from .readers import SPLITS, load_corpus
+from whisper_lora.data.features import Example, featurize
+from whisper_lora.data.readers import SPLITS, load_corpus
+from whisper_lora.errors import DataError
 
 log = logging.getLogger("whisper_lora")
 

@@ -28,8 +28,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import DataError, format_choices
-from .records import BadRows, Utterance
+from whisper_lora.data.records import BadRows, Utterance
+from whisper_lora.errors import DataError, format_choices
 
 SPLITS = ("train", "dev", "test")
 FORMATS = ("auto", "dvoice", "commonvoice", "manifest", "audiofolder", "datasets")
@@ -203,7 +203,7 @@ def _dataset_splits(data) -> dict[str, object]:
 
 def _stored_audio(blob: bytes, suffix: str) -> Path:
     """A file holding audio bytes that a dataset carries inline (content-addressed, written once)."""
-    from ..resolve import cache_root
+    from whisper_lora.base.resolve import cache_root
 
     digest = hashlib.sha256(blob).hexdigest()[:32]
     path = cache_root() / "audio" / f"{digest}{suffix or '.audio'}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import DataError
+from whisper_lora.errors import DataError
 
 # Reasons a row is skipped; every reader and the feature pipeline use these names.
 BAD_REASONS: tuple[str, ...] = (

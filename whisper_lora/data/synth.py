@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_directory
-from ..errors import ConfigError, DataError, format_choices
-from ..languages import resolve_language
-from .audio import SAMPLE_RATE, resample, write_wav
+from whisper_lora.atomic import atomic_directory
+from whisper_lora.data.audio import SAMPLE_RATE, resample, write_wav
+from whisper_lora.errors import ConfigError, DataError, format_choices
+from whisper_lora.languages import resolve_language
 
 # espeak-ng API constants (speak_lib.h).
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .synth import TEST_VOICES, TRAIN_VOICES, SynthConfig, SynthSplit, shipped_sentences
+from whisper_lora.data.synth import TEST_VOICES, TRAIN_VOICES, SynthConfig, SynthSplit, shipped_sentences
 
 
 def default_synth_config(language: str, dev_sentences: int = 16, train_repeats: int = 2, seed: int = 0) -> SynthConfig:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..longform import DecodeOptions
-from ..transcriber import Transcriber, Transcription
+from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.transcriber import Transcriber, Transcription
 
 
 @dataclass

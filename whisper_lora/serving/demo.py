@@ -2,8 +2,8 @@
 
 import time
 
-from ..languages import WHISPER_LANGUAGES
-from ..transcriber import AUTO, Transcriber
+from whisper_lora.inference.transcriber import AUTO, Transcriber
+from whisper_lora.languages import WHISPER_LANGUAGES
 
 
 def language_choices(transcriber: Transcriber) -> list[str]:

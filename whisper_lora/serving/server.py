@@ -17,12 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..data.audio import AudioError, check_signal, load_audio
-from ..errors import AdapterError, BrokenAdapterError, ConfigError, WhisperLoraError
-from ..formats import TIMED_FORMATS, to_srt, to_vtt, verbose_json
-from ..languages import resolve_language
-from ..transcriber import AUTO, ROUTE, Transcriber
-from .batcher import MicroBatcher
+from whisper_lora.data.audio import AudioError, check_signal, load_audio
+from whisper_lora.errors import AdapterError, BrokenAdapterError, ConfigError, WhisperLoraError
+from whisper_lora.inference.formats import TIMED_FORMATS, to_srt, to_vtt, verbose_json
+from whisper_lora.inference.transcriber import AUTO, ROUTE, Transcriber
+from whisper_lora.languages import resolve_language
+from whisper_lora.serving.batcher import MicroBatcher
 
 ROUTER_MODELS = ("auto", "whisper-1")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelNotFoundError, format_choices
+from whisper_lora.errors import ModelNotFoundError, format_choices
 
 DEFAULT_BASE = "whisper-base"
 
@@ -83,7 +83,7 @@ def _is_ct2_dir(path: Path) -> bool:
 
 
 def _convert_cached(name: str, src_dirs: list[Path]) -> Path:
-    from .ct2_import import convert_ct2_checkpoint
+    from whisper_lora.base.ct2_import import convert_ct2_checkpoint
 
     out = cache_dir() / name
     if not (out / "config.json").exists():

@@ -13,32 +13,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .adapter_io import AdapterMetadata, data_fingerprint, save_adapter
-from .atomic import atomic_directory
-from .config import TrainConfig
-from .data.features import Example, collate
-from .data.perturb import perturbed_copies
-from .data.prepare import prepare_splits
-from .data.readers import describe_source
-from .data.sampler import batch_indices
-from .encoder_cache import EncoderCache, encode_upper
-from .errors import ConfigError
-from .evaluate import compare_base_and_adapter, evaluate_examples
-from .hardware import device_summary, fast_bf16
-from .languages import resolve_language
-from .lean_backward import make_backward_lean
-from .lora import apply_lora, count_parameters
-from .model import load_base_model
-from .profile import (
+from whisper_lora.atomic import atomic_directory
+from whisper_lora.base.hardware import device_summary, fast_bf16
+from whisper_lora.base.model import load_base_model
+from whisper_lora.base.profile import (
     activation_bytes,
     choose_profile,
     choose_trim_padding,
     count_base_parameters,
     default_batch_size,
 )
-from .resolve import resolve_base
-from .schedule import BudgetSchedule
-from .trim import allow_short_inputs
+from whisper_lora.base.resolve import resolve_base
+from whisper_lora.base.trim import allow_short_inputs
+from whisper_lora.data.features import Example, collate
+from whisper_lora.data.perturb import perturbed_copies
+from whisper_lora.data.prepare import prepare_splits
+from whisper_lora.data.readers import describe_source
+from whisper_lora.data.sampler import batch_indices
+from whisper_lora.errors import ConfigError
+from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples
+from whisper_lora.languages import resolve_language
+from whisper_lora.registry.adapter_io import AdapterMetadata, data_fingerprint, save_adapter
+from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.encoder_cache import EncoderCache, encode_upper
+from whisper_lora.training.lean_backward import make_backward_lean
+from whisper_lora.training.lora import apply_lora, count_parameters
+from whisper_lora.training.schedule import BudgetSchedule
 
 CHECKPOINT_STATE = "trainer_state.pt"
 log = logging.getLogger("whisper_lora")

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.features import Example
-from .errors import ConfigError, format_choices
-from .hardware import fast_bf16
-from .model import load_whisper
-from .trim import embed, encode_upper  # noqa: F401 - encode_upper: the cache's upper half, kept importable here
+from whisper_lora.base.hardware import fast_bf16
+from whisper_lora.base.model import load_whisper
+from whisper_lora.base.trim import embed, encode_upper  # noqa: F401 - encode_upper: the cache's upper half, kept importable here
+from whisper_lora.data.features import Example
+from whisper_lora.errors import ConfigError, format_choices
 
 CachePrecision = Literal["base", "auto", "bf16", "fp32"]
 CACHE_PRECISIONS: tuple[str, ...] = get_args(CachePrecision)
@@ -61,7 +61,7 @@ def resolve_cache_precision(precision: str, device: torch.device) -> str:
 
 def default_cache_root() -> Path:
     """``$WHISPER_LORA_CACHE/encoder`` (default ``~/.cache/whisper-lora/encoder``)."""
-    from .resolve import cache_root
+    from whisper_lora.base.resolve import cache_root
 
     return cache_root() / "encoder"
 

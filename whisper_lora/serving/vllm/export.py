@@ -25,8 +25,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_directory
-from .errors import AdapterError, format_choices
+from whisper_lora.atomic import atomic_directory
+from whisper_lora.errors import AdapterError, format_choices
 
 # vLLM's runtime name for each peft module suffix of a decoder layer (q/k/v of self-attention are packed into qkv_proj)
 _DECODER_TOKEN_MODULES = {

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapter_io import METADATA_FILE, PEFT_FILES, AdapterMetadata, validate_adapter
-from .errors import AdapterError, BrokenAdapterError, format_choices
-from .languages import resolve_language
+from whisper_lora.errors import AdapterError, BrokenAdapterError, format_choices
+from whisper_lora.languages import resolve_language
+from whisper_lora.registry.adapter_io import METADATA_FILE, PEFT_FILES, AdapterMetadata, validate_adapter
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "adapters"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "adapters"
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from .errors import ConfigError, format_choices
-from .languages import resolve_language
-from .transcriber import Transcription
+from whisper_lora.errors import ConfigError, format_choices
+from whisper_lora.inference.transcriber import Transcription
+from whisper_lora.languages import resolve_language
 
 FORMATS = ("txt", "json", "verbose_json", "srt", "vtt")
 TIMED_FORMATS = ("verbose_json", "srt", "vtt")  # need segments

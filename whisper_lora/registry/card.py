@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .adapter_io import PEFT_FILES, AdapterMetadata, read_metadata
-from .atomic import atomic_write_text
-from .languages import resolve_language
-from .resolve import HUB_IDS
+from whisper_lora.atomic import atomic_write_text
+from whisper_lora.base.resolve import HUB_IDS
+from whisper_lora.languages import resolve_language
+from whisper_lora.registry.metadata import PEFT_FILES, AdapterMetadata, read_metadata
 
 CARD_FILE = "README.md"
 

@@ -8,8 +8,8 @@ from typing import Literal, get_args
 
 import torch
 
-from .errors import ConfigError, format_choices
-from .resolve import DEFAULT_BASE, fingerprint_checkpoint, resolve_base
+from whisper_lora.base.resolve import DEFAULT_BASE, fingerprint_checkpoint, resolve_base
+from whisper_lora.errors import ConfigError, format_choices
 
 Precision = Literal["int8", "nf4", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .data.audio import SAMPLE_RATE
-from .errors import ConfigError
-from .generation import decoding_config
+from whisper_lora.data.audio import SAMPLE_RATE
+from whisper_lora.errors import ConfigError
+from whisper_lora.inference.generation import decoding_config
 
 N_FRAMES = 3000  # log-mel frames in Whisper's 30 s window
 FRAME_SECONDS = 0.01

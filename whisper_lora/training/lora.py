@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
-from .errors import ConfigError, format_choices
+from whisper_lora.errors import ConfigError, format_choices
 
 Target = Literal["q", "k", "v", "out", "fc1", "fc2"]
 Stack = Literal["encoder_self", "decoder_self", "decoder_cross"]

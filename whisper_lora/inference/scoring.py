@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .data.features import Example
-from .generation import decoding_config
-from .languages import resolve_language
+from whisper_lora.data.features import Example
+from whisper_lora.inference.generation import decoding_config
+from whisper_lora.languages import resolve_language
 
 _AR_DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")  # harakat, tatweel
 _AR_ALEF = re.compile("[\u0622\u0623\u0625\u0671\u0672\u0673]")  # آ أ إ ٱ -> ا

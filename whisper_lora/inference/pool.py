@@ -19,9 +19,9 @@ from typing import Protocol
 
 import torch
 
-from .adapter_io import load_adapter
-from .errors import ConfigError
-from .registry import AdapterEntry
+from whisper_lora.errors import ConfigError
+from whisper_lora.registry.adapter_io import load_adapter
+from whisper_lora.registry.catalog import AdapterEntry
 
 BASE = "__base__"  # peft's name for "no adapter" in mixed batches
 HOTSWAP_SLOT = "active"

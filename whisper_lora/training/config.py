@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from .data.perturb import SNR_RANGE, SPEED_RANGE
-from .data.readers import FORMATS, describe_source
-from .encoder_cache import CACHE_PRECISIONS, CACHE_STORAGES
-from .errors import ConfigError, format_choices
-from .languages import resolve_language
-from .lora import LoraSpec
-from .model import PRECISIONS
-from .resolve import DEFAULT_BASE
-from .schedule import LR_DECAYS
+from whisper_lora.base.model import PRECISIONS
+from whisper_lora.base.resolve import DEFAULT_BASE
+from whisper_lora.data.perturb import SNR_RANGE, SPEED_RANGE
+from whisper_lora.data.readers import FORMATS, describe_source
+from whisper_lora.errors import ConfigError, format_choices
+from whisper_lora.languages import resolve_language
+from whisper_lora.training.encoder_cache import CACHE_PRECISIONS, CACHE_STORAGES
+from whisper_lora.training.lora import LoraSpec
+from whisper_lora.training.schedule import LR_DECAYS
 
 MIXED_PRECISIONS = ("no", "bf16", "auto")
 DEFAULT_MAX_STEPS = 300  # the step budget when neither max_steps nor max_minutes is given

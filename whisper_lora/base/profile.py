@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .hardware import cpu_info
+from whisper_lora.base.hardware import cpu_info
 
 # fp32 weights at most this share of RAM train unquantised on a CPU
 CPU_FP32_RAM_SHARE = 0.15

@@ -23,8 +23,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from .errors import ConversionError
-from .languages import WHISPER_LANGUAGES
+from whisper_lora.errors import ConversionError
+from whisper_lora.languages import WHISPER_LANGUAGES
 
 SUPPORTED_BINARY_VERSIONS = (5, 6)
 # Order of CTranslate2's DataType enum.
@@ -293,7 +293,7 @@ def convert_ct2_checkpoint(src_dirs: str | Path | list[Path], out_dir: str | Pat
     """
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from .atomic import atomic_directory
+    from whisper_lora.atomic import atomic_directory
 
     src_dirs = [Path(src_dirs)] if isinstance(src_dirs, (str, Path)) else [Path(d) for d in src_dirs]
     out_dir = Path(out_dir)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .adapter_io import load_adapter, read_metadata
-from .atomic import atomic_directory
-from .errors import ConfigError
+from whisper_lora.atomic import atomic_directory
+from whisper_lora.errors import ConfigError
+from whisper_lora.registry.adapter_io import load_adapter, read_metadata
 
 
 @dataclass
@@ -49,8 +49,8 @@ def merge_adapter(
     and the report's logit and WER differences show the rounding this costs. ``examples``
     (featurised) adds WER/CER of the unmerged and merged models side by side.
     """
-    from .evaluate import evaluate_examples
-    from .model import load_base_model
+    from whisper_lora.base.model import load_base_model
+    from whisper_lora.inference.scoring import evaluate_examples
 
     if precision not in ("fp32", "bf16", "int8"):
         raise ConfigError(

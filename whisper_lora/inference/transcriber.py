@@ -12,14 +12,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .adapter_pool import make_pool
-from .data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
-from .errors import ConfigError, format_choices
-from .generation import decoding_config
-from .languages import resolve_language
-from .longform import DecodeOptions, Segment, compression_ratio, decode_segments
-from .model import load_base_model
-from .registry import AdapterEntry, AdapterRegistry, BrokenAdapter
+from whisper_lora.base.model import load_base_model
+from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
+from whisper_lora.errors import ConfigError, format_choices
+from whisper_lora.inference.generation import decoding_config
+from whisper_lora.inference.longform import DecodeOptions, Segment, compression_ratio, decode_segments
+from whisper_lora.inference.pool import make_pool
+from whisper_lora.languages import resolve_language
+from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry, BrokenAdapter
 
 log = logging.getLogger("whisper_lora")
 

@@ -1,0 +1,83 @@
+"""``whisper-lora transcribe``: files in, text or subtitles out, each routed to its language's adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from whisper_lora.cli.options import add_base, add_registry, check_files, transcriber
+
+log = logging.getLogger("whisper_lora")
+
+
+def add_parser(sub) -> None:
+    tr = sub.add_parser("transcribe", help="transcribe files, routing each to its language's adapter")
+    tr.add_argument("files", nargs="+", help="audio files (anything ffmpeg/soundfile reads)")
+    tr.add_argument("--language", default="auto", help="language code, or auto (Whisper's language ID picks)")
+    add_registry(tr)
+    add_base(tr)
+    tr.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
+    tr.add_argument("--threshold", type=float, default=0.5, help="auto mode: below this confidence the base is used")
+    tr.add_argument("--json", action="store_true", help="one JSON line per file (same as --format json_lines)")
+    tr.add_argument(
+        "--format",
+        default="line",
+        choices=["line", "json_lines", "txt", "json", "verbose_json", "srt", "vtt"],
+        help="output: line (file, language, adapter, text), txt, json, verbose_json (segments), srt, vtt",
+    )
+    tr.add_argument("--output-dir", help="write <file stem>.<ext> per input here instead of printing")
+    tr.add_argument(
+        "--word-timestamps",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="word times from the alignment heads, which also bound each segment (default: on for srt and vtt)",
+    )
+    tr.add_argument(
+        "--temperature", type=float, nargs="+", help="temperature fallback ladder (default: 0 0.2 0.4 0.6 0.8 1)"
+    )
+    tr.add_argument("--prompt", help="initial prompt: vocabulary, names, spelling")
+    tr.add_argument("--no-condition", action="store_true", help="do not prompt each window with the previous text")
+    tr.set_defaults(fn=run)
+
+
+def decode_options(a):
+    from whisper_lora.inference.longform import DecodeOptions
+
+    words = a.word_timestamps if a.word_timestamps is not None else a.format in ("srt", "vtt")  # cue starts
+    temps = tuple(a.temperature) if a.temperature else DecodeOptions().temperature
+    return DecodeOptions(
+        temperature=temps, condition_on_previous_text=not a.no_condition, prompt=a.prompt, word_timestamps=words
+    )
+
+
+def run(a) -> int:
+    from whisper_lora.atomic import atomic_write_text
+    from whisper_lora.inference.formats import EXTENSIONS, TIMED_FORMATS, check_format, render
+
+    fmt = "json_lines" if a.json else a.format
+    if fmt not in ("line", "json_lines"):
+        check_format(fmt)
+    check_files(a.files)
+    t = transcriber(a, num_beams=a.beams, detect_threshold=a.threshold, decode_options=decode_options(a))
+    timed = fmt in TIMED_FORMATS or bool(a.word_timestamps)
+    for f in a.files:
+        r = t.transcribe(f, a.language, timestamps=timed)
+        if fmt == "json_lines":
+            doc = json.dumps({"file": f, **r.to_dict()}, ensure_ascii=False) + "\n"
+        elif fmt == "line":
+            prob = f" p={r.language_probability:.2f}" if r.language_probability is not None else ""
+            doc = f"{f}\t[{r.language}{prob} adapter={r.adapter or 'base'}]\t{r.text}\n"
+        else:
+            doc = render(r, fmt, words=bool(a.word_timestamps))
+        if a.output_dir:
+            out = Path(a.output_dir) / f"{Path(f).stem}.{EXTENSIONS.get(fmt, 'txt')}"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out, doc)
+            log.info("wrote %s", out)
+        else:
+            sys.stdout.write(doc)
+            sys.stdout.flush()
+    return 0

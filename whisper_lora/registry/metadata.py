@@ -1,0 +1,80 @@
+"""``whisper_lora.json``: the metadata record kept next to the PEFT files of every adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from whisper_lora.errors import AdapterError
+from whisper_lora.languages import resolve_language
+
+METADATA_FILE = "whisper_lora.json"
+METADATA_VERSION = 1
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")  # formats that can run code when loaded
+
+
+def library_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("whisper-lora")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def data_fingerprint(examples) -> str:
+    """sha256 prefix over the ids and transcripts of the training examples, order-independent."""
+    h = hashlib.sha256()
+    for key in sorted(f"{e.id}\t{e.text}" for e in examples):
+        h.update(key.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class AdapterMetadata:
+    """What ``whisper_lora.json`` records next to a PEFT adapter."""
+
+    language: str  # registry code (``sw``, ``ary``)
+    whisper_language: str  # Whisper language token code used in the prefix (``sw``, ``ar``)
+    base: dict  # BaseModelInfo of the base it was trained on (name, fingerprint, dims)
+    lora: dict  # LoraSpec as a dict
+    data: dict  # {"fingerprint", "train_utterances", "train_seconds", "source"}
+    metrics: dict = field(default_factory=dict)  # {"base": {...}, "adapter": {...}} held-out
+    training: dict = field(default_factory=dict)  # hyper-parameters and step count
+    library_version: str = field(default_factory=library_version)
+    metadata_version: int = METADATA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AdapterMetadata:
+        known = set(cls.__dataclass_fields__)
+        meta = cls(**{k: v for k, v in d.items() if k in known})
+        wrong = [k for k in ("base", "lora", "data", "metrics", "training") if not isinstance(getattr(meta, k), dict)]
+        wrong += [k for k in ("language", "whisper_language") if not isinstance(getattr(meta, k), str)]
+        if wrong:
+            raise TypeError(f"wrong type for {', '.join(wrong)}")
+        resolve_language(meta.language)  # ConfigError (a ValueError) names the valid codes
+        return meta
+
+
+def read_metadata(adapter_dir: str | Path) -> AdapterMetadata:
+    """Read ``whisper_lora.json`` of an adapter directory, checking the PEFT files are there."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise AdapterError(f"adapter directory {adapter_dir} does not exist")
+    found = sorted(p.name for p in adapter_dir.iterdir())
+    missing = [f for f in (*PEFT_FILES, METADATA_FILE) if f not in found]
+    if missing:
+        raise AdapterError(
+            f"{adapter_dir} is not a whisper-lora adapter: missing {', '.join(missing)}; found: {', '.join(found) or 'nothing'}"
+        )
+    try:
+        return AdapterMetadata.from_dict(json.loads((adapter_dir / METADATA_FILE).read_text(encoding="utf-8")))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise AdapterError(f"{METADATA_FILE} is malformed: {type(e).__name__}: {e}") from None
