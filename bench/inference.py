@@ -60,7 +60,7 @@ def main():
         for lang in ("sw", "id")
     }
     audio["cs"] = [load_audio(p) for p in sorted(Path("/usr/share/games/fillets-ng/sound").glob("*/cs/*.ogg"))[100:102]]
-    audio["en"] = [load_audio(p) for p in sorted((ROOT / "tests" / "data" / "librivox").glob("*.wav"))[:2]]
+    audio["en"] = [load_audio(p) for p in sorted((ROOT / "tests" / "assets" / "librivox").glob("*.wav"))[:2]]
     if len(audio["cs"]) < 2:
         raise SystemExit("needs Debian's fillets-ng-data-cs for the Czech clips")
     seconds = sum(len(x) for xs in audio.values() for x in xs) / 16000

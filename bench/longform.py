@@ -4,7 +4,7 @@
     python bench/longform.py [--adapter cs=adapters/cs ...] [--files 2] [--clips 20] [--precision int8]
 
 Long recordings are made by joining held-out clips with pauses (known boundaries and texts): real Czech
-(Fish Fillets NG test levels, Debian's fillets-ng-data-cs) and LibriVox English (tests/data). For each
+(Fish Fillets NG test levels, Debian's fillets-ng-data-cs) and LibriVox English (tests/assets). For each
 model (the base, then every ``--adapter NAME=DIR``) it prints, side by side: the WER/CER of the clips
 decoded one by one, of the same clips inside the long file, their ratio, the median and 90th percentile
 distance between each true clip start and the nearest segment start (segments from Whisper's timestamp
@@ -31,7 +31,7 @@ from whisper_lora.inference.transcriber import Transcriber
 from whisper_lora.registry.catalog import AdapterRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
-LIBRIVOX = ROOT / "tests" / "data" / "librivox"
+LIBRIVOX = ROOT / "tests" / "assets" / "librivox"
 
 
 def czech_files(n_files: int, n_clips: int, pause: float):

@@ -80,7 +80,7 @@ def main():
     a = p.parse_args()
     a.json = a.json or f"bench/results/serve_load{'_vllm' if a.engine == 'both' else ''}.json"
     print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
-    en = (ROOT / "tests/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav").read_bytes()
+    en = (ROOT / "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0880.wav").read_bytes()
     sw = wav(synthesize(shipped_sentences("sw", "test")[0], "sw", "m2"))
     id_ = wav(synthesize(shipped_sentences("id", "test")[0], "id", "f2"))
     if a.engine == "whisper-lora":

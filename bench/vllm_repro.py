@@ -22,7 +22,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-CLIP = Path(__file__).resolve().parent.parent / "tests/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav"
+CLIP = Path(__file__).resolve().parent.parent / "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0880.wav"
 DECODER_TOKEN_LAYERS = ("self_attn.qkv_proj", "self_attn.out_proj", "encoder_attn.q_proj", "encoder_attn.out_proj")
 
 

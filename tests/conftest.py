@@ -10,8 +10,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here runs without the hub
-DATA = Path(__file__).parent / "data"
-LIBRIVOX = DATA / "librivox"
+ASSETS = Path(__file__).parent / "assets"
+LIBRIVOX = ASSETS / "librivox"
 REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"  # the shipped registry
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.test_transcriber import AUDIO
+from tests.inference.test_transcriber import AUDIO
 from whisper_lora.serving.process import running
 
 CASES = [("sw", None), ("cs", None), ("ary", None), ("auto", "en"), ("auto", "sw"), ("whisper-tiny-random", "cs")]

@@ -116,7 +116,7 @@ def test_adapters_list_and_transcribe_json(tiny_dir, tiny_registry, capsys):
     assert main(["adapters", "list", "--adapters", str(tiny_registry), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["language"] for r in rows] == ["ary", "cs", "sw"] and rows[0]["whisper_language"] == "ar"
-    clip = "tests/data/librivox/sense_and_sensibility_01_austen_64kb-0930.wav"
+    clip = "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0930.wav"
     r = _run(
         "transcribe",
         clip,

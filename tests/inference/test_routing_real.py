@@ -1,20 +1,18 @@
 """Auto language routing with the real whisper-base and the shipped adapters."""
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import LIBRIVOX
+from tests.conftest import REPO_ADAPTERS as SHIPPED
 from whisper_lora.data.audio import load_audio
 from whisper_lora.data.fillets import DEFAULT_ROOT, build_fillets_manifest
 from whisper_lora.data.synth import shipped_sentences, synthesize
 from whisper_lora.inference.generation import decoding_config
 from whisper_lora.inference.transcriber import Transcriber
 from whisper_lora.registry.catalog import AdapterRegistry
-
-SHIPPED = Path(__file__).resolve().parent.parent / "adapters"
 
 
 @pytest.fixture(scope="module")

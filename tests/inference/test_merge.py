@@ -1,9 +1,9 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import REPO_ADAPTERS
 from whisper_lora.base.model import load_base_model
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.merge import merge_adapter
@@ -37,7 +37,7 @@ def test_ctranslate2_export_transcribes_the_same(tmp_path):
     ctranslate2 = pytest.importorskip("ctranslate2")
     from whisper_lora.data.synth import shipped_sentences, synthesize
 
-    adapter = Path(__file__).resolve().parent.parent / "adapters" / "sw"
+    adapter = REPO_ADAPTERS / "sw"
     report = merge_adapter(adapter, tmp_path / "merged", ct2_out=tmp_path / "ct2")
     assert report.max_logit_diff < 1e-2
     _loaded = load_base_model(str(tmp_path / "merged"), "fp32", "cpu")

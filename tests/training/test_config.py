@@ -6,7 +6,7 @@ from whisper_lora.errors import ConfigError
 from whisper_lora.training.config import TrainConfig
 from whisper_lora.training.lora import LoraSpec
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "recipes" / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
