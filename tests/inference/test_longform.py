@@ -109,7 +109,7 @@ def test_a_loop_ends_bounded_and_flagged():
     clip = synthesize(shipped_sentences("sw", "test")[6], "sw", "m2")
     greedy = t.transcribe(clip, "sw", adapter=None, timestamps=True, options=DecodeOptions(temperature=(0.0,)))
     assert any(s.repetition for s in greedy.segments)  # the loop is there, and flagged
-    assert sum(len(s.tokens) for s in greedy.segments) <= t.max_new_tokens  # bounded
+    assert sum(len(s.tokens) for s in greedy.segments) <= t.decoding.max_new_tokens  # bounded
     torch.manual_seed(0)
     guarded = t.transcribe(clip, "sw", adapter=None)  # default path: the loop guard decodes it again, hotter
     looped_words = len(" ".join(s.text for s in greedy.segments).split())

@@ -1,27 +1,35 @@
-"""``whisper-lora eval``: WER/CER of the base and an adapter side by side on one split of a corpus."""
+"""``whisper-lora eval``: WER/CER of the base and an adapter side by side on one split of a corpus.
+
+Decodes exactly as ``whisper-lora transcribe`` does with the same flags (same base precision,
+int8 outlier threshold 0, decoding settings and loop guard); the base's scores are cached
+(``inference/score_cache.py``) so a second evaluation on the same corpus decodes only the adapter.
+"""
 
 from __future__ import annotations
 
 import json
 
-from whisper_lora.cli.options import add_base, run_precision
+from whisper_lora.cli.options import add_base, add_decoding, decoding_from, run_precision
 from whisper_lora.cli.report import metrics_table
 from whisper_lora.errors import WhisperLoraError
 
 
 def add_parser(sub) -> None:
-    e = sub.add_parser("eval", help="WER/CER of the base and an adapter side by side")
+    e = sub.add_parser("eval", help="WER/CER of the base and an adapter side by side, decoded as transcribe does")
     e.add_argument("--language", required=True, help="language code of the corpus (sw, cs, ary, ...)")
     e.add_argument("--data", required=True, help="corpus root or manifest")
     e.add_argument("--split", default="test", choices=["train", "dev", "test"], help="only this split is read")
     e.add_argument("--adapter", help="adapter directory to score next to the base (default: the base alone)")
     add_base(e)
+    add_decoding(e)
     e.add_argument("--limit", type=int, help="score only the first N utterances")
-    e.add_argument("--max-new-tokens", type=int, default=128, help="decoding cap per utterance (default 128)")
+    e.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default 8)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument(
-        "--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold (0: batch-independent)"
+        "--int8-threshold", type=float, default=0.0, help="LLM.int8 outlier threshold (default 0, as transcribe)"
     )
+    e.add_argument("--no-cache", action="store_true", help="decode the base again instead of reusing cached scores")
+    e.add_argument("--write-metadata", action="store_true", help="store the result in the adapter's metadata and card")
     e.set_defaults(fn=run)
 
 
@@ -38,26 +46,33 @@ def examples(a, language: str, processor, split: str) -> list:
 
 def run(a) -> int:
     from whisper_lora.base.model import load_base_model
-    from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples
-    from whisper_lora.registry.adapter_io import load_adapter, read_metadata
+    from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
+    from whisper_lora.inference.scoring import Comparison, compare_base_and_adapter, evaluate_examples, scored_with
+    from whisper_lora.registry.adapter_io import load_adapter, read_metadata, update_metrics
 
+    if a.write_metadata and not a.adapter:
+        raise WhisperLoraError("--write-metadata needs --adapter")
     base = a.base or (read_metadata(a.adapter).base.get("name") if a.adapter else None) or "whisper-base"
     loaded = load_base_model(base, run_precision(a, "int8"), a.device or "auto", a.int8_threshold)
-    model = loaded.model
+    decoding = decoding_from(a)
     ex = examples(a, a.language, loaded.processor, a.split)
-    kw = dict(max_new_tokens=a.max_new_tokens, progress=not a.json)
+    kw = dict(decoding=decoding, batch_size=a.batch_size, progress=not a.json)
+    cache = ScoreCache()
+    key = ScoreKey.for_run(loaded.info, loaded.model, ex, a.split, a.language, decoding)
+    known = None if a.no_cache else cache.get(key)
     if a.adapter:
-        model = load_adapter(model, a.adapter)
-        m = compare_base_and_adapter(model, loaded.processor, ex, a.language, **kw)
+        model = load_adapter(loaded.model, a.adapter)
+        result = compare_base_and_adapter(model, loaded.processor, ex, a.language, a.split, known, **kw)
     else:
-        m = {"base": evaluate_examples(model, loaded.processor, ex, a.language, **kw)[0].to_dict(), "adapter": None}
-    keys = ("wer", "cer", "wer_orthographic", "cer_orthographic")
+        base_scores = known or evaluate_examples(loaded.model, loaded.processor, ex, a.language, desc="base", **kw)[0]
+        result = Comparison(base_scores, None, a.split)
+    cache.put(key, result.base)
+    if a.write_metadata:
+        update_metrics(a.adapter, {**result.to_dict(), **scored_with(loaded.info.precision, decoding)})
     if a.json:
-        out = {"language": a.language, "n": len(ex), "split": a.split}
-        out.update({k: None if m[k] is None else {x: m[k][x] for x in keys} for k in ("base", "adapter")})
-        print(json.dumps(out))
-    elif m["adapter"] is None:
-        print(f"base on {a.split} ({len(ex)}): WER {m['base']['wer']:.3f} CER {m['base']['cer']:.3f}")
+        print(json.dumps({"language": a.language, **result.to_dict(), **scored_with(loaded.info.precision, decoding)}))
+    elif result.adapter is None:
+        print(f"base on {a.split} ({result.n}): WER {result.base.wer:.3f} CER {result.base.cer:.3f}")
     else:
-        print(metrics_table(a.language, {"split": a.split, "n": len(ex), **m}))
+        print(metrics_table(a.language, result))
     return 0

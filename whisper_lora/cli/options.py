@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from whisper_lora.errors import WhisperLoraError
+from whisper_lora.inference.decode import MAX_NEW_TOKENS
 
 RUN_PRECISIONS = ("auto", "int8", "nf4", "bf16", "fp32")
 _COMMENT = re.compile(r"^\s+(\w+): [^#]*?#\s*(.+)$")
@@ -126,9 +127,18 @@ def run_precision(a, default: str) -> str:
 
 
 def add_decoding(p: argparse.ArgumentParser) -> None:
-    """The decoding flags every command that decodes takes (transcribe, eval, serve, demo, merge's check)."""
+    """The decoding flags of commands that decode (``transcribe``'s defaults)."""
     p.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
-    p.add_argument("--max-new-tokens", type=int, default=224, help="tokens decoded per 30 s window at most")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help=f"tokens per 30 s window (default {MAX_NEW_TOKENS})"
+    )
+
+
+def decoding_from(a):
+    """The ``Decoding`` the decoding flags describe (it validates them)."""
+    from whisper_lora.inference.decode import Decoding
+
+    return Decoding(num_beams=a.beams, max_new_tokens=a.max_new_tokens)
 
 
 def transcriber(a, **kw):

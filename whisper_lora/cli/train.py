@@ -63,6 +63,6 @@ def run(a) -> int:
     timed = cfg.max_minutes and (not cfg.max_steps or t["steps"] < cfg.max_steps)
     cut = f", stopped by the {cfg.max_minutes}-minute cap" if timed else ""
     print(f"trained {t['steps']}{of} steps in {t['minutes']} min{cut}; kept step {t['best_step']}")
-    print(metrics_table(result.metadata.language, result.metadata.metrics))
+    print(metrics_table(result.metadata.language, result.metadata.comparison))
     print(f"adapter written to {result.adapter_dir}")
     return 0

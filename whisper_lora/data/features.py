@@ -44,13 +44,15 @@ class Example:
     def n_samples(self) -> int:
         return round(self.duration * SAMPLE_RATE)
 
+    def audio_array(self) -> np.ndarray:
+        """The clip as a 16 kHz signal (transformed when this is an augmented copy)."""
+        audio = load_audio(self.audio)
+        return audio if self.perturbation is None else self.perturbation.apply(audio, self.id)
+
     @property
     def input_features(self) -> torch.Tensor:
         """``(n_mels, 3000)`` log-mel of the 30 s window, as the processor computes it."""
-        audio = load_audio(self.audio)
-        if self.perturbation is not None:
-            audio = self.perturbation.apply(audio, self.id)
-        return log_mel(self.feature_extractor, audio)
+        return log_mel(self.feature_extractor, self.audio_array())
 
 
 def log_mel(feature_extractor, audio: np.ndarray) -> torch.Tensor:

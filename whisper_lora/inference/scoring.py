@@ -1,17 +1,20 @@
-"""WER/CER, orthographic and normalised, for a base model and its adapter side by side."""
+"""WER/CER, orthographic and normalised, of a base model and its adapter side by side.
+
+Hypotheses come from ``decode.decode_texts``: the same decoding ``transcribe`` does (no cap
+derived from the references), so the scores are what users get and compare with other tools.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-
-import torch
 
 from whisper_lora.data.features import Example
-from whisper_lora.inference.generation import decoding_config
+from whisper_lora.inference.decode import Decoding, decode_texts
 from whisper_lora.languages import resolve_language
+from whisper_lora.results import Comparison, Scores
 
 _AR_DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")  # harakat, tatweel
 _AR_ALEF = re.compile("[\u0622\u0623\u0625\u0671\u0672\u0673]")  # آ أ إ ٱ -> ا
@@ -37,20 +40,6 @@ def normalizer_for(language: str):
     return lambda s: " ".join(inner(s).split())
 
 
-@dataclass(frozen=True)
-class Scores:
-    """Error rates over a set of utterances."""
-
-    wer: float  # normalised word error rate
-    cer: float  # normalised character error rate
-    wer_orthographic: float  # on raw text (case and punctuation count)
-    cer_orthographic: float
-    n: int  # utterances scored (references that normalise to empty are dropped)
-
-    def to_dict(self) -> dict:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-
 def score(references: Sequence[str], hypotheses: Sequence[str], language: str) -> Scores:
     """Orthographic and normalised WER/CER (jiwer), skipping references that normalise to empty."""
     import jiwer
@@ -58,7 +47,7 @@ def score(references: Sequence[str], hypotheses: Sequence[str], language: str) -
     norm = normalizer_for(language)
     pairs = [(r, h) for r, h in zip(references, hypotheses, strict=True) if norm(r).strip()]
     if not pairs:
-        return Scores(float("nan"), float("nan"), float("nan"), float("nan"), 0)
+        return Scores(math.nan, math.nan, math.nan, math.nan, 0)
     refs, hyps = [p[0].strip() for p in pairs], [p[1].strip() for p in pairs]
     nrefs, nhyps = [norm(r) for r in refs], [norm(h) for h in hyps]
     return Scores(
@@ -70,54 +59,37 @@ def score(references: Sequence[str], hypotheses: Sequence[str], language: str) -
     )
 
 
-def reference_cap(examples: Sequence[Example], max_new_tokens: int) -> int:
-    """Decoding cap for a batch: its longest reference plus a margin (a quarter, at least 10
-    tokens), never above ``max_new_tokens``. A hypothesis that long already scores as a loop, so
-    decoding further changes nothing but time."""
-    longest = max(len(e.labels) for e in examples)
-    return min(max_new_tokens, longest + max(10, longest // 4))
-
-
-@torch.no_grad()
 def transcribe_examples(
     model,
     processor,
     examples: Sequence[Example],
     language: str,
+    decoding: Decoding | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 128,
-    num_beams: int = 1,
     progress: bool = False,
     desc: str = "decode",
-    cap_to_references: bool = True,
 ) -> list[str]:
-    """Greedy (or beam) transcripts of featurised examples with the language forced, in input order.
+    """Transcripts of examples, decoded as ``transcribe`` decodes (``decode.decode_texts``), in input order.
 
-    Examples are decoded in batches of similar reference length, each batch stopping at
-    ``reference_cap`` tokens (``cap_to_references=False``: at ``max_new_tokens``).
+    Batches group clips of similar duration (never by reference length: references are not read).
     """
+    import torch
     from tqdm.auto import tqdm
 
+    decoding = decoding or Decoding()
+    whisper = resolve_language(language).whisper
     was_training = model.training
     model.eval()
-    device = next(p for p in model.parameters()).device
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].labels))  # batched by length
+    order = sorted(range(len(examples)), key=lambda i: examples[i].duration)
     out: list[str] = [""] * len(examples)
     try:
-        for i in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-            rows = order[i : i + batch_size]
-            batch = [examples[k] for k in rows]
-            feats = torch.stack([e.input_features for e in batch]).to(device=device, dtype=dtype)
-            cap = reference_cap(batch, max_new_tokens) if cap_to_references else max_new_tokens
-            ids = model.generate(
-                input_features=feats,
-                generation_config=decoding_config(model, num_beams, cap),
-                language=resolve_language(language).whisper,
-                task="transcribe",
-            )
-            for k, text in zip(rows, processor.batch_decode(ids, skip_special_tokens=True), strict=True):
-                out[k] = text.strip()
+        with torch.no_grad(), tqdm(total=len(order), desc=desc, unit="clip", disable=not progress) as bar:
+            for i in range(0, len(order), batch_size):
+                rows = order[i : i + batch_size]
+                audios = [examples[k].audio_array() for k in rows]
+                for k, text in zip(rows, decode_texts(model, processor, audios, whisper, decoding), strict=True):
+                    out[k] = text
+                bar.update(len(rows))
     finally:
         model.train(was_training)
     return out
@@ -129,9 +101,31 @@ def evaluate_examples(model, processor, examples: Sequence[Example], language: s
     return score([e.text for e in examples], hyps, language), hyps
 
 
-def compare_base_and_adapter(peft_model, processor, examples: Sequence[Example], language: str, **kw) -> dict:
-    """Scores of the untouched base (adapters disabled) and of the active adapter."""
-    with peft_model.disable_adapter():
-        base, _ = evaluate_examples(peft_model, processor, examples, language, desc="base", **kw)
+def compare_base_and_adapter(
+    peft_model,
+    processor,
+    examples: Sequence[Example],
+    language: str,
+    split: str | None = None,
+    base_scores: Scores | None = None,
+    **kw,
+) -> Comparison:
+    """Scores of the untouched base (adapters disabled; ``base_scores`` when already known) and of the
+    active adapter."""
+    if base_scores is None:
+        with peft_model.disable_adapter():
+            base_scores, _ = evaluate_examples(peft_model, processor, examples, language, desc="base", **kw)
     adapted, _ = evaluate_examples(peft_model, processor, examples, language, desc="adapter", **kw)
-    return {"base": base.to_dict(), "adapter": adapted.to_dict()}
+    return Comparison(base_scores, adapted, split)
+
+
+def scored_with(precision: str, decoding: Decoding) -> dict:
+    """How a ``metrics`` record was scored (kept next to the scores in ``whisper_lora.json``)."""
+    return {
+        "precision": precision,
+        "decoding": {
+            "num_beams": decoding.num_beams,
+            "max_new_tokens": decoding.max_new_tokens,
+            "loop_guard": decoding.options.compression_ratio_threshold,
+        },
+    }

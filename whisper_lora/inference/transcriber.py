@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +15,8 @@ import torch
 from whisper_lora.base.model import load_base_model
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
 from whisper_lora.errors import ConfigError, format_choices
-from whisper_lora.inference.generation import decoding_config
-from whisper_lora.inference.longform import DecodeOptions, Segment, compression_ratio, decode_segments
+from whisper_lora.inference.decode import Decoding, features, generate_texts, long_segments, looped
+from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.pool import make_pool
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry, BrokenAdapter
@@ -107,8 +107,8 @@ class Transcriber:
         self.model, self.processor, self.base_info = loaded.model, loaded.processor, loaded.info
         self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
         self.mode = mode
-        self.detect_threshold, self.num_beams, self.max_new_tokens = detect_threshold, num_beams, max_new_tokens
-        self.decode_options = decode_options or DecodeOptions()
+        self.detect_threshold = detect_threshold
+        self.decoding = Decoding(num_beams, max_new_tokens, decode_options or DecodeOptions())  # decode.py
         self._pool = make_pool(mode, self.model, max_loaded)
         self._lock = threading.RLock()
         gen = self.model.generation_config
@@ -148,11 +148,7 @@ class Transcriber:
     # ---------------------------------------------------------------- detection
     def features(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
         """Log-mel features of up to 30 s signals, on the model's device and dtype."""
-        feats = self.processor.feature_extractor(
-            list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features
-        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
-        return feats.to(self.model.device, dtype)
+        return features(self.model, self.processor, audios)
 
     @torch.no_grad()
     def detect_language(self, features: torch.Tensor) -> list[tuple[str, float]]:
@@ -169,26 +165,12 @@ class Transcriber:
         return [(tokens[int(i)][2:-2], float(probs[n, i])) for n, i in enumerate(best)]
 
     # ---------------------------------------------------------------- decoding
-    def _generate(self, model, feats: torch.Tensor, whisper_langs: list[str], names: list[str] | None, beams: int):
-        gen = decoding_config(self.model, beams, self.max_new_tokens)
-        kw = dict(generation_config=gen, task="transcribe", language=whisper_langs)
-        if names is not None:
-            kw["adapter_names"] = names
-            if beams > 1:
-                kw["num_beams"] = beams  # peft repeats adapter_names per beam from this argument
-        ids = model.generate(input_features=feats, **kw)
-        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
-
-    def _decode_timed(self, rows, arrays, plans, opts: DecodeOptions, beams: int) -> list[list[Segment]]:
+    def _decode_timed(self, rows, arrays, plans, decoding: Decoding) -> list[list[Segment]]:
         """Segments of ``arrays[i]`` for i in ``rows`` (long-form algorithm), one input at a time with its adapter."""
         return [
             self._pool.decode_groups(
                 [plans[i].entry],
-                lambda model, _, i=i: [
-                    decode_segments(
-                        model, self.processor, arrays[i], plans[i].whisper, opts, beams, self.max_new_tokens
-                    )
-                ],
+                lambda model, _, i=i: [long_segments(model, self.processor, arrays[i], plans[i].whisper, decoding)],
             )[0]
             for i in rows
         ]
@@ -236,15 +218,15 @@ class Transcriber:
         for i, f in enumerate(forced):
             if f in entries and langs[i] == AUTO:
                 langs[i] = entries[f].language
-        beams = self.num_beams if num_beams is None else num_beams
-        if beams < 1:
-            raise ConfigError(f"num_beams={beams!r} must be >= 1")
+        decoding = self.decoding
+        if num_beams is not None or options is not None:  # Decoding validates them
+            decoding = replace(decoding, num_beams=decoding.num_beams if num_beams is None else num_beams)
+            decoding = replace(decoding, options=options or decoding.options)
         arrays = [
             load_audio(a) if not isinstance(a, np.ndarray) else check_signal(a, f"input {i}")
             for i, a in enumerate(audios)
         ]
         long_form = timestamps or any(len(a) > N_SAMPLES for a in arrays)
-        opts = options or self.decode_options
         with self._lock:
             auto = [i for i, lang in enumerate(langs) if lang == AUTO]  # forced adapters already set theirs
             detected = {}
@@ -256,7 +238,7 @@ class Transcriber:
             segments: list = [()] * len(arrays)
             texts = [""] * len(arrays)
             if speech and long_form:
-                decoded = self._decode_timed(speech, arrays, plans, opts, beams)
+                decoded = self._decode_timed(speech, arrays, plans, decoding)
                 for i, segs in zip(speech, decoded, strict=True):
                     segments[i], texts[i] = tuple(segs), " ".join(s.text for s in segs)
             elif speech:
@@ -264,18 +246,17 @@ class Transcriber:
                     self.features([arrays[i] for i in speech]),
                     [plans[i].whisper for i in speech],
                     [plans[i].entry for i in speech],
-                    lambda m, f, lg, names: self._generate(m, f, lg, names, beams),
+                    lambda m, f, lg, names: generate_texts(m, self.processor, f, lg, decoding, names),
                 )
                 for i, t in zip(speech, texts_speech, strict=True):
                     texts[i] = t
                 # loop guard: a repetitive transcript is decoded again with the temperature fallback
-                limit = opts.compression_ratio_threshold
-                looped = [i for i in speech if limit and compression_ratio(texts[i]) > limit]
-                if looped:
+                again = [speech[k] for k in looped(texts_speech, decoding)]
+                if again:
                     log.info(
-                        "%d transcript(s) look like a repetition loop; decoding them again with fallback", len(looped)
+                        "%d transcript(s) look like a repetition loop; decoding them again with fallback", len(again)
                     )
-                    for i, segs in zip(looped, self._decode_timed(looped, arrays, plans, opts, beams), strict=True):
+                    for i, segs in zip(again, self._decode_timed(again, arrays, plans, decoding), strict=True):
                         texts[i] = " ".join(s.text for s in segs)
         return [
             Transcription(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from whisper_lora.atomic import atomic_directory
+from whisper_lora.atomic import atomic_directory, atomic_write_text
 from whisper_lora.errors import AdapterError
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.card import write_hub_files
@@ -35,6 +35,17 @@ def save_adapter(peft_model, out_dir: str | Path, metadata: AdapterMetadata, ada
         (tmp / METADATA_FILE).write_text(metadata.to_json(), encoding="utf-8")
         write_hub_files(tmp, metadata)  # public base id + model card instead of peft's blank template
     return out_dir
+
+
+def update_metrics(adapter_dir: str | Path, metrics: dict) -> AdapterMetadata:
+    """Replace an adapter's held-out ``metrics`` (its training's dev history kept) and regenerate its card."""
+    adapter_dir = Path(adapter_dir)
+    meta = validate_adapter(adapter_dir)
+    history = meta.metrics.get("dev_history")
+    meta.metrics = {**metrics, **({"dev_history": history} if history else {})}
+    atomic_write_text(adapter_dir / METADATA_FILE, meta.to_json())
+    write_hub_files(adapter_dir, meta)
+    return meta
 
 
 def reject_pickled(adapter_dir: str | Path) -> None:

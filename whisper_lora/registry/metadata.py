@@ -9,6 +9,7 @@ from pathlib import Path
 
 from whisper_lora.errors import AdapterError
 from whisper_lora.languages import resolve_language
+from whisper_lora.results import Comparison
 
 METADATA_FILE = "whisper_lora.json"
 METADATA_VERSION = 1
@@ -34,6 +35,25 @@ def data_fingerprint(examples) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What an adapter was trained on (the ``data`` record of ``whisper_lora.json``)."""
+
+    fingerprint: str  # data_fingerprint of the training utterances
+    train_utterances: int
+    train_seconds: float
+    source: str  # the corpus given to ``train --data``
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainingData:
+        return cls(
+            str(d.get("fingerprint", "?")),
+            int(d.get("train_utterances", 0)),
+            float(d.get("train_seconds", 0.0)),
+            str(d.get("source", "?")),
+        )
+
+
 @dataclass
 class AdapterMetadata:
     """What ``whisper_lora.json`` records next to a PEFT adapter."""
@@ -50,6 +70,15 @@ class AdapterMetadata:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False, sort_keys=True)
+
+    @property
+    def comparison(self) -> Comparison | None:
+        """The held-out scores of base and adapter, typed; None when the adapter was not evaluated."""
+        return Comparison.from_dict(self.metrics)
+
+    @property
+    def training_data(self) -> TrainingData:
+        return TrainingData.from_dict(self.data)
 
     @classmethod
     def from_dict(cls, d: dict) -> AdapterMetadata:

@@ -185,7 +185,7 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
         if prompt or temperature is not None or words:
             try:
                 options = replace(
-                    transcriber.decode_options.with_temperature(temperature),
+                    transcriber.decoding.options.with_temperature(temperature),
                     prompt=prompt or None,
                     word_timestamps=words,
                 )

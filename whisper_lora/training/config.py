@@ -52,7 +52,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # bf16 autocast of the training forward: auto (where bf16 is fast), bf16, no
     eval_every: int = 100  # steps between dev evaluations (0: only at the end); each costs time from max_minutes
     eval_samples: int = 32  # dev utterances decoded per evaluation
-    max_new_tokens: int = 128  # decoding cap for evaluation
+    max_new_tokens: int = 224  # scoring decodes as transcribe does (decode.py), at most this many tokens a window
     timestamp_share: float = 0.0  # share of training utterances with timestamped labels spanning the clip
     trim_padding: float | str | None = "auto"  # encode the audio + this many seconds, not the 30 s window
     # (trim.py); None: 30 s windows; auto: 1 s where every encoder layer is adapted (profile.py)

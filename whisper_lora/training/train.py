@@ -31,7 +31,9 @@ from whisper_lora.data.prepare import prepare_splits
 from whisper_lora.data.readers import describe_source
 from whisper_lora.data.sampler import batch_indices
 from whisper_lora.errors import ConfigError
-from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples
+from whisper_lora.inference.decode import Decoding
+from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
+from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples, scored_with
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import AdapterMetadata, data_fingerprint, save_adapter
 from whisper_lora.training.config import TrainConfig
@@ -276,9 +278,25 @@ def _minutes_since(started: float, acc) -> float:
     return float(broadcast(torch.tensor([minutes], dtype=torch.float64, device=acc.device), from_process=0)[0])
 
 
+def scoring_decoding(cfg: TrainConfig) -> Decoding:
+    """How training scores dev and test: as ``transcribe`` decodes (decode.py), with the config's token cap."""
+    return Decoding(max_new_tokens=cfg.max_new_tokens)
+
+
+def score_test(run: _Run, cfg: TrainConfig, language: str, progress: bool) -> dict:
+    """The ``metrics`` record: base and adapter on the test split; the base's scores cached (score_cache.py)."""
+    decoding = scoring_decoding(cfg)
+    cache = ScoreCache()
+    key = ScoreKey.for_run(run.base_info, run.raw, run.test, "test", language, decoding)
+    kw = dict(decoding=decoding, progress=progress)
+    result = compare_base_and_adapter(run.raw, run.processor, run.test, language, "test", cache.get(key), **kw)
+    cache.put(key, result.base)
+    return {**result.to_dict(), **scored_with(run.base_info.precision, decoding)}
+
+
 def _evaluate_dev(run: _Run, cfg: TrainConfig, language: str, state: TrainState, best: dict) -> None:
     """Score the dev subset; keep the weights when dev CER is the best so far."""
-    scores, _ = evaluate_examples(run.raw, run.processor, run.dev, language, max_new_tokens=cfg.max_new_tokens)
+    scores, _ = evaluate_examples(run.raw, run.processor, run.dev, language, decoding=scoring_decoding(cfg))
     state.history.append({"step": state.step, "dev": scores.to_dict()})
     if scores.cer < state.best_cer:
         state.best_cer, state.best_step = scores.cer, state.step
@@ -396,11 +414,7 @@ def train_adapter(
     metadata = _metadata(run, cfg, acc, state, (time.monotonic() - started) / 60)
     if main:
         if run.test and cfg.final_eval:
-            metadata.metrics = {
-                "split": "test",
-                "n": len(run.test),
-                **compare_base_and_adapter(run.raw, run.processor, run.test, lang, max_new_tokens=cfg.max_new_tokens),
-            }
+            metadata.metrics = score_test(run, cfg, lang, progress)
         metadata.metrics["dev_history"] = [h for h in state.history if "dev" in h]
         save_adapter(run.raw, cfg.out_dir, metadata)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
