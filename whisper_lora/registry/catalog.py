@@ -4,10 +4,15 @@ Every entry is validated on its own (``adapter_io.validate_adapter``, inside the
 the registry knows the base, compatible with it), so one broken adapter never hides the others:
 ``entries()`` are the healthy ones, ``broken()`` lists the rest with their reasons, and asking
 for a broken one raises an ``AdapterError`` that says what is wrong with it.
+
+Where the registry is: the directory given (``--adapters``), else ``$WHISPER_LORA_ADAPTERS``, else
+``./adapters``. A registry is a snapshot: the directories are read and validated once, when it is
+created, and again only on ``refresh()`` (nothing re-reads safetensors headers per request).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +21,8 @@ from whisper_lora.errors import AdapterError, BrokenAdapterError, format_choices
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import METADATA_FILE, PEFT_FILES, AdapterMetadata, validate_adapter
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "adapters"
+ENV_VAR = "WHISPER_LORA_ADAPTERS"
+DEFAULT_DIR = "adapters"  # relative to the working directory
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -65,17 +71,44 @@ def check_compatible(entry: AdapterEntry, base_info) -> None:
         raise AdapterError(f"adapter {entry.name!r} is incompatible with the loaded base: " + "; ".join(problems))
 
 
+def registry_root(root: str | Path | None = None) -> tuple[Path, str]:
+    """The registry directory and where it came from: ``root``, else ``$WHISPER_LORA_ADAPTERS``, else ``./adapters``."""
+    if root:
+        return Path(root), "given"
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
+    return Path(DEFAULT_DIR), "the default ./adapters"
+
+
 class AdapterRegistry:
-    """Adapters by language under one root directory (default: the repository's ``adapters/``).
+    """Adapters by language under one root directory (``registry_root``), read once: ``refresh()`` re-reads.
 
     ``base`` (a ``BaseModelInfo``) makes adapters trained on another base count as broken.
     """
 
     def __init__(self, root: str | Path | None = None, base=None):
-        self.root = Path(root or DEFAULT_ROOT).resolve()
+        path, source = registry_root(root)
+        self.root = path.resolve()
         self.base = base
         if not self.root.is_dir():
-            raise AdapterError(f"adapter registry {self.root} does not exist")
+            raise AdapterError(
+                f"adapter registry {self.root} does not exist ({source}); "
+                f"pass --adapters DIR (Python: adapters=...) or set ${ENV_VAR}"
+            )
+        self._good: dict[str, AdapterEntry] = {}
+        self._broken: dict[str, BrokenAdapter] = {}
+        self.refresh()
+
+    def refresh(self) -> AdapterRegistry:
+        """Read and validate every adapter directory again (after adapters were added, replaced or removed)."""
+        good, broken = {}, {}
+        for path in self._candidates():
+            try:
+                good[path.name] = self._load(path)
+            except AdapterError as e:
+                broken[path.name] = BrokenAdapter(path.name, path, str(e))
+        self._good, self._broken = good, broken
+        return self
 
     def with_base(self, base) -> AdapterRegistry:
         """The same root, checking compatibility with ``base``."""
@@ -113,13 +146,7 @@ class AdapterRegistry:
 
     def scan(self) -> tuple[list[AdapterEntry], list[BrokenAdapter]]:
         """Every adapter directory, validated on its own: (healthy entries, broken ones with reasons)."""
-        good, broken = [], []
-        for path in self._candidates():
-            try:
-                good.append(self._load(path))
-            except AdapterError as e:
-                broken.append(BrokenAdapter(path.name, path, str(e)))
-        return good, broken
+        return list(self._good.values()), list(self._broken.values())
 
     def entries(self) -> list[AdapterEntry]:
         """The healthy adapters."""
@@ -135,15 +162,14 @@ class AdapterRegistry:
 
     def get(self, name: str) -> AdapterEntry:
         """The adapter stored under ``name`` exactly (no language resolution); a broken one raises why."""
-        path = self._dir(name)
-        if not path.is_dir():
+        self._dir(name)  # refuses names that are not plain language codes
+        if name in self._broken:
+            raise BrokenAdapterError(f"adapter {name!r} is broken: {self._broken[name].reason}")
+        if name not in self._good:
             raise AdapterError(
                 f"no adapter {name!r} in {self.root}; available: {format_choices(self.names()) or 'none'}"
             )
-        try:
-            return self._load(path)
-        except AdapterError as e:
-            raise BrokenAdapterError(f"adapter {name!r} is broken: {e}") from None
+        return self._good[name]
 
     def find(self, language: str) -> AdapterEntry | None:
         """The adapter for a language code or alias (``ary``, ``darija``, ``swa``), None when there is none.
@@ -152,7 +178,7 @@ class AdapterRegistry:
         reason, instead of falling back to the base silently.
         """
         code = resolve_language(language).code  # ConfigError names the valid codes
-        if not (self.root / code).is_dir():
+        if code not in self._good and code not in self._broken:
             return None
         return self.get(code)
 
