@@ -13,6 +13,7 @@ from whisper_lora.errors import (
     ModelNotFoundError,
     WhisperLoraError,
 )
+from whisper_lora.inference.decode import Decoding
 from whisper_lora.inference.formats import render
 from whisper_lora.inference.longform import DecodeOptions, Segment, Word
 from whisper_lora.inference.merge import MergeReport, export_ctranslate2, merge_adapter
@@ -21,6 +22,8 @@ from whisper_lora.inference.transcriber import Transcriber, Transcription
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import AdapterMetadata, load_adapter, read_metadata, save_adapter
 from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry
+from whisper_lora.registry.publish import asr_pipeline, push_adapter
+from whisper_lora.results import Comparison, Scores
 from whisper_lora.training.config import TrainConfig
 from whisper_lora.training.lora import LoraSpec, apply_lora, count_parameters
 from whisper_lora.training.train import TrainResult, train_adapter
@@ -29,6 +32,11 @@ silence_bitsandbytes()  # before bitsandbytes is first imported, so its import-t
 
 __all__ = [
     "AdapterEntry",
+    "Comparison",
+    "Decoding",
+    "Scores",
+    "asr_pipeline",
+    "push_adapter",
     "AdapterRegistry",
     "MergeReport",
     "Transcriber",

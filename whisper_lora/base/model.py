@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -26,12 +27,28 @@ class _DropBnbNoise(logging.Filter):
         return not any(n in msg for n in self.NOISE)
 
 
+class _DropGenerationConfigNotice(logging.Filter):
+    """transformers warns on every Whisper ``generate`` that gets a full ``GenerationConfig``: Whisper's own
+    ``generate`` adds ``suppress_tokens`` next to it. Passing the config is deliberate (generation.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Passing `generation_config` together with generation-related arguments" not in record.getMessage()
+
+
 def silence_bitsandbytes() -> None:
-    """Install the noise filter on bitsandbytes' loggers (idempotent)."""
+    """Install the noise filters, once, at the source: bitsandbytes' per-matmul log lines, transformers' notice
+    about Whisper's own generation arguments, and the deprecation peft triggers on every ``PeftModel``
+    (``is_gradient_checkpointing``, read by peft's constructor). Idempotent."""
     for name in ("bitsandbytes", "bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropBnbNoise) for f in logger.filters):
             logger.addFilter(_DropBnbNoise())
+    gen = logging.getLogger("transformers.generation.utils")
+    if not any(isinstance(f, _DropGenerationConfigNotice) for f in gen.filters):
+        gen.addFilter(_DropGenerationConfigNotice())
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # torch 2.13 deprecates TorchScript; modules our dependencies import lazily still define ScriptModules
+    warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning)
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:

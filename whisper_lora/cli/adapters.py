@@ -1,4 +1,4 @@
-"""``whisper-lora adapters list|card|vllm-args``: inspect and publish the registry."""
+"""``whisper-lora adapters list|card|push|vllm-args``: inspect and publish the registry."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from whisper_lora.cli.options import add_registry
 
 def add_parser(sub) -> None:
     ad = sub.add_parser("adapters", help="inspect the adapter registry")
-    ad_sub = ad.add_subparsers(dest="action", required=True, metavar="{list,card,vllm-args}")
+    ad_sub = ad.add_subparsers(dest="action", required=True, metavar="{list,card,push,vllm-args}")
     ls = ad_sub.add_parser("list", help="adapters by language with their held-out WER/CER")
     add_registry(ls)
     ls.add_argument("--json", action="store_true", help="one JSON line per adapter (broken ones with a reason)")
@@ -22,6 +22,13 @@ def add_parser(sub) -> None:
     )
     add_registry(cd)
     cd.set_defaults(fn=run_card)
+    pu = ad_sub.add_parser("push", help="upload one adapter to the Hugging Face hub (huggingface_hub.upload_folder)")
+    pu.add_argument("adapter", help="adapter directory (e.g. adapters/sw)")
+    pu.add_argument("repo_id", help="hub model repo, <user or organisation>/<name>; created when missing")
+    pu.add_argument("--private", action="store_true", help="create the repo private")
+    pu.add_argument("--revision", help="branch to push to (default: main)")
+    pu.add_argument("--token", help="hub token (default: $HF_TOKEN or the `hf auth login` token)")
+    pu.set_defaults(fn=run_push)
     va = ad_sub.add_parser(
         "vllm-args", help="arguments of `vllm serve` for the registry (refuses adapters vLLM cannot apply exactly)"
     )
@@ -34,6 +41,13 @@ def add_parser(sub) -> None:
     )
     va.add_argument("--command", action="store_true", help="print the whole `vllm serve ...` command")
     va.set_defaults(fn=run_vllm_args)
+
+
+def run_push(a) -> int:
+    from whisper_lora.registry.publish import push_adapter
+
+    print(push_adapter(a.adapter, a.repo_id, token=a.token, private=a.private, revision=a.revision))
+    return 0
 
 
 def run_card(a) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from whisper_lora.errors import ConfigError
+
 
 def add_parser(sub) -> None:
     s = sub.add_parser("synth", help="write a synthetic DVoice-layout corpus with espeak-ng")
@@ -13,6 +17,7 @@ def add_parser(sub) -> None:
     s.add_argument("--test-voices", help="variants for dev/test (default: voices never used for training)")
     s.add_argument("--repeats", type=int, default=2, help="voices per training sentence (default 2)")
     s.add_argument("--seed", type=int, default=0, help="voice assignment and prosody seed (default 0)")
+    s.add_argument("--max-sentences", type=int, help="at most N sentences per split (a quick corpus to try things on)")
     s.set_defaults(fn=run)
 
 
@@ -42,6 +47,10 @@ def run(a) -> int:
         cfg = SynthConfig(a.language, tuple(splits), seed=a.seed)
     else:
         cfg = default_synth_config(a.language, train_repeats=a.repeats, seed=a.seed)
+    if a.max_sentences is not None:
+        if a.max_sentences < 1:
+            raise ConfigError(f"--max-sentences {a.max_sentences} must be >= 1")
+        cfg = replace(cfg, splits=tuple(replace(sp, sentences=sp.sentences[: a.max_sentences]) for sp in cfg.splits))
     out = synthesize_corpus(cfg, a.out)
     print(f"wrote {out}")
     return 0

@@ -1,9 +1,11 @@
-"""Hub-ready adapter directories: a public base id in ``adapter_config.json`` and a generated model card.
+"""Hub-ready adapter directories: a public base id in ``adapter_config.json`` and a model card.
 
 peft writes the base's local path into ``base_model_name_or_path`` (for whisper-lora's offline
 conversion, a directory in the builder's cache) and a blank card template. ``make_hub_ready``
-replaces both from ``whisper_lora.json``, so the directory can be copied to any machine or
-uploaded with ``huggingface_hub.upload_folder`` and loaded with plain ``PeftModel.from_pretrained``.
+replaces both from ``whisper_lora.json``, so the directory can be copied to any machine,
+uploaded (``push_adapter``) and loaded with plain ``PeftModel.from_pretrained``. The card is
+built with ``huggingface_hub``'s ``ModelCard`` / ``ModelCardData`` / ``EvalResult``, so the hub
+reads its language, base model and held-out results as it reads any other card.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from whisper_lora.atomic import atomic_write_text
 from whisper_lora.base.resolve import HUB_IDS
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.metadata import PEFT_FILES, AdapterMetadata, read_metadata
+from whisper_lora.results import Comparison
 
 CARD_FILE = "README.md"
 
@@ -26,84 +29,101 @@ def public_base_id(name: str) -> str:
     return HUB_IDS.get(short, str(name))
 
 
-def _metric_rows(meta: AdapterMetadata) -> list[tuple[str, dict]]:
-    m = meta.metrics or {}
-    return [(k, m[k]) for k in ("base", "adapter") if isinstance(m.get(k), dict)]
-
-
-def model_card(meta: AdapterMetadata, base_id: str) -> str:
-    """The card: YAML front matter the hub reads (language, base, task, metrics) and a short body."""
-    import yaml
+def card_data(meta: AdapterMetadata, base_id: str):
+    """The card's metadata block: language, base model, task and the adapter's held-out results."""
+    from huggingface_hub import EvalResult, ModelCardData
 
     lang = resolve_language(meta.language)
-    adapter = dict(_metric_rows(meta)).get("adapter")
-    front = {
-        "language": [lang.whisper],
-        "license": "mit",
-        "library_name": "peft",
-        "base_model": base_id,
-        "pipeline_tag": "automatic-speech-recognition",
-        "tags": ["whisper", "lora", "peft", "whisper-lora", f"language:{meta.language}"],
-    }
-    if adapter:
-        split = meta.metrics.get("split", "test")
-        front["model-index"] = [
-            {
-                "name": f"whisper-lora-{meta.language}",
-                "results": [
-                    {
-                        "task": {"type": "automatic-speech-recognition", "name": "Speech recognition"},
-                        "dataset": {"name": str(meta.data.get("source", "held-out")), "type": "custom", "split": split},
-                        "metrics": [
-                            {"type": "wer", "value": adapter["wer"], "name": "WER (normalised)"},
-                            {"type": "cer", "value": adapter["cer"], "name": "CER (normalised)"},
-                        ],
-                    }
-                ],
-            }
+    result = Comparison.from_dict(meta.metrics)
+    evals = []
+    if result is not None and result.adapter is not None:
+        common = dict(
+            task_type="automatic-speech-recognition",
+            task_name="Speech recognition",
+            dataset_type="custom",
+            dataset_name=str(meta.data.get("source", "held-out")),
+            dataset_split=result.split or "test",
+        )
+        evals = [
+            EvalResult(metric_type="wer", metric_value=result.adapter.wer, metric_name="WER (normalised)", **common),
+            EvalResult(metric_type="cer", metric_value=result.adapter.cer, metric_name="CER (normalised)", **common),
         ]
-    rows = "\n".join(
-        f"| {name} | {r.get('wer', '-')} | {r.get('cer', '-')} | {r.get('n', meta.metrics.get('n', '-'))} |"
-        for name, r in _metric_rows(meta)
+    return ModelCardData(
+        model_name=f"whisper-lora-{meta.language}",
+        language=[lang.whisper],
+        license="mit",
+        library_name="peft",
+        base_model=base_id,
+        pipeline_tag="automatic-speech-recognition",
+        tags=["whisper", "lora", "peft", "whisper-lora", f"language:{meta.language}"],
+        eval_results=evals or None,
     )
-    t = meta.training
-    body = f"""# whisper-lora adapter: {lang.name} (`{meta.language}`) on {base_id}
+
+
+def _results_table(meta: AdapterMetadata) -> str:
+    result = Comparison.from_dict(meta.metrics)
+    if result is None:
+        return "| (not evaluated) | - | - | - |"
+    rows = [("base", result.base), ("adapter", result.adapter)]
+    lines = [f"| {name} | {s.wer:.4f} | {s.cer:.4f} | {s.n} |" for name, s in rows if s is not None]
+    change = result.change("cer")
+    if change is not None:
+        lines.append(f"| CER change | | {change:+.1%} | |")
+    return "\n".join(lines)
+
+
+def _body(meta: AdapterMetadata, base_id: str) -> str:
+    lang = resolve_language(meta.language)
+    t, d = meta.training, meta.data
+    how = meta.metrics.get("precision")
+    how = f", base in {how}, decoded as `whisper-lora transcribe` decodes" if how else ""
+    return f"""# whisper-lora adapter: {lang.name} (`{meta.language}`) on {base_id}
 
 A LoRA adapter trained with [whisper-lora](https://pypi.org/project/whisper-lora/) for {lang.name}; Whisper decodes it
-with its `<|{meta.language if meta.language == lang.whisper else lang.whisper}|>` language token.
+with its `<|{lang.whisper}|>` language token.
 
 ## Training data
 
-- source: `{meta.data.get("source", "?")}`
-- {meta.data.get("train_utterances", "?")} utterances, {meta.data.get("train_seconds", "?")} s of audio
-  (fingerprint `{meta.data.get("fingerprint", "?")}`)
+- source: `{d.get("source", "?")}`
+- {d.get("train_utterances", "?")} utterances, {d.get("train_seconds", "?")} s of audio (fingerprint `{d.get("fingerprint", "?")}`)
 - LoRA r={meta.lora.get("r")}, alpha={meta.lora.get("alpha")} on {", ".join(meta.lora.get("targets", []))} of
   {", ".join(meta.lora.get("stacks", []))}{_cross_note(meta.lora)}; {t.get("steps", "?")} steps, batch {t.get("batch_size", "?")},
   lr {t.get("learning_rate", "?")}, base in {t.get("precision", meta.base.get("precision", "?"))},
   {t.get("minutes", "?")} min{_trim_note(t)}
 
-## Held-out results ({meta.metrics.get("split", "test")} split, normalised WER/CER)
+## Held-out results ({meta.metrics.get("split") or "test"} split, normalised WER/CER{how})
 
 | model | WER | CER | utterances |
 |---|---|---|---|
-{rows or "| (not evaluated) | - | - | - |"}
+{_results_table(meta)}
 
 ## Usage
 
+With `transformers.pipeline` (the language token must be forced: `{lang.whisper}`):
+
 ```python
 from peft import PeftModel
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
+from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
-base = WhisperForConditionalGeneration.from_pretrained("{base_id}")
-model = PeftModel.from_pretrained(base, "path/to/this/directory")
 processor = WhisperProcessor.from_pretrained("{base_id}")
+base = WhisperForConditionalGeneration.from_pretrained("{base_id}")
+model = PeftModel.from_pretrained(base, "path/to/this/directory").merge_and_unload()
+asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+               feature_extractor=processor.feature_extractor)
+print(asr("clip.wav", generate_kwargs={{"language": "{lang.whisper}", "task": "transcribe"}})["text"])
 ```
 
 or, serving many languages from one base: `whisper_lora.Transcriber("{base_id}", adapters="adapters")`.
 
 Base weights fingerprint: `{meta.base.get("fingerprint", "?")}` (whisper-lora refuses the adapter on another base).
 """
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def model_card(meta: AdapterMetadata, base_id: str):
+    """The adapter's ``huggingface_hub.ModelCard`` (metadata block + body)."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard(f"---\n{card_data(meta, base_id).to_yaml()}\n---\n\n{_body(meta, base_id)}")
 
 
 def _cross_note(lora: dict) -> str:
@@ -127,7 +147,7 @@ def write_hub_files(adapter_dir: str | Path, meta: AdapterMetadata) -> str:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base_id
     atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(adapter_dir / CARD_FILE, model_card(meta, base_id))
+    atomic_write_text(adapter_dir / CARD_FILE, str(model_card(meta, base_id)))
     return base_id
 
 
