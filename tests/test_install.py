@@ -47,7 +47,8 @@ def test_every_imported_package_is_declared_and_every_declared_one_is_used():
     dists = packages_distributions()
     missing = {}
     used = set()
-    for name in _imported_top_level():
+    # vllm runs in its own environment (serving/vllm/runner.py): it pins transformers < 5.20
+    for name in _imported_top_level() - {"vllm"}:
         candidates = {d.lower().replace("_", "-") for d in dists.get(name, [name])}
         used |= candidates
         if not candidates & declared:
