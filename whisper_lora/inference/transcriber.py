@@ -220,8 +220,8 @@ class Transcriber:
                 langs[i] = entries[f].language
         decoding = self.decoding
         if num_beams is not None or options is not None:  # Decoding validates them
-            decoding = replace(decoding, num_beams=decoding.num_beams if num_beams is None else num_beams)
-            decoding = replace(decoding, options=options or decoding.options)
+            beams = decoding.num_beams if num_beams is None else num_beams
+            decoding = replace(decoding, num_beams=beams, options=options or decoding.options)
         arrays = [
             load_audio(a) if not isinstance(a, np.ndarray) else check_signal(a, f"input {i}")
             for i, a in enumerate(audios)
