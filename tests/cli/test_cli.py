@@ -134,7 +134,7 @@ def test_adapters_list_and_transcribe_json(tiny_dir, tiny_registry, capsys):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     line = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(line) == {"file", "language", "language_probability", "adapter", "duration", "text"}
+    assert set(line) == {"file", "language", "language_probability", "adapter", "route", "duration", "text"}
     assert line["adapter"] == "sw" and line["language_probability"] is None and line["file"] == clip
 
 

@@ -53,7 +53,12 @@ def _post(url, wav, model, language=None, fmt="verbose_json", filename="a.wav"):
 
 
 def test_health_and_models(server):
-    assert httpx.get(f"{server}/health").json()["adapters"] == ["ary", "cs", "sw"]
+    health = httpx.get(f"{server}/health").json()
+    assert health["adapters"] == ["ary", "cs", "sw"]
+    # tiny random base: no routing background, so Whisper's language ID routes every adapter, and says why
+    routing = health["routing"]["adapters"]
+    assert set(routing) == {"ary", "cs", "sw"} and {r["route"] for r in routing.values()} == {"whisper-lid"}
+    assert all("routing background" in r["reason"] or "language profile" in r["reason"] for r in routing.values())
     ids = [m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]]
     assert ids[0] == "whisper-tiny-random" and {"sw", "cs", "ary", "auto"} <= set(ids)
 
@@ -68,7 +73,7 @@ def test_formats_and_routing(server):
     assert text.headers["content-type"].startswith("text/plain") and text.text == plain["text"]
     assert _post(server, WAVS[0], "swahili").json()["adapter"] == "sw"  # aliases name adapters too
     routed = _post(server, WAVS[0], "auto", "cs").json()
-    assert routed["adapter"] == "cs" and routed["language_probability"] is None
+    assert routed["adapter"] == "cs" and routed["language_probability"] is None and routed["route"] == "forced"
     base = _post(server, WAVS[0], "whisper-tiny-random", "sw").json()
     assert base["adapter"] is None
 

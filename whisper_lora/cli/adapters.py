@@ -6,11 +6,12 @@ import json
 import sys
 
 from whisper_lora.cli.options import add_registry
+from whisper_lora.registry.language_profile import PROFILE_FILE
 
 
 def add_parser(sub) -> None:
     ad = sub.add_parser("adapters", help="inspect the adapter registry")
-    ad_sub = ad.add_subparsers(dest="action", required=True, metavar="{list,card,push,vllm-args}")
+    ad_sub = ad.add_subparsers(dest="action", required=True, metavar="{list,card,profile,push,vllm-args}")
     ls = ad_sub.add_parser("list", help="adapters by language with their held-out WER/CER")
     add_registry(ls)
     ls.add_argument("--json", action="store_true", help="one JSON line per adapter (broken ones with a reason)")
@@ -22,6 +23,14 @@ def add_parser(sub) -> None:
     )
     add_registry(cd)
     cd.set_defaults(fn=run_card)
+    pr = ad_sub.add_parser(
+        "profile", help="add the language profile auto routing needs to an adapter trained without one"
+    )
+    pr.add_argument("adapter", help="adapter directory (e.g. adapters/sw)")
+    pr.add_argument("--data", required=True, help="the adapter's training corpus (any format train reads)")
+    pr.add_argument("--format", default="auto", help="corpus format: auto, dvoice, commonvoice, manifest, audiofolder")
+    pr.add_argument("--split", default="train", help="split to profile (default: train)")
+    pr.set_defaults(fn=run_profile)
     pu = ad_sub.add_parser("push", help="upload one adapter to the Hugging Face hub (huggingface_hub.upload_folder)")
     pu.add_argument("adapter", help="adapter directory (e.g. adapters/sw)")
     pu.add_argument("repo_id", help="hub model repo, <user or organisation>/<name>; created when missing")
@@ -47,6 +56,21 @@ def run_push(a) -> int:
     from whisper_lora.registry.publish import push_adapter
 
     print(push_adapter(a.adapter, a.repo_id, token=a.token, private=a.private, revision=a.revision))
+    return 0
+
+
+def run_profile(a) -> int:
+    from whisper_lora.base.model import load_base_model
+    from whisper_lora.data.readers import load_corpus
+    from whisper_lora.inference.language_id import profile_utterances
+    from whisper_lora.registry.adapter_io import validate_adapter
+    from whisper_lora.registry.language_profile import write_profile
+
+    meta = validate_adapter(a.adapter)
+    records, _ = load_corpus(a.data, meta.language, a.format, splits=[a.split])
+    base = load_base_model(meta.base.get("name") or "whisper-base", "int8", "auto", 0.0)  # as Transcriber loads it
+    profile = profile_utterances(base.model, base.processor, [r.audio for r in records[a.split]], base.info, True)
+    print(f"{write_profile(a.adapter, profile)}: {profile.utterances} utterances of {a.split}")
     return 0
 
 
@@ -81,6 +105,7 @@ def _row(e) -> dict:
         "base": e.metadata.base.get("name"),
         "rank": e.metadata.lora.get("r"),
         "size_mb": round(sum(f.stat().st_size for f in e.path.iterdir()) / 1e6, 2),
+        "routing": "router" if (e.path / PROFILE_FILE).is_file() else "whisper-lid",
         "test_wer": (m.get("adapter") or {}).get("wer"),
         "base_test_wer": (m.get("base") or {}).get("wer"),
         "test_cer": (m.get("adapter") or {}).get("cer"),
@@ -107,12 +132,14 @@ def run_list(a) -> int:
     else:
         print(
             f"{'lang':<6}{'whisper':<9}{'base':<14}{'r':>4}{'MB':>7}{'WER':>8}{'base WER':>10}{'CER':>8}{'base CER':>10}"
+            f"  routing"
         )
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
         for r in rows:
             print(
                 f"{r['language']:<6}{r['whisper_language']:<9}{str(r['base']):<14}{r['rank']:>4}{r['size_mb']:>7}"
                 f"{fmt(r['test_wer']):>8}{fmt(r['base_test_wer']):>10}{fmt(r['test_cer']):>8}{fmt(r['base_test_cer']):>10}"
+                f"  {r['routing']}"
             )
         if broken:
             print(f"\nbroken ({len(broken)}), left out:")

@@ -141,9 +141,27 @@ def decoding_from(a):
     return Decoding(num_beams=a.beams, max_new_tokens=a.max_new_tokens)
 
 
+def add_routing(p: argparse.ArgumentParser) -> None:
+    """How ``auto`` inputs are routed (inference/routing.py)."""
+    p.add_argument(
+        "--languages",
+        help="comma-separated languages this deployment expects (e.g. sw,cs,en); auto routing picks among them only",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="auto routing: below this confidence the base decodes (default 0.5)",
+    )
+
+
 def transcriber(a, **kw):
     from whisper_lora.inference.transcriber import Transcriber
 
+    if getattr(a, "languages", None):
+        kw["languages"] = [x.strip() for x in a.languages.split(",") if x.strip()]
+    if getattr(a, "threshold", None) is not None:
+        kw["detect_threshold"] = a.threshold
     return Transcriber(a.base, a.adapters, precision=run_precision(a, "int8"), device=a.device or "auto", **kw)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from whisper_lora.cli.options import add_base, add_registry, transcriber
+from whisper_lora.cli.options import add_base, add_registry, add_routing, transcriber
 
 
 def _add_server(p, port: int) -> None:
@@ -10,6 +10,7 @@ def _add_server(p, port: int) -> None:
     p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     add_registry(p)
     add_base(p)
+    add_routing(p)
     p.add_argument(
         "--max-new-tokens", type=int, default=224, help="tokens decoded per 30 s window at most (default 224)"
     )

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from whisper_lora.cli.options import add_base, add_registry, check_files, transcriber
+from whisper_lora.cli.options import add_base, add_registry, add_routing, check_files, transcriber
 
 log = logging.getLogger("whisper_lora")
 
@@ -16,11 +16,11 @@ log = logging.getLogger("whisper_lora")
 def add_parser(sub) -> None:
     tr = sub.add_parser("transcribe", help="transcribe files, routing each to its language's adapter")
     tr.add_argument("files", nargs="+", help="audio files (anything ffmpeg/soundfile reads)")
-    tr.add_argument("--language", default="auto", help="language code, or auto (Whisper's language ID picks)")
+    tr.add_argument("--language", default="auto", help="language code, or auto (the router picks: routing.py)")
     add_registry(tr)
     add_base(tr)
     tr.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
-    tr.add_argument("--threshold", type=float, default=0.5, help="auto mode: below this confidence the base is used")
+    add_routing(tr)
     tr.add_argument("--json", action="store_true", help="one JSON line per file (same as --format json_lines)")
     tr.add_argument(
         "--format",
@@ -61,7 +61,7 @@ def run(a) -> int:
     if fmt not in ("line", "json_lines"):
         check_format(fmt)
     check_files(a.files)
-    t = transcriber(a, num_beams=a.beams, detect_threshold=a.threshold, decode_options=decode_options(a))
+    t = transcriber(a, num_beams=a.beams, decode_options=decode_options(a))
     timed = fmt in TIMED_FORMATS or bool(a.word_timestamps)
     for f in a.files:
         r = t.transcribe(f, a.language, timestamps=timed)
@@ -69,7 +69,7 @@ def run(a) -> int:
             doc = json.dumps({"file": f, **r.to_dict()}, ensure_ascii=False) + "\n"
         elif fmt == "line":
             prob = f" p={r.language_probability:.2f}" if r.language_probability is not None else ""
-            doc = f"{f}\t[{r.language}{prob} adapter={r.adapter or 'base'}]\t{r.text}\n"
+            doc = f"{f}\t[{r.language}{prob} adapter={r.adapter or 'base'} route={r.route}]\t{r.text}\n"
         else:
             doc = render(r, fmt, words=bool(a.word_timestamps))
         if a.output_dir:

@@ -33,6 +33,19 @@ def _split_of(level: str, seed: int, test_fraction: float, dev_fraction: float) 
     return "test" if u < test_fraction else "dev" if u < test_fraction + dev_fraction else "train"
 
 
+def level_split(level: str, seed: int = 0, test_fraction: float = 0.12, dev_fraction: float = 0.05) -> str:
+    """The split (train, dev, test) a level belongs to in ``build_fillets_manifest``'s defaults."""
+    return _split_of(level, seed, test_fraction, dev_fraction)
+
+
+def recorded_lines(root: str | Path = DEFAULT_ROOT, voice: str = "cs") -> list[tuple[str, Path]]:
+    """``(level, audio file)`` of every recorded line of a voice pack (``cs``, ``nl`` or the English ``en``)."""
+    files = sorted(Path(root).glob(f"sound/*/{voice}/*.ogg"))
+    if not files:
+        raise DataError(f"no recorded lines under {root}/sound/*/{voice}/; install Debian's fillets-ng-data-{voice}")
+    return [(f.parent.parent.name, f) for f in files]
+
+
 def build_fillets_manifest(
     root: str | Path = DEFAULT_ROOT,
     out: str | Path = "data/cs_fillets/manifest.csv",

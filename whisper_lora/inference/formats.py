@@ -53,6 +53,7 @@ def verbose_json(t: Transcription, words: bool = False) -> dict:
         "language_code": t.language,
         "language_probability": t.language_probability,
         "adapter": t.adapter,
+        "route": t.route,
         "duration": t.duration,
         "text": t.text,
         "segments": [{k: v for k, v in s.to_dict().items() if k != "words"} for s in _segments(t)],

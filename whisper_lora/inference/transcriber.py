@@ -16,8 +16,10 @@ from whisper_lora.base.model import load_base_model
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
 from whisper_lora.errors import ConfigError, format_choices
 from whisper_lora.inference.decode import Decoding, features, generate_texts, long_segments, looped
+from whisper_lora.inference.language_id import LanguageEvidence, language_evidence
 from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.pool import make_pool
+from whisper_lora.inference.routing import FORCED, RouteDecision, Router
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry, BrokenAdapter
 
@@ -38,12 +40,14 @@ class Transcription:
     adapter: str | None  # adapter used, None for the untouched base
     duration: float | None = None  # seconds of audio
     segments: tuple[Segment, ...] | None = None  # timestamped pieces, when asked for (``timestamps=True``)
+    route: str = FORCED  # how the adapter was chosen: router, abstained, whisper-lid, forced (routing.py)
 
     def to_dict(self) -> dict:
         d = {
             "language": self.language,
             "language_probability": self.language_probability,
             "adapter": self.adapter,
+            "route": self.route,
             "duration": self.duration,
             "text": self.text,
         }
@@ -60,6 +64,7 @@ class PlannedInput:
     probability: float | None  # detection confidence; None when the language was given
     entry: AdapterEntry | None  # adapter to decode with; None for the untouched base
     whisper: str  # Whisper language token code the decoder is prompted with
+    route: str = FORCED  # how the adapter was chosen
 
 
 class Transcriber:
@@ -69,6 +74,9 @@ class Transcriber:
     that mix languages in one ``generate`` call (peft ``adapter_names``). ``mode="hotswap"``
     keeps one adapter slot and swaps weights in place (peft hot-swap); up to ``max_loaded``
     adapters' weights stay cached in memory. Languages without an adapter get the base model.
+    ``language="auto"`` inputs are routed by ``inference/routing.py``: a classifier learnt from the
+    adapters' language profiles (their own training speech), abstaining to the base below
+    ``detect_threshold``; ``languages`` restricts routing to a deployment's candidate languages.
     Adapters that fail validation or were trained on another base are left out and listed by
     ``broken_adapters()``; asking for one raises an ``AdapterError`` with the reason.
     Calls are serialised by a lock, so threads can share one instance. int8 bases load with
@@ -93,12 +101,19 @@ class Transcriber:
         max_new_tokens: int = 224,
         int8_threshold: float = 0.0,
         decode_options: DecodeOptions | None = None,
+        languages: Sequence[str] | None = None,
     ):
         registry = adapters if isinstance(adapters, AdapterRegistry) else AdapterRegistry(adapters)
         if mode not in ("routed", "hotswap"):
             raise ConfigError(f"invalid mode {mode!r}; valid: hotswap, routed")
         if max_loaded < 1:
             raise ConfigError(f"max_loaded={max_loaded!r} must be >= 1")
+        if not 0 <= detect_threshold <= 1:
+            raise ConfigError(f"detect_threshold={detect_threshold!r} must be in [0, 1]")
+        if languages is not None:
+            languages = [resolve_language(x).code for x in languages]  # ConfigError names the valid codes
+            if not languages:
+                raise ConfigError("languages=[] leaves nothing to route to; pass None for every language")
         if base is None:  # the base the shipped adapters were trained on
             names = {e.metadata.base.get("name") for e in registry.entries()} or {"whisper-base"}
             base = sorted(names)[0]
@@ -115,6 +130,12 @@ class Transcriber:
         self._lang_ids = dict(gen.lang_to_id) if getattr(gen, "lang_to_id", None) else {}
         for b in self.registry.broken():
             log.warning("adapter %s left out: %s", b.name, b.reason)
+        self.router = None  # English-only bases have no language ID to route with
+        if self._lang_ids:
+            codes = [t[2:-2] for t in self._lang_ids]
+            self.router = Router(
+                self.registry.entries(), self.base_info.fingerprint, codes, languages, detect_threshold
+            )
 
     # ---------------------------------------------------------------- adapters
     def _entry_for(self, language: str) -> AdapterEntry | None:
@@ -150,19 +171,25 @@ class Transcriber:
         """Log-mel features of up to 30 s signals, on the model's device and dtype."""
         return features(self.model, self.processor, audios)
 
-    @torch.no_grad()
-    def detect_language(self, features: torch.Tensor) -> list[tuple[str, float]]:
+    def language_evidence(self, audios: Sequence[np.ndarray]) -> LanguageEvidence:
+        """What routing looks at (``inference/language_id.py``), from one pass of the untouched base."""
+        with self._lock, self._pool.base_model() as model:
+            return language_evidence(model, self.processor, audios)
+
+    def detect_language(self, audios: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         """Whisper's own language ID on the untouched base: (code, probability) per input."""
-        if not self._lang_ids:
-            raise ConfigError("this base model is English-only: it has no language tokens to detect with")
-        sot = self.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-        dec = torch.full((features.shape[0], 1), sot, dtype=torch.long, device=features.device)
-        with self._pool.base_model() as model:
-            logits = model(input_features=features, decoder_input_ids=dec).logits[:, -1]
-        tokens, ids = zip(*self._lang_ids.items(), strict=True)
-        probs = logits[:, list(ids)].float().softmax(-1)
-        best = probs.argmax(-1)
-        return [(tokens[int(i)][2:-2], float(probs[n, i])) for n, i in enumerate(best)]
+        return self.language_evidence(audios).detected()
+
+    def route(self, audios: Sequence[str | Path | np.ndarray]) -> list[RouteDecision]:
+        """Where ``auto`` sends each input (its first 30 s), without decoding it."""
+        if self.router is None:
+            raise ConfigError("this base model is English-only: it has no language tokens to route with")
+        arrays = [(a if isinstance(a, np.ndarray) else load_audio(a))[:N_SAMPLES] for a in audios]
+        return self.router.route(self.language_evidence(arrays))
+
+    def routing(self) -> dict | None:
+        """How each adapter is routed (router or Whisper's language ID, and why), for health checks."""
+        return self.router.describe() if self.router else None
 
     # ---------------------------------------------------------------- decoding
     def _decode_timed(self, rows, arrays, plans, decoding: Decoding) -> list[list[Segment]]:
@@ -175,14 +202,17 @@ class Transcriber:
             for i in rows
         ]
 
-    def _plan(self, langs, forced, entries, detected) -> list[PlannedInput]:
+    def _plan(self, langs, forced, entries, decided: dict[int, RouteDecision]) -> list[PlannedInput]:
         plans = []
         for i, lang in enumerate(langs):
             if lang == AUTO:
-                code, prob = detected[i]
-                routed = forced[i] == ROUTE and prob >= self.detect_threshold
-                entry = self._entry_for(code) if routed else entries.get(forced[i])
-                plans.append(PlannedInput(code, prob, entry, code))
+                d = decided[i]
+                if forced[i] == ROUTE:
+                    entry, route = (self.registry.get(d.adapter) if d.adapter else None), d.route
+                else:
+                    entry, route = entries.get(forced[i]), FORCED
+                whisper = entry.whisper_language if entry else resolve_language(d.language).whisper
+                plans.append(PlannedInput(d.language, d.probability, entry, whisper, route))
             else:
                 info = resolve_language(lang)
                 entry = self._entry_for(info.code) if forced[i] == ROUTE else entries.get(forced[i])
@@ -229,11 +259,11 @@ class Transcriber:
         long_form = timestamps or any(len(a) > N_SAMPLES for a in arrays)
         with self._lock:
             auto = [i for i, lang in enumerate(langs) if lang == AUTO]  # forced adapters already set theirs
-            detected = {}
-            if auto:  # Whisper's language ID looks at the first 30 s
-                probs = self.detect_language(self.features([arrays[i][:N_SAMPLES] for i in auto]))
-                detected = dict(zip(auto, probs, strict=True))
-            plans = self._plan(langs, forced, entries, detected)
+            decided = {}
+            if auto:  # routing looks at the first 30 s of a recording, once per recording
+                decisions = self.route([arrays[i][:N_SAMPLES] for i in auto])
+                decided = dict(zip(auto, decisions, strict=True))
+            plans = self._plan(langs, forced, entries, decided)
             speech = [i for i, a in enumerate(arrays) if not is_silent(a)]  # silent inputs give no text
             segments: list = [()] * len(arrays)
             texts = [""] * len(arrays)
@@ -266,6 +296,7 @@ class Transcriber:
                 p.entry.name if p.entry else None,
                 round(len(arrays[i]) / SAMPLE_RATE, 3),
                 segments[i] if timestamps else None,
+                p.route,
             )
             for i, p in enumerate(plans)
         ]

@@ -9,6 +9,7 @@ from whisper_lora.atomic import atomic_directory, atomic_write_text
 from whisper_lora.errors import AdapterError
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.card import write_hub_files
+from whisper_lora.registry.language_profile import write_profile
 from whisper_lora.registry.metadata import (  # noqa: F401 - re-exported: the adapter directory's one import point
     METADATA_FILE,
     METADATA_VERSION,
@@ -21,8 +22,11 @@ from whisper_lora.registry.metadata import (  # noqa: F401 - re-exported: the ad
 )
 
 
-def save_adapter(peft_model, out_dir: str | Path, metadata: AdapterMetadata, adapter_name: str = "default") -> Path:
-    """Write ``adapter_config.json``, ``adapter_model.safetensors``, metadata and the model card atomically."""
+def save_adapter(
+    peft_model, out_dir: str | Path, metadata: AdapterMetadata, adapter_name: str = "default", profile=None
+) -> Path:
+    """Write ``adapter_config.json``, ``adapter_model.safetensors``, metadata, the model card and (when given)
+    the ``LanguageProfile`` for routing, atomically."""
     resolve_language(metadata.language)  # refuse to write metadata with an unknown language
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
@@ -34,6 +38,8 @@ def save_adapter(peft_model, out_dir: str | Path, metadata: AdapterMetadata, ada
             sub.rmdir()
         (tmp / METADATA_FILE).write_text(metadata.to_json(), encoding="utf-8")
         write_hub_files(tmp, metadata)  # public base id + model card instead of peft's blank template
+        if profile is not None:
+            write_profile(tmp, profile)
     return out_dir
 
 

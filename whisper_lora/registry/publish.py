@@ -13,9 +13,10 @@ from pathlib import Path
 from whisper_lora.errors import AdapterError
 from whisper_lora.registry.adapter_io import METADATA_FILE, PEFT_FILES, load_adapter, validate_adapter
 from whisper_lora.registry.card import CARD_FILE, make_hub_ready
+from whisper_lora.registry.language_profile import PROFILE_FILE
 
 log = logging.getLogger("whisper_lora")
-UPLOADED = (*PEFT_FILES, METADATA_FILE, CARD_FILE)
+UPLOADED = (*PEFT_FILES, METADATA_FILE, CARD_FILE, PROFILE_FILE)  # the profile when there is one
 
 
 def push_adapter(

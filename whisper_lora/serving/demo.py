@@ -24,6 +24,7 @@ def run_demo_request(transcriber: Transcriber, audio_path: str | None, language:
     prob = f" (p={adapted.language_probability:.2f})" if adapted.language_probability is not None else ""
     details = (
         f"language: {adapted.language}{prob} | adapter: {adapted.adapter or 'none (base)'} | "
+        f"route: {adapted.route} | "
         f"adapter {mid - started:.2f} s, base {done - mid:.2f} s"
     )
     return adapted.text, base.text, details
@@ -36,7 +37,7 @@ def build_demo(transcriber: Transcriber):
     with gr.Blocks(title="whisper-lora") as demo:
         gr.Markdown(
             f"# whisper-lora\nOne `{transcriber.base_info.name}` base ({transcriber.base_info.precision}), "
-            f"adapters: {', '.join(transcriber.adapters()) or 'none'}. `auto` lets Whisper's language ID pick."
+            f"adapters: {', '.join(transcriber.adapters()) or 'none'}. `auto` lets the router pick (it learnt the adapters' training speech)."
         )
         with gr.Row():
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")

@@ -104,6 +104,7 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
             "precision": transcriber.base_info.precision,
             "adapters": transcriber.adapters(),
             "broken_adapters": [b.to_dict() for b in transcriber.broken_adapters()],
+            "routing": transcriber.routing(),
             "batches": batcher.batches,
             "served": batcher.served,
         }

@@ -61,6 +61,7 @@ class TrainConfig:
     noise_snr_db: tuple[float, ...] = ()  # extra copy of each training clip per white-noise level (SNR in dB)
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
     final_eval: bool = True  # score base and adapter on the test split and store it in the metadata
+    language_profile: bool = True  # store how the training speech sounds to the base, for auto routing
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
 
     def __post_init__(self) -> None:

@@ -335,6 +335,21 @@ def _metadata(run: _Run, cfg: TrainConfig, acc, state: TrainState, minutes: floa
     )
 
 
+def _language_profile(run: _Run, progress: bool):
+    """What the training speech looks like to the untouched base (``inference/routing.py``); None for an
+    English-only base, which has no language ID to route with."""
+    from whisper_lora.inference.language_id import language_tokens, profile_utterances
+
+    try:
+        language_tokens(run.raw, run.processor)
+    except ConfigError:
+        return None
+    run.raw.eval()
+    with torch.no_grad(), run.raw.disable_adapter():
+        paths = [e.audio for e in run.train if e.perturbation is None]
+        return profile_utterances(run.raw, run.processor, paths, run.base_info, progress)
+
+
 def train_adapter(
     cfg: TrainConfig,
     resume: bool = False,
@@ -416,7 +431,8 @@ def train_adapter(
         if run.test and cfg.final_eval:
             metadata.metrics = score_test(run, cfg, lang, progress)
         metadata.metrics["dev_history"] = [h for h in state.history if "dev" in h]
-        save_adapter(run.raw, cfg.out_dir, metadata)
+        profile = _language_profile(run, progress) if cfg.language_profile else None
+        save_adapter(run.raw, cfg.out_dir, metadata, profile=profile)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     acc.wait_for_everyone()
     return TrainResult(cfg.out_dir, metadata, state)
