@@ -82,6 +82,10 @@ if __name__ == "__main__":
     p.add_argument("--wer-per-language", type=int, default=12, help="clips per adapter language in the WER set")
     p.add_argument("--librivox", help="directory of more LibriVox .wav/.txt pairs (pocketsphinx's test/data/librivox)")
     p.add_argument("--adapters", default=str(ROOT / "adapters"))
+    p.add_argument(
+        "--thresholds", type=float, nargs="*", default=[0.5, 0.6, 0.7, 0.8], help="router thresholds to sweep"
+    )
+    p.add_argument("--skip-wer", action="store_true", help="routing accuracy only (no end-to-end decoding)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "routing.json"))
     a = p.parse_args()
     print(device_summary("cpu"))
@@ -91,12 +95,13 @@ if __name__ == "__main__":
     Router(t.registry.entries(), t.base_info.fingerprint, t.router.base_languages)
     fit_s = time.perf_counter() - started
     sets = held_out_sets(a.per_language, a.librivox)
-    table, confusion, cost = {}, {}, []
+    table, confusion, cost, evidences = {}, {}, [], {}
     for lang, items in sets.items():
         audios = [x for x, _ in items]
         started = time.perf_counter()
         evidence = t.language_evidence(audios)
         cost.append((time.perf_counter() - started, len(audios)))
+        evidences[lang] = evidence
         started = time.perf_counter()
         routed = [d.adapter or "base" for d in t.router.route(evidence)]
         route_s = time.perf_counter() - started
@@ -122,6 +127,25 @@ if __name__ == "__main__":
         f"{max(r['router_ms_per_clip'] for r in table.values()):.3f} ms/clip; router fit {fit_s * 1000:.0f} ms at start"
     )
 
+    sweep = {}
+    default = t.router.threshold
+    for thr in a.thresholds:  # the same evidence, other confidence floors
+        t.router.threshold = thr
+        sweep[thr] = {}
+        for lang, ev in evidences.items():
+            want = lang if lang in adapters else "base"
+            sweep[thr][lang] = round(
+                sum((d.adapter or "base") == want for d in t.router.route(ev)) / table[lang]["n"], 3
+            )
+    t.router.threshold = default
+    print("\nrouter accuracy by threshold (the default is", default, ")")
+    print(f"{'threshold':<10}" + "".join(f"{lang:>7}" for lang in evidences))
+    for thr, row in sweep.items():
+        print(f"{thr:<10}" + "".join(f"{row[lang]:>7.3f}" for lang in evidences))
+    result_sweep = {str(k): v for k, v in sweep.items()}
+    if a.skip_wer:
+        raise SystemExit(0)
+
     # end to end: auto against the forced language on a mixed-language set with references
     mixed = [(x, ref, lang) for lang in ("cs", "sw", "id", "en") for x, ref in sets[lang] if ref]
     per = Counter()
@@ -143,6 +167,7 @@ if __name__ == "__main__":
         "adapters": sorted(adapters),
         "accuracy": table,
         "confusion": confusion,
+        "threshold_sweep": result_sweep,
         "cost": {"evidence_s_per_clip": round(evidence_s, 4), "router_fit_ms": round(fit_s * 1000, 1)},
         "end_to_end": {
             "clips": len(mixed),

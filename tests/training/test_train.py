@@ -11,6 +11,7 @@ from tests.conftest import tiny_train_config, train_until
 from whisper_lora.base.model import load_base_model
 from whisper_lora.errors import ConfigError
 from whisper_lora.registry.adapter_io import METADATA_FILE, load_adapter, read_metadata
+from whisper_lora.registry.language_profile import read_profile
 from whisper_lora.training.lora import LoraSpec
 from whisper_lora.training.train import train_adapter
 
@@ -59,9 +60,13 @@ def test_adapter_directory_and_metadata(trained, tiny_dir):
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
+        "language_profile.safetensors",
         METADATA_FILE,
     ]
     meta = read_metadata(d)
+    profile = read_profile(d)  # what auto routing learns from: every training utterance (24 < 96), on this base
+    assert profile.utterances == 24 and profile.base_fingerprint == meta.base["fingerprint"]
+    assert profile.encoder_mean.shape == (24, 64) and len(profile.languages) == profile.logprobs.shape[1] > 1
     assert meta.language == "sw" and meta.whisper_language == "sw"
     assert meta.base["name"] == str(tiny_dir) and len(meta.base["fingerprint"]) == 16
     assert meta.lora["r"] == 4 and meta.data["train_utterances"] == 24 and len(meta.data["fingerprint"]) == 16
