@@ -33,6 +33,7 @@ from whisper_lora.inference.transcriber import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = ROOT / "bench" / "sentences"
+OLD_THRESHOLD = 0.5  # auto's detect_threshold before the router
 
 
 def held_out_sets(n: int, librivox: str | None) -> dict[str, list[tuple[object, str | None]]]:
@@ -65,7 +66,7 @@ def whisper_lid_route(t: Transcriber, evidence):
     out = []
     for code, p in evidence.detected():
         entry = next((e for e in t.registry.entries() if e.whisper_language == code), None)
-        out.append(entry.name if entry is not None and p >= t.detect_threshold else "base")
+        out.append(entry.name if entry is not None and p >= OLD_THRESHOLD else "base")
     return out
 
 

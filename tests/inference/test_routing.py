@@ -141,3 +141,15 @@ def test_profile_file_round_trips_and_refuses_damage(tmp_path):
         read_profile(tmp_path)
     with pytest.raises(AdapterError, match="log-probabilities"):
         LanguageProfile(LANGS, np.ones((2, len(LANGS))), np.zeros((2, D)))
+
+
+def test_cli_states_the_default_threshold():
+    import argparse
+
+    from whisper_lora.cli.options import add_routing
+    from whisper_lora.inference.routing import DEFAULT_THRESHOLD
+
+    p = argparse.ArgumentParser()
+    add_routing(p)
+    help_text = next(a.help for a in p._actions if a.dest == "threshold")
+    assert f"default {DEFAULT_THRESHOLD}," in help_text and p.parse_args([]).threshold is None

@@ -150,8 +150,8 @@ def add_routing(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="auto routing: below this confidence the base decodes (default 0.5)",
+        default=None,
+        help="auto routing: below this confidence the base decodes (default 0.6, routing.DEFAULT_THRESHOLD)",
     )
 
 

@@ -19,7 +19,7 @@ from whisper_lora.inference.decode import Decoding, features, generate_texts, lo
 from whisper_lora.inference.language_id import LanguageEvidence, language_evidence
 from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.pool import make_pool
-from whisper_lora.inference.routing import FORCED, RouteDecision, Router
+from whisper_lora.inference.routing import DEFAULT_THRESHOLD, FORCED, RouteDecision, Router
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry, BrokenAdapter
 
@@ -96,7 +96,7 @@ class Transcriber:
         device: str = "auto",
         mode: Mode = "routed",
         max_loaded: int = 8,
-        detect_threshold: float = 0.5,
+        detect_threshold: float = DEFAULT_THRESHOLD,
         num_beams: int = 1,
         max_new_tokens: int = 224,
         int8_threshold: float = 0.0,
