@@ -42,8 +42,6 @@ from whisper_lora.registry.language_profile import LanguageProfile, read_profile
 log = logging.getLogger("whisper_lora")
 
 ROUTER, ABSTAINED, WHISPER_LID, FORCED = "router", "abstained", "whisper-lid", "forced"
-ROUTES = (ROUTER, ABSTAINED, WHISPER_LID, FORCED)
-OTHER = "other"
 LID_WEIGHT = 0.3  # scale of the language-ID log-probabilities next to the unit-scaled encoder state
 LID_FLOOR = -20.0
 WEIGHT_DECAY = 1e-2
@@ -171,6 +169,12 @@ class Router:
                 ys.append(np.full(background.utterances, len(self.classes)))
             n = len(self.classes) + int(self._has_other)
             self._classifier = _Classifier(np.concatenate(xs), np.concatenate(ys), n)
+        # Whisper's guesses (for the base, and whisper-lid adapters): among the candidates, without the languages
+        # the classifier has a class for (it already said no to those)
+        exclude = {e.whisper_language for e in self.classes}
+        allowed = [resolve_language(c).whisper for c in (self.candidates or self.base_languages)]
+        self._whisper_languages = [c for c in allowed if c in self.base_languages and c not in exclude] or None
+        self._by_whisper = {e.whisper_language: e for e in self.entries if e.name in self.reasons}
 
     def describe(self) -> dict:
         """How each adapter is routed, for ``/health`` and logs."""
@@ -185,18 +189,11 @@ class Router:
             },
         }
 
-    def _whisper_pick(self, evidence: LanguageEvidence, exclude: set[str]) -> list[tuple[str, float]]:
-        allowed = [resolve_language(c).whisper for c in (self.candidates or self.base_languages)]
-        allowed = [c for c in allowed if c in self.base_languages and c not in exclude]
-        return evidence.detected(allowed or None)
-
     def route(self, evidence: LanguageEvidence) -> list[RouteDecision]:
         """One decision per input of ``evidence``."""
-        by_whisper = {e.whisper_language: e for e in self.entries if e.name in self.reasons}
-        profiled = {e.whisper_language for e in self.classes}
         if self._classifier is not None:
             probs = self._classifier.probabilities(_features(evidence.logprobs, evidence.encoder_mean))
-        whisper = self._whisper_pick(evidence, profiled if self._classifier is not None else set())
+        whisper = evidence.detected(self._whisper_languages)
         out = []
         for i, (code, q) in enumerate(whisper):
             route = WHISPER_LID
@@ -207,7 +204,7 @@ class Router:
                     out.append(RouteDecision(e.language, float(probs[i, k]), e.name, ROUTER))
                     continue
                 route = ROUTER if probs[i, k] >= self.threshold else ABSTAINED
-            entry = by_whisper.get(code)
+            entry = self._by_whisper.get(code)
             if entry is not None and q >= self.threshold:
                 out.append(RouteDecision(entry.language, q, entry.name, WHISPER_LID))
             else:

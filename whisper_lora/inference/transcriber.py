@@ -16,7 +16,7 @@ from whisper_lora.base.model import load_base_model
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
 from whisper_lora.errors import ConfigError, format_choices
 from whisper_lora.inference.decode import Decoding, features, generate_texts, long_segments, looped
-from whisper_lora.inference.language_id import LanguageEvidence, language_evidence
+from whisper_lora.inference.language_id import LanguageEvidence, language_evidence, language_tokens
 from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.pool import make_pool
 from whisper_lora.inference.routing import DEFAULT_THRESHOLD, FORCED, RouteDecision, Router
@@ -122,20 +122,32 @@ class Transcriber:
         self.model, self.processor, self.base_info = loaded.model, loaded.processor, loaded.info
         self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
         self.mode = mode
-        self.detect_threshold = detect_threshold
         self.decoding = Decoding(num_beams, max_new_tokens, decode_options or DecodeOptions())  # decode.py
         self._pool = make_pool(mode, self.model, max_loaded)
         self._lock = threading.RLock()
-        gen = self.model.generation_config
-        self._lang_ids = dict(gen.lang_to_id) if getattr(gen, "lang_to_id", None) else {}
         for b in self.registry.broken():
             log.warning("adapter %s left out: %s", b.name, b.reason)
         self.router = None  # English-only bases have no language ID to route with
-        if self._lang_ids:
-            codes = [t[2:-2] for t in self._lang_ids]
+        try:
+            codes = list(language_tokens(self.model, self.processor))
+        except ConfigError:
+            codes = []
+        if codes:
             self.router = Router(
                 self.registry.entries(), self.base_info.fingerprint, codes, languages, detect_threshold
             )
+        self.detect_threshold = detect_threshold
+
+    @property
+    def detect_threshold(self) -> float:
+        """Routing's confidence floor (the router's ``threshold``): below it, ``auto`` gives the base."""
+        return self._threshold
+
+    @detect_threshold.setter
+    def detect_threshold(self, value: float) -> None:
+        self._threshold = value
+        if self.router is not None:  # one value: the router's is the one that decides
+            self.router.threshold = value
 
     # ---------------------------------------------------------------- adapters
     def _entry_for(self, language: str) -> AdapterEntry | None:
