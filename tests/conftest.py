@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here runs without the
 ASSETS = Path(__file__).parent / "assets"
 LIBRIVOX = ASSETS / "librivox"
 REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"  # the shipped registry
+ROOT = Path(__file__).resolve().parent.parent
+# Prefix for a child interpreter that needs only a few whisper_lora modules (atomic, locks, registry files): the
+# package's __init__, which imports torch, transformers and every layer (~5 s), is skipped.
+LIGHT_IMPORTS = (
+    "import sys, types\n"
+    f"_pkg = types.ModuleType('whisper_lora'); _pkg.__path__ = [{str(ROOT / 'whisper_lora')!r}]\n"
+    "sys.modules['whisper_lora'] = _pkg\n"
+)
+
+
+def run_python(code: str, *args: str, env: dict | None = None, light: bool = False, timeout: float = 300):
+    """Run ``code`` (with ``args`` as ``sys.argv[1:]``) in a fresh interpreter at the repository root, ``env``
+    added to this process's environment; ``light``: with ``LIGHT_IMPORTS``. Returns the ``CompletedProcess``."""
+    return subprocess.run(
+        [sys.executable, "-c", (LIGHT_IMPORTS if light else "") + code, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

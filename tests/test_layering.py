@@ -12,7 +12,13 @@ import whisper_lora
 PKG = Path(whisper_lora.__file__).parent
 # lowest first; the foundation modules import nothing but each other
 LAYERS = [
-    {"whisper_lora.errors", "whisper_lora.languages", "whisper_lora.atomic", "whisper_lora.results"},
+    {
+        "whisper_lora.errors",
+        "whisper_lora.languages",
+        "whisper_lora.atomic",
+        "whisper_lora.locks",
+        "whisper_lora.results",
+    },
     {"whisper_lora.base"},
     {"whisper_lora.data"},
     {"whisper_lora.registry"},

@@ -31,6 +31,18 @@ class BrokenAdapterError(AdapterError):
     """An adapter exists in the registry but cannot be used; the message says why."""
 
 
+class CheckpointError(ConfigError):
+    """A training checkpoint cannot be resumed from; the message names the file and what to do."""
+
+
+class LockedError(WhisperLoraError):
+    """Another process holds a lock (a training run's output directory); the message names it and its pid."""
+
+
+class DiskFullError(WhisperLoraError, OSError):
+    """A write ran out of disk space or quota; the message names the directory and how much was needed."""
+
+
 def format_choices(choices) -> str:
     """Format a collection of valid values for an error message."""
     items = sorted(str(c) for c in choices)
