@@ -1,5 +1,8 @@
 import csv
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 
@@ -7,35 +10,146 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_train_config, train_until
+from tests.conftest import run_python, tiny_train_config, train_until
+from whisper_lora.atomic import FAULT_ENV
 from whisper_lora.base.model import load_base_model
-from whisper_lora.errors import ConfigError
-from whisper_lora.registry.adapter_io import METADATA_FILE, load_adapter, read_metadata
+from whisper_lora.errors import CheckpointError, ConfigError
+from whisper_lora.registry.adapter_io import METADATA_FILE, load_adapter, read_metadata, validate_adapter
 from whisper_lora.registry.language_profile import read_profile
+from whisper_lora.training.checkpoint import LEGACY_FILE, STATE_FILE, TENSORS_FILE, read_checkpoint
 from whisper_lora.training.lora import LoraSpec
 from whisper_lora.training.train import train_adapter
 
+_CFG = dict(lora=LoraSpec(r=4, alpha=8, dropout=0.1), max_steps=4, eval_every=2, checkpoint_every=2, seed=7)
+_QUICK = dict(final_eval=False, language_profile=False)  # for runs compared by their weights only
+
 
 def _cfg(tiny_dir, corpus, out, **kw):
-    base = dict(lora=LoraSpec(r=4, alpha=8, dropout=0.1), max_steps=4, eval_every=2, checkpoint_every=2, seed=7)
-    return tiny_train_config(tiny_dir, corpus, out, **{**base, **kw})
+    return tiny_train_config(tiny_dir, corpus, out, **{**_CFG, **kw})
 
 
-def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path):
-    full = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "full"), progress=False)
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, sw_corpus, tmp_path_factory):
+    """A run of ``_cfg`` from start to end: what every resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "full"
+    return train_adapter(_cfg(tiny_dir, sw_corpus, out, **_QUICK), progress=False)
 
-    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "resumed")
+
+def _weights(adapter_dir):
+    return load_file(adapter_dir / "adapter_model.safetensors")
+
+
+def _same_adapter(a_dir, b_dir) -> bool:
+    a, b = _weights(a_dir), _weights(b_dir)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_gives_the_same_adapter(tiny_dir, sw_corpus, tmp_path, uninterrupted, caplog):
+    full = uninterrupted
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "resumed", **_QUICK)
     train_until(cfg, 2)
     assert not (tmp_path / "resumed").exists()  # nothing half-written in place
-    assert (tmp_path / "resumed.checkpoint" / "trainer_state.pt").exists()
-    resumed = train_adapter(cfg, resume=True, progress=False)
-    a = load_file(full.adapter_dir / "adapter_model.safetensors")
-    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and len(a) == 2 * 12  # lora_A + lora_B of 12 modules
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (tmp_path / "resumed.checkpoint").iterdir()) == [STATE_FILE, TENSORS_FILE]
+    with caplog.at_level(logging.INFO, logger="whisper_lora"):
+        resumed = train_adapter(cfg, resume=True, progress=False)
+    assert f"resumed from {tmp_path / 'resumed.checkpoint'} at step 2" in caplog.text and resumed.resumed_from == 2
+    a = _weights(full.adapter_dir)
+    assert len(a) == 2 * 12  # lora_A + lora_B of 12 modules
+    assert _same_adapter(full.adapter_dir, resumed.adapter_dir)
     assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k)  # it did train
     assert resumed.state.step == full.state.step == 4
-    assert not (tmp_path / "resumed.checkpoint").exists()  # cleaned up after success
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed"]  # checkpoint and lock gone after success
+
+
+def test_a_checkpoint_of_an_older_version_resumes(tiny_dir, sw_corpus, tmp_path, uninterrupted):
+    """whisper-lora 0.1 wrote one torch.save pickle; it is read with weights_only=True and resumes the same."""
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "old", **_QUICK)
+    train_until(cfg, 2)
+    ckpt_dir = tmp_path / "old.checkpoint"
+    c = read_checkpoint(ckpt_dir)
+    legacy = {"config": c.config, "model": c.model, "optimizer": c.optimizer, "scheduler": c.scheduler}
+    torch.save({**legacy, "best": c.best, "state": c.state}, ckpt_dir / LEGACY_FILE)
+    (ckpt_dir / STATE_FILE).unlink()
+    (ckpt_dir / TENSORS_FILE).unlink()
+    resumed = train_adapter(cfg, resume=True, progress=False)
+    assert resumed.resumed_from == 2 and _same_adapter(uninterrupted.adapter_dir, resumed.adapter_dir)
+
+
+def test_resume_says_what_it_found_and_never_restarts_silently(tiny_dir, sw_corpus, tmp_path, caplog):
+    kw = dict(max_steps=1, eval_every=0, final_eval=False, language_profile=False)
+    cfg = tiny_train_config(tiny_dir, sw_corpus, tmp_path / "sw", **kw)
+    ckpt_dir = tmp_path / "sw.checkpoint"
+    ckpt_dir.mkdir()
+    (ckpt_dir / STATE_FILE).write_text("{ not json")
+    (ckpt_dir / TENSORS_FILE).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"cannot resume from {ckpt_dir / STATE_FILE}: it is not readable JSON"):
+        train_adapter(cfg, resume=True, progress=False)  # refused before the set-up
+    with caplog.at_level(logging.WARNING, logger="whisper_lora"):
+        train_adapter(cfg, progress=False)  # without --resume: said, then removed with the run's success
+    assert f"{ckpt_dir} holds a checkpoint; starting at step 0 without --resume" in caplog.text
+    assert not ckpt_dir.exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="whisper_lora"):
+        result = train_adapter(cfg, resume=True, progress=False)
+    assert f"resume: no checkpoint at {ckpt_dir}; starting at step 0" in caplog.text
+    assert result.resumed_from is None and result.state.step == 1
+
+
+# a training run in a child process (kill -9 tests): _CFG into argv[3], the lora spec as a dict
+TRAIN = """
+import json, sys
+from tests.conftest import tiny_train_config
+from whisper_lora.training.train import train_adapter
+train_adapter(tiny_train_config(sys.argv[1], sys.argv[2], sys.argv[3], **json.loads(sys.argv[4])), progress=False)
+"""
+
+
+@pytest.mark.parametrize(
+    ("fault", "resumed_at"),
+    [
+        ("r.checkpoint:moved-old", 4),  # step 4's checkpoint killed with neither it nor step 2's in place
+        ("r:committed", 4),  # the final adapter's write killed after its commit: readers finish it
+    ],
+)
+def test_a_run_killed_while_writing_recovers_and_resumes_to_the_same_adapter(
+    tiny_dir, sw_corpus, tmp_path, uninterrupted, caplog, fault, resumed_at
+):
+    out = tmp_path / "r"
+    kw = json.dumps({**_CFG, **_QUICK, "lora": _CFG["lora"].to_dict()})
+    child = run_python(TRAIN, str(tiny_dir), str(sw_corpus), str(out), kw, env={FAULT_ENV: fault})
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert any(p.name.startswith(".r.") for p in tmp_path.iterdir())  # a write was left half done
+    if fault.startswith("r:"):
+        assert not out.exists()
+        validate_adapter(out)  # a reader finishes the committed write: the new adapter, complete
+        assert _same_adapter(uninterrupted.adapter_dir, out)
+    with caplog.at_level(logging.INFO, logger="whisper_lora"):
+        resumed = train_adapter(_cfg(tiny_dir, sw_corpus, out, **_QUICK), resume=True, progress=False)
+    assert f"resumed from {tmp_path / 'r.checkpoint'} at step {resumed_at}" in caplog.text
+    assert resumed.resumed_from == resumed_at and resumed.state.step == 4
+    assert _same_adapter(uninterrupted.adapter_dir, out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "encoder-cache") == ["r"]  # no leftovers
+
+
+SECOND_RUN = "import sys\nfrom whisper_lora.cli import main\nsys.exit(main(sys.argv[1:]))"
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tiny_dir, sw_corpus, tmp_path):
+    out = tmp_path / "sw"
+    kw = dict(max_steps=2, eval_every=0, final_eval=False, checkpoint_every=0, language_profile=False)
+    cfg = tiny_train_config(tiny_dir, sw_corpus, out, **kw)
+    flags = ["train", "--language", "sw", "--data", str(sw_corpus), "--out", str(out), "--base", str(tiny_dir)]
+    second = []
+
+    def start_a_second_run(state, model):
+        if state.step == 1:  # the first run is between its steps and holds the lock
+            second.append(run_python(SECOND_RUN, *flags, "--precision", "fp32", "--device", "cpu", "-q"))
+
+    first = train_adapter(cfg, progress=False, callbacks=[start_a_second_run])
+    assert second[0].returncode == 2
+    assert f"another training run (pid {os.getpid()}) is writing {out} and holds {out}.lock" in second[0].stderr
+    assert first.state.step == 2 and (out / "adapter_model.safetensors").is_file()  # the first one was not disturbed
+    assert not (tmp_path / "sw.lock").exists()  # released when it ended
 
 
 def test_resume_refuses_a_changed_config(tiny_dir, sw_corpus, tmp_path):

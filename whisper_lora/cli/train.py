@@ -25,7 +25,11 @@ def add_parser(sub) -> None:
         },
     )
     add_dataclass_flags(t, LoraSpec, prefix=_LORA_PREFIX)
-    t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <out>.checkpoint (says what it found; an unusable checkpoint is an error)",
+    )
     t.set_defaults(fn=run)
 
 
@@ -62,7 +66,8 @@ def run(a) -> int:
     of = f" of {cfg.max_steps}" if cfg.max_steps else ""
     timed = cfg.max_minutes and (not cfg.max_steps or t["steps"] < cfg.max_steps)
     cut = f", stopped by the {cfg.max_minutes}-minute cap" if timed else ""
-    print(f"trained {t['steps']}{of} steps in {t['minutes']} min{cut}; kept step {t['best_step']}")
+    resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else ""
+    print(f"trained {t['steps']}{of} steps{resumed} in {t['minutes']} min{cut}; kept step {t['best_step']}")
     print(metrics_table(result.metadata.language, result.metadata.comparison))
     print(f"adapter written to {result.adapter_dir}")
     return 0

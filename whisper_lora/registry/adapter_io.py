@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from whisper_lora.atomic import atomic_directory, atomic_write_text
+from whisper_lora.atomic import atomic_directory, atomic_write_text, recover
 from whisper_lora.errors import AdapterError
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.card import write_hub_files
@@ -97,8 +97,10 @@ def validate_adapter(adapter_dir: str | Path) -> AdapterMetadata:
     """Every check an adapter directory must pass before it is used; returns its metadata.
 
     Files present, metadata parses, no pickled weights, safetensors intact and consistent with
-    the config. Raises ``AdapterError`` naming the first problem.
+    the config. Raises ``AdapterError`` naming the first problem. A write of the directory that a
+    crash interrupted is first finished or undone (``atomic.recover``): the old or the new adapter.
     """
+    recover(adapter_dir)
     meta = read_metadata(adapter_dir)
     reject_pickled(adapter_dir)
     check_weights(adapter_dir)

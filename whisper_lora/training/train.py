@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whisper_lora.atomic import atomic_directory
+from whisper_lora.atomic import recover, remove_directory
 from whisper_lora.base.hardware import device_summary, fast_bf16
 from whisper_lora.base.model import load_base_model
 from whisper_lora.base.profile import (
@@ -36,13 +36,21 @@ from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
 from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples, scored_with
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import AdapterMetadata, data_fingerprint, save_adapter
+from whisper_lora.training.checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    config_changes,
+    lock_output,
+    read_checkpoint,
+    restore_optimizer,
+    write_checkpoint,
+)
 from whisper_lora.training.config import TrainConfig
 from whisper_lora.training.encoder_cache import EncoderCache, encode_upper
 from whisper_lora.training.lean_backward import make_backward_lean
 from whisper_lora.training.lora import apply_lora, count_parameters
 from whisper_lora.training.schedule import BudgetSchedule
 
-CHECKPOINT_STATE = "trainer_state.pt"
 log = logging.getLogger("whisper_lora")
 
 
@@ -64,6 +72,7 @@ class TrainResult:
     adapter_dir: Path
     metadata: AdapterMetadata
     state: TrainState
+    resumed_from: int | None = None  # the checkpoint's step when the run resumed from one
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -213,33 +222,41 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
     )
 
 
-def _restore(run: _Run, cfg: TrainConfig, ckpt_dir: Path) -> tuple[TrainState, dict]:
-    """Continue from the checkpoint in ``ckpt_dir``: (state, best weights); refuses a changed config."""
-    saved = torch.load(ckpt_dir / CHECKPOINT_STATE, weights_only=False)
-    current = cfg.to_dict()
-    if saved["config"] != current:
-        diff = sorted(k for k in saved["config"].keys() | current.keys() if saved["config"].get(k) != current.get(k))
-        raise ConfigError(f"cannot resume from {ckpt_dir}: the config changed ({', '.join(diff)})")
-    _load_trainable(run.raw, saved["model"])
-    run.opt.load_state_dict(saved["optimizer"])
-    run.sched.load_state_dict(saved["scheduler"])
-    return TrainState(**saved["state"]), saved["best"]
+def _checkpoint_to_resume(cfg: TrainConfig, ckpt_dir: Path, resume: bool, main: bool) -> Checkpoint | None:
+    """The checkpoint to continue from, read before the set-up so that a bad one fails fast; says what it found.
+
+    None (step 0) without ``resume`` or when there is no checkpoint; a changed config raises ``ConfigError`` and
+    an unusable checkpoint ``CheckpointError``: a run asked to resume never starts again silently."""
+    if not resume:
+        if main and os.path.lexists(ckpt_dir):
+            log.warning("%s holds a checkpoint; starting at step 0 without --resume (resume=True)", ckpt_dir)
+        return None
+    saved = read_checkpoint(ckpt_dir)
+    if saved is None:
+        if main:
+            log.warning("resume: no checkpoint at %s; starting at step 0", ckpt_dir)
+        return None
+    changed = config_changes(saved.config, cfg.to_dict())
+    if changed:
+        raise ConfigError(f"cannot resume from {ckpt_dir}: the config changed ({', '.join(changed)})")
+    return saved
+
+
+def _restore(run: _Run, saved: Checkpoint) -> tuple[TrainState, dict]:
+    """Put the checkpoint's weights, optimizer and scheduler state into the run: (state, best weights)."""
+    _load_trainable(run.raw, saved.model)
+    restore_optimizer(run.opt, saved.optimizer)
+    run.sched.load_state_dict(saved.scheduler)
+    return TrainState(**saved.state), saved.best
 
 
 def _save_checkpoint(run: _Run, cfg: TrainConfig, ckpt_dir: Path, state: TrainState, best: dict) -> None:
-    """Write everything a resume needs, atomically."""
-    with atomic_directory(ckpt_dir) as tmp:
-        torch.save(
-            {
-                "config": cfg.to_dict(),
-                "model": _trainable_state(run.raw),
-                "optimizer": run.opt.state_dict(),
-                "scheduler": run.sched.state_dict(),
-                "best": best,
-                "state": state.__dict__,
-            },
-            tmp / CHECKPOINT_STATE,
-        )
+    """Write everything a resume needs, atomically (checkpoint.py)."""
+    model = _trainable_state(run.raw)
+    write_checkpoint(
+        ckpt_dir,
+        Checkpoint(cfg.to_dict(), dict(state.__dict__), model, best, run.opt.state_dict(), run.sched.state_dict()),
+    )
 
 
 def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
@@ -362,25 +379,42 @@ def train_adapter(
     ``resume=True`` continues from it and gives the same adapter as an uninterrupted run.
     ``callbacks`` are called after every optimizer step with the state and the (unwrapped) model;
     one that returns True ends training there (the best adapter so far is then scored and saved).
+    The run holds ``<out>.lock``: a second run on the same ``out`` raises ``LockedError``. What a
+    killed run left (an interrupted adapter or checkpoint write) is recovered first (atomic.py).
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    ckpt_dir = cfg.out_dir.with_name(f"{cfg.out_dir.name}.checkpoint")
     acc = Accelerator(cpu=cfg.device == "cpu")
+    lock = lock_output(cfg.out_dir) if acc.is_main_process else None
+    try:
+        if lock is not None:  # before any process reads them
+            recover(cfg.out_dir)
+            recover(checkpoint_dir(cfg.out_dir))
+        acc.wait_for_everyone()
+        return _train(cfg, acc, resume, progress, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> TrainResult:
+    """``train_adapter`` once the output is locked and recovered."""
+    from tqdm.auto import tqdm
+
+    ckpt_dir = checkpoint_dir(cfg.out_dir)
     main = acc.is_main_process
     lang = resolve_language(cfg.language).code
     cfg = resolve_auto_settings(cfg, acc.device, show=progress and main)
 
     # set up (and resume)
+    saved = _checkpoint_to_resume(cfg, ckpt_dir, resume, main)
     run = _set_up(cfg, acc, show=progress and main)
-    state, best = TrainState(), _trainable_state(run.raw)
-    if resume and (ckpt_dir / CHECKPOINT_STATE).exists():
-        state, best = _restore(run, cfg, ckpt_dir)
-        if main:
-            log.info("resumed from %s at step %d", ckpt_dir, state.step)
+    state, best = _restore(run, saved) if saved else (TrainState(), _trainable_state(run.raw))
+    resumed_from = state.step if saved else None
+    if saved and main:
+        log.info("resumed from %s at step %d", ckpt_dir, state.step)
     run.model, run.opt = acc.prepare(run.model, run.opt)
     run.raw = acc.unwrap_model(run.model)
 
@@ -433,6 +467,6 @@ def train_adapter(
         metadata.metrics["dev_history"] = [h for h in state.history if "dev" in h]
         profile = _language_profile(run, progress) if cfg.language_profile else None
         save_adapter(run.raw, cfg.out_dir, metadata, profile=profile)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        remove_directory(ckpt_dir)
     acc.wait_for_everyone()
-    return TrainResult(cfg.out_dir, metadata, state)
+    return TrainResult(cfg.out_dir, metadata, state, resumed_from)
