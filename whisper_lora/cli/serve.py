@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from whisper_lora.cli.options import add_base, add_registry, add_routing, transcriber
 
+# the names serving/server.py and serving/demo.py read (not imported: the CLI loads without the serve extra)
+KEY_ENV = "WHISPER_LORA_API_KEY"
+AUTH_ENV = "WHISPER_LORA_DEMO_AUTH"
+
 
 def _add_server(p, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
@@ -21,27 +25,81 @@ def add_parser(sub) -> None:
     _add_server(sv, port=8000)
     sv.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
     sv.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25 MB)")
+    sv.add_argument(
+        "--max-audio-seconds",
+        type=_limit,
+        default=1800.0,
+        help="longest recording accepted, read from its header before decoding (default 1800; 0: no limit)",
+    )
     sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
     sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company (default 10)")
+    sv.add_argument("--max-queue", type=int, default=64, help="requests in flight before 503 + Retry-After (default 64)")
+    sv.add_argument(
+        "--max-connections", type=int, default=128, help="HTTP requests in progress before 503 (default 128)"
+    )
+    sv.add_argument(
+        "--request-timeout",
+        type=_limit,
+        default=900.0,
+        help="seconds from upload to answer before 504; the work is cancelled (default 900; 0: none)",
+    )
+    sv.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on /v1/ (repeatable; default ${KEY_ENV}, comma-separated)",
+    )
+    sv.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="browser origin allowed to call the API, e.g. https://app.example.org (repeatable; default: CORS off)",
+    )
     sv.set_defaults(fn=run_serve)
 
     dm = sub.add_parser("demo", help="gradio demo: adapter and base transcripts side by side")
     _add_server(dm, port=7860)
+    dm.add_argument(
+        "--auth",
+        action="append",
+        default=None,
+        metavar="USER:PASSWORD",
+        help=f"require a login (repeatable; default ${AUTH_ENV}, comma-separated; none: open)",
+    )
+    dm.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25 MB)")
     dm.set_defaults(fn=run_demo)
+
+
+def _limit(text: str) -> float | None:
+    value = float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value or None  # 0: no limit
 
 
 def run_serve(a) -> int:
     from whisper_lora.serving.server import ServerConfig, serve
 
+    cfg = ServerConfig(  # validated before the model loads
+        max_upload_bytes=int(a.max_upload_mb * 2**20),
+        max_audio_seconds=a.max_audio_seconds,
+        max_batch=a.max_batch,
+        max_wait_ms=a.max_wait_ms,
+        max_queue=a.max_queue,
+        max_connections=a.max_connections,
+        request_timeout=a.request_timeout,
+        api_keys=tuple(a.api_key) if a.api_key else ServerConfig.keys_from_env(),
+        cors_origins=tuple(a.cors_origin),
+    )
     t = transcriber(a, num_beams=a.beams, max_new_tokens=a.max_new_tokens)
-    cfg = ServerConfig(max_upload_bytes=int(a.max_upload_mb * 2**20), max_batch=a.max_batch, max_wait_ms=a.max_wait_ms)
     serve(t, a.host, a.port, cfg)
     return 0
 
 
 def run_demo(a) -> int:
-    from whisper_lora.serving.demo import build_demo
+    from whisper_lora.serving.demo import DemoConfig, build_demo
 
+    cfg = DemoConfig.from_args(a.auth, a.max_upload_mb)
     t = transcriber(a, max_new_tokens=a.max_new_tokens)
-    build_demo(t).launch(server_name=a.host, server_port=a.port, share=False)
+    build_demo(t).launch(server_name=a.host, server_port=a.port, share=False, **cfg.launch_kwargs())
     return 0

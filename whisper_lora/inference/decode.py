@@ -84,10 +84,22 @@ def generate_texts(
     return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
-def long_segments(model, processor, audio: np.ndarray, whisper_language: str, decoding: Decoding) -> list[Segment]:
-    """Step 3 (and the loop guard's second try): window-by-window decoding with the temperature fallback."""
+def long_segments(
+    model, processor, audio: np.ndarray, whisper_language: str, decoding: Decoding, pause=None
+) -> list[Segment]:
+    """Step 3 (and the loop guard's second try): window-by-window decoding with the temperature fallback.
+
+    ``pause`` (optional) is called at every decoding step; it may block while the model does other work.
+    """
     return decode_segments(
-        model, processor, audio, whisper_language, decoding.options, decoding.num_beams, decoding.max_new_tokens
+        model,
+        processor,
+        audio,
+        whisper_language,
+        decoding.options,
+        decoding.num_beams,
+        decoding.max_new_tokens,
+        pause=pause,
     )
 
 

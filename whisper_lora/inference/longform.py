@@ -12,6 +12,7 @@ no-speech probability; transformers' own detector keeps only the last call's val
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
 from collections.abc import Sequence
@@ -159,6 +160,19 @@ class _NoSpeechRecorder:
         return found[-1] if found else None
 
 
+class _StepHook:
+    """A logits processor that changes nothing: it calls ``pause`` at every decoding step, where the decode
+    can give the model up (its state lives in ``generate``'s locals, so other calls may run meanwhile)."""
+
+    def __init__(self, pause, restore):
+        self.pause, self.restore = pause, restore
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        with self.restore():
+            self.pause()
+        return scores
+
+
 def _window_logprob(result: dict, cache: dict) -> float:
     """Average log-probability of the tokens generated in one window (end-of-text included)."""
     key = id(result)
@@ -200,8 +214,12 @@ def decode_segments(
     num_beams: int = 1,
     max_new_tokens: int = 224,
     seed: int = 0,
+    pause=None,
 ) -> list[Segment]:
     """Timestamped segments of one input, decoded with ``model`` as it is (one adapter or none active).
+
+    ``pause`` (optional) is called at every decoding step and may block while other calls use the model
+    (it must leave the model as it found it; the attention implementation is restored around it).
 
     One input per call: batched, transformers' long-form loop pads shorter inputs and shares the
     fallback's random stream between rows, so a neighbour could change a result. The temperature
@@ -243,6 +261,26 @@ def decode_segments(
     inner = getattr(model, "get_base_model", lambda: model)()
     attn = inner.config._attn_implementation
     devices = [model.device] if model.device.type == "cuda" else []
+    if pause is not None:
+        from transformers import LogitsProcessorList
+
+        @contextlib.contextmanager
+        def as_found():
+            # word timing switches to eager attention: others decode with the model's own; and this decode's
+            # random stream (the fallback samples) continues where it was, whatever others drew meanwhile
+            current = inner.config._attn_implementation
+            rng = torch.get_rng_state()
+            cuda_rng = [torch.cuda.get_rng_state(d) for d in devices]
+            inner.config._attn_implementation = attn
+            try:
+                yield
+            finally:
+                inner.config._attn_implementation = current
+                torch.set_rng_state(rng)
+                for d, state in zip(devices, cuda_rng, strict=True):
+                    torch.cuda.set_rng_state(state, d)
+
+        kw["logits_processor"] = LogitsProcessorList([_StepHook(pause, as_found)])
     try:  # a fallback samples: from a fixed seed, so the same input always gives the same text
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)

@@ -47,6 +47,12 @@ class AdapterPool(Protocol):
     def base_model(self) -> contextlib.AbstractContextManager:
         """A context yielding a model that computes the untouched base."""
 
+    def suspend(self, entry: AdapterEntry | None) -> None:
+        """A decode with ``entry`` active pauses (between decoding steps): leave the model for other work."""
+
+    def resume(self, entry: AdapterEntry | None) -> None:
+        """The paused decode continues: ``entry`` active again, whatever ran in between."""
+
     def loaded(self) -> list[str]:
         """Adapters held in memory, least recently used first."""
 
@@ -63,10 +69,29 @@ class _PeftHolder:
     @contextlib.contextmanager
     def base_model(self):
         if self.peft is None:
-            yield self.model
-        else:
-            with self.peft.disable_adapter():
+            try:
+                yield self.model
+            finally:  # an adapter attached while this decode was paused: leave the layers enabled
+                if self.peft is not None:
+                    self.peft.base_model.enable_adapter_layers()
+        else:  # the layers themselves, not peft's disable_adapter(): that also marks the PeftModel disabled,
+            # and a mixed batch run while a long base decode is paused would then ignore its adapter_names
+            self.peft.base_model.disable_adapter_layers()
+            try:
                 yield self.peft
+            finally:
+                self.peft.base_model.enable_adapter_layers()
+
+    def suspend(self, entry: AdapterEntry | None) -> None:
+        if entry is None and self.peft is not None:  # inside base_model(): adapters are disabled
+            self.peft.base_model.enable_adapter_layers()
+
+    def resume(self, entry: AdapterEntry | None) -> None:
+        if entry is None:
+            if self.peft is not None:  # the paused decode holds the model itself, or the PeftModel
+                self.peft.base_model.disable_adapter_layers()
+        else:
+            self._activate(entry)
 
     def _generate_base(self, feats, langs, generate: Generate) -> list[str]:
         with self.base_model() as m:
@@ -97,24 +122,37 @@ class RoutedPool(_PeftHolder):
 
     def __init__(self, model, max_loaded: int):
         super().__init__(model, max_loaded)
-        self._names: OrderedDict[str, None] = OrderedDict()
+        self._names: OrderedDict[str, str] = OrderedDict()  # registry name -> peft name (name and version)
 
     def loaded(self) -> list[str]:
         return list(self._names)
 
+    @staticmethod
+    def _peft_name(entry: AdapterEntry) -> str:
+        return f"{entry.name}@{entry.version}" if entry.version else entry.name
+
     def attach(self, entry: AdapterEntry) -> None:
-        if entry.name in self._names:
+        key = self._peft_name(entry)
+        if self._names.get(entry.name) == key:
             self._names.move_to_end(entry.name)
             return
+        if entry.name in self._names:  # replaced on disk since it was loaded: drop the old weights
+            self._delete(self._names.pop(entry.name))
         if len(self._names) >= self.max_loaded:
-            old, _ = self._names.popitem(last=False)
-            self.peft.delete_adapter(old)
-        self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=entry.name)
-        self._names[entry.name] = None
+            _, old = self._names.popitem(last=False)
+            self._delete(old)
+        self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=key)
+        self._names[entry.name] = key
+
+    def _delete(self, key: str) -> None:
+        left = [k for k in self.peft.peft_config if k != key]
+        if left and self.peft.active_adapter == key:
+            self.peft.set_adapter(left[0])  # peft refuses to delete the active adapter's last copy otherwise
+        self.peft.delete_adapter(key)
 
     def _activate(self, entry: AdapterEntry):
         self.attach(entry)
-        self.peft.set_adapter(entry.name)
+        self.peft.set_adapter(self._names[entry.name])
         return self.peft
 
     def decode(self, feats, langs, entries, generate: Generate) -> list[str]:
@@ -132,10 +170,10 @@ class RoutedPool(_PeftHolder):
         if not needed:
             return self._generate_base(feats, langs, generate)
         if len(needed) == 1 and all(e is not None for e in entries):
-            self.peft.set_adapter(next(iter(needed)))
+            self.peft.set_adapter(self._names[next(iter(needed))])
             return generate(self.peft, feats, langs, None)
         self.peft.eval()  # peft mixed batches are inference-only
-        return generate(self.peft, feats, langs, [e.name if e else BASE for e in entries])
+        return generate(self.peft, feats, langs, [self._names[e.name] if e else BASE for e in entries])
 
 
 class HotSwapPool(_PeftHolder):
@@ -143,8 +181,9 @@ class HotSwapPool(_PeftHolder):
 
     def __init__(self, model, max_loaded: int):
         super().__init__(model, max_loaded)
-        self._cache: OrderedDict[str, tuple[object, dict]] = OrderedDict()  # name -> (LoraConfig, slot state)
-        self._active: str | None = None
+        # name -> (LoraConfig, slot state, version)
+        self._cache: OrderedDict[str, tuple[object, dict, str]] = OrderedDict()
+        self._active: tuple[str, str] | None = None  # (name, version) in the slot
         self._slot_config = None
         self._slot_params: dict | None = None
 
@@ -155,7 +194,8 @@ class HotSwapPool(_PeftHolder):
         from peft import LoraConfig
         from peft.utils.save_and_load import load_peft_weights
 
-        if entry.name not in self._cache:
+        cached = self._cache.get(entry.name)
+        if cached is None or cached[2] != entry.version:  # not cached, or replaced on disk since
             config = LoraConfig.from_pretrained(str(entry.path))
             raw = load_peft_weights(str(entry.path), device=str(self.model.device))
             state = {
@@ -164,17 +204,18 @@ class HotSwapPool(_PeftHolder):
                 ): v
                 for k, v in raw.items()
             }
+            self._cache.pop(entry.name, None)
             if len(self._cache) >= self.max_loaded:
                 self._cache.popitem(last=False)
-            self._cache[entry.name] = (config, state)
+            self._cache[entry.name] = (config, state, entry.version)
         self._cache.move_to_end(entry.name)
-        return self._cache[entry.name]
+        return self._cache[entry.name][:2]
 
     def attach(self, entry: AdapterEntry) -> None:
         """Put ``entry``'s weights into the slot."""
         from peft.utils.hotswap import check_hotswap_configs_compatible, hotswap_adapter_from_state_dict
 
-        if self._active == entry.name:
+        if self._active == (entry.name, entry.version):
             self._cache.move_to_end(entry.name)
             return
         config, state = self._weights(entry)
@@ -184,7 +225,7 @@ class HotSwapPool(_PeftHolder):
             check_hotswap_configs_compatible(self.peft.peft_config[HOTSWAP_SLOT], config)
             if not self._copy_into_slot(config, state):
                 hotswap_adapter_from_state_dict(self.peft, state, HOTSWAP_SLOT, config)
-        self._slot_config, self._active = config, entry.name
+        self._slot_config, self._active = config, (entry.name, entry.version)
 
     @staticmethod
     def _shape_key(config) -> tuple:

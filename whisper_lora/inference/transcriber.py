@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -56,6 +57,16 @@ class Transcription:
         return d
 
 
+class StepGate(Protocol):
+    """How long-form decoding shares the model (``serving/scheduler.py``): asked at every decoding step."""
+
+    def should_yield(self) -> bool:
+        """True: give the model up now (other work is waiting); may raise to cancel the decode."""
+
+    def wait(self) -> None:
+        """Called with the model given up; returns when the decode may continue (or raises to cancel it)."""
+
+
 @dataclass(frozen=True)
 class PlannedInput:
     """How one input will be decoded, decided before the model is touched."""
@@ -79,7 +90,9 @@ class Transcriber:
     ``detect_threshold``; ``languages`` restricts routing to a deployment's candidate languages.
     Adapters that fail validation or were trained on another base are left out and listed by
     ``broken_adapters()``; asking for one raises an ``AdapterError`` with the reason.
-    Calls are serialised by a lock, so threads can share one instance. int8 bases load with
+    Calls are serialised by a lock, so threads can share one instance; a long-form decode given a
+    ``gate`` (``StepGate``) releases it between decoding steps when the gate says so.
+    ``refresh_adapters()`` picks up adapter directories added, removed or replaced on disk. int8 bases load with
     ``int8_threshold=0.0`` by default so that batch composition does not change a result (up to
     float rounding of batch-size-dependent kernels, which can flip a near-tie).
 
@@ -124,19 +137,26 @@ class Transcriber:
         self.mode = mode
         self.decoding = Decoding(num_beams, max_new_tokens, decode_options or DecodeOptions())  # decode.py
         self._pool = make_pool(mode, self.model, max_loaded)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # one decode at a time (a paused long-form decode releases it)
+        self._refresh_lock = threading.Lock()
+        self._refreshed = time.monotonic()
         for b in self.registry.broken():
             log.warning("adapter %s left out: %s", b.name, b.reason)
-        self.router = None  # English-only bases have no language ID to route with
         try:
-            codes = list(language_tokens(self.model, self.processor))
+            self._codes = list(language_tokens(self.model, self.processor))
         except ConfigError:
-            codes = []
-        if codes:
-            self.router = Router(
-                self.registry.entries(), self.base_info.fingerprint, codes, languages, detect_threshold
-            )
+            self._codes = []  # English-only bases have no language ID to route with
+        self._languages = languages
+        self._threshold = detect_threshold
+        self.router = self._make_router()
         self.detect_threshold = detect_threshold
+
+    def _make_router(self) -> Router | None:
+        if not self._codes:
+            return None
+        return Router(
+            self.registry.entries(), self.base_info.fingerprint, self._codes, self._languages, self._threshold
+        )
 
     @property
     def detect_threshold(self) -> float:
@@ -178,6 +198,27 @@ class Transcriber:
         """Registry directories left out, each with its reason."""
         return self.registry.broken()
 
+    def refresh_adapters(self, min_interval: float = 0.0) -> bool:
+        """Pick up adapter directories added, removed, replaced or rewritten on disk since the last look.
+
+        Looks (stat calls only) at most every ``min_interval`` seconds; when something changed, the
+        registry is read again and the router refitted. A changed adapter's old weights are dropped
+        the next time it is used (its version differs), so what decodes is what ``adapters()`` and
+        ``routing()`` report. Returns True when something changed.
+        """
+        if min_interval and time.monotonic() - self._refreshed < min_interval:
+            return False
+        with self._refresh_lock:
+            self._refreshed = time.monotonic()
+            if not self.registry.changed():
+                return False
+            self.registry.refresh()
+            for b in self.registry.broken():
+                log.warning("adapter %s left out: %s", b.name, b.reason)
+            self.router = self._make_router()
+            log.info("adapter registry changed on disk: now serving %s", format_choices(self.adapters()) or "none")
+            return True
+
     # ---------------------------------------------------------------- detection
     def features(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
         """Log-mel features of up to 30 s signals, on the model's device and dtype."""
@@ -185,7 +226,11 @@ class Transcriber:
 
     def language_evidence(self, audios: Sequence[np.ndarray]) -> LanguageEvidence:
         """What routing looks at (``inference/language_id.py``), from one pass of the untouched base."""
-        with self._lock, self._pool.base_model() as model:
+        with self._lock:
+            return self._evidence(audios)
+
+    def _evidence(self, audios: Sequence[np.ndarray]) -> LanguageEvidence:
+        with self._pool.base_model() as model:
             return language_evidence(model, self.processor, audios)
 
     def detect_language(self, audios: Sequence[np.ndarray]) -> list[tuple[str, float]]:
@@ -197,19 +242,54 @@ class Transcriber:
         if self.router is None:
             raise ConfigError("this base model is English-only: it has no language tokens to route with")
         arrays = [(a if isinstance(a, np.ndarray) else load_audio(a))[:N_SAMPLES] for a in audios]
-        return self.router.route(self.language_evidence(arrays))
+        with self._lock:
+            return self._route(arrays)
+
+    def _route(self, arrays: Sequence[np.ndarray]) -> list[RouteDecision]:
+        router = self.router
+        if router is None:
+            raise ConfigError("this base model is English-only: it has no language tokens to route with")
+        return router.route(self._evidence([a[:N_SAMPLES] for a in arrays]))
 
     def routing(self) -> dict | None:
         """How each adapter is routed (router or Whisper's language ID, and why), for health checks."""
         return self.router.describe() if self.router else None
 
     # ---------------------------------------------------------------- decoding
-    def _decode_timed(self, rows, arrays, plans, decoding: Decoding) -> list[list[Segment]]:
+    def _pause(self, gate: StepGate | None, entry: AdapterEntry | None) -> Callable[[], None] | None:
+        """The step hook of one long-form decode: when ``gate`` says so, hand the model (and the lock) over
+        and take it back with this decode's adapter active again."""
+        if gate is None:
+            return None
+
+        def pause() -> None:
+            if not gate.should_yield():
+                return
+            self._pool.suspend(entry)
+            self._lock.release()
+            try:
+                gate.wait()
+            finally:
+                self._lock.acquire()
+                self._pool.resume(entry)
+
+        return pause
+
+    def _decode_timed(self, rows, arrays, plans, decoding: Decoding, gate=None) -> list[list[Segment]]:
         """Segments of ``arrays[i]`` for i in ``rows`` (long-form algorithm), one input at a time with its adapter."""
         return [
             self._pool.decode_groups(
                 [plans[i].entry],
-                lambda model, _, i=i: [long_segments(model, self.processor, arrays[i], plans[i].whisper, decoding)],
+                lambda model, _, i=i: [
+                    long_segments(
+                        model,
+                        self.processor,
+                        arrays[i],
+                        plans[i].whisper,
+                        decoding,
+                        self._pause(gate, plans[i].entry),
+                    )
+                ],
             )[0]
             for i in rows
         ]
@@ -239,6 +319,7 @@ class Transcriber:
         adapter: str | None | Sequence[str | None] = ROUTE,
         timestamps: bool = False,
         options: DecodeOptions | None = None,
+        gate: StepGate | None = None,
     ) -> list[Transcription]:
         """Transcribe several inputs, each with its own language (or ``auto``) and adapter.
 
@@ -247,7 +328,8 @@ class Transcriber:
         decodes in the adapter's own language. ``timestamps=True`` returns ``segments``; inputs
         past 30 s are always decoded window by window with timestamps (``options``, default the
         Transcriber's ``decode_options``). Inputs with no samples or non-finite samples raise
-        ``AudioError``; silent inputs are not decoded (they give no text).
+        ``AudioError``; silent inputs are not decoded (they give no text). ``gate`` lets window-by-window
+        decoding give the model up between decoding steps (``StepGate``; the server's scheduler).
         """
         langs = [language] * len(audios) if isinstance(language, str) else list(language)
         forced = [adapter] * len(audios) if adapter is None or isinstance(adapter, str) else list(adapter)
@@ -273,14 +355,14 @@ class Transcriber:
             auto = [i for i, lang in enumerate(langs) if lang == AUTO]  # forced adapters already set theirs
             decided = {}
             if auto:  # routing looks at the first 30 s of a recording, once per recording
-                decisions = self.route([arrays[i][:N_SAMPLES] for i in auto])
+                decisions = self._route([arrays[i] for i in auto])
                 decided = dict(zip(auto, decisions, strict=True))
             plans = self._plan(langs, forced, entries, decided)
             speech = [i for i, a in enumerate(arrays) if not is_silent(a)]  # silent inputs give no text
             segments: list = [()] * len(arrays)
             texts = [""] * len(arrays)
             if speech and long_form:
-                decoded = self._decode_timed(speech, arrays, plans, decoding)
+                decoded = self._decode_timed(speech, arrays, plans, decoding, gate)
                 for i, segs in zip(speech, decoded, strict=True):
                     segments[i], texts[i] = tuple(segs), " ".join(s.text for s in segs)
             elif speech:
@@ -298,7 +380,7 @@ class Transcriber:
                     log.info(
                         "%d transcript(s) look like a repetition loop; decoding them again with fallback", len(again)
                     )
-                    for i, segs in zip(again, self._decode_timed(again, arrays, plans, decoding), strict=True):
+                    for i, segs in zip(again, self._decode_timed(again, arrays, plans, decoding, gate), strict=True):
                         texts[i] = " ".join(s.text for s in segs)
         return [
             Transcription(

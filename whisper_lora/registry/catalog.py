@@ -12,6 +12,7 @@ created, and again only on ``refresh()`` (nothing re-reads safetensors headers p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class AdapterEntry:
     name: str  # registry key: the directory name (a language code)
     path: Path  # absolute adapter directory
     metadata: AdapterMetadata
+    version: str = ""  # what is on disk (``dir_version``): a replaced or rewritten adapter gets a new one
 
     @property
     def language(self) -> str:
@@ -53,6 +55,21 @@ class BrokenAdapter:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": str(self.path), "reason": self.reason}
+
+
+def dir_version(path: Path) -> str:
+    """A short hash of a directory's identity and its files' sizes and modification times.
+
+    ``atomic_directory`` replaces an adapter with a new directory (new inode); an in-place rewrite
+    changes a file's size or mtime. Either gives a new version, without reading any weights.
+    """
+    st = path.stat()
+    parts = [f"{st.st_ino}:{st.st_mtime_ns}"]
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            fs = f.stat()
+            parts.append(f"{f.name}:{fs.st_ino}:{fs.st_size}:{fs.st_mtime_ns}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
 def check_compatible(entry: AdapterEntry, base_info) -> None:
@@ -97,18 +114,34 @@ class AdapterRegistry:
             )
         self._good: dict[str, AdapterEntry] = {}
         self._broken: dict[str, BrokenAdapter] = {}
+        self._signature = ""
         self.refresh()
 
     def refresh(self) -> AdapterRegistry:
         """Read and validate every adapter directory again (after adapters were added, replaced or removed)."""
         good, broken = {}, {}
+        signature = self.signature()
         for path in self._candidates():
             try:
                 good[path.name] = self._load(path)
             except AdapterError as e:
                 broken[path.name] = BrokenAdapter(path.name, path, str(e))
-        self._good, self._broken = good, broken
+        self._good, self._broken, self._signature = good, broken, signature
         return self
+
+    def signature(self) -> str:
+        """What is on disk now: every adapter directory's name and ``dir_version`` (stat calls only)."""
+        parts = []
+        for path in self._candidates():
+            try:
+                parts.append(f"{path.name}={dir_version(path.resolve())}")
+            except OSError:  # removed while we looked
+                parts.append(f"{path.name}=gone")
+        return "|".join(parts)
+
+    def changed(self) -> bool:
+        """True when an adapter directory was added, removed, replaced or rewritten since the last ``refresh()``."""
+        return self.signature() != self._signature
 
     def with_base(self, base) -> AdapterRegistry:
         """The same root, checking compatibility with ``base``."""
@@ -139,7 +172,7 @@ class AdapterRegistry:
         real = path.resolve()
         if real.parent != self.root:  # symlinks or odd names must not lead outside the registry
             raise AdapterError(f"adapter {name!r} resolves outside the registry ({real})")
-        entry = AdapterEntry(name, real, validate_adapter(real))
+        entry = AdapterEntry(name, real, validate_adapter(real), dir_version(real))
         if self.base is not None:
             check_compatible(entry, self.base)
         return entry

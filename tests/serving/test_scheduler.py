@@ -1,0 +1,80 @@
+"""The scheduler in process: long recordings interleaved with short clips give the answers they give alone."""
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.inference.test_transcriber import AUDIO
+from whisper_lora.inference.transcriber import Transcriber
+from whisper_lora.serving.scheduler import Cancelled, QueueFull, Scheduler
+
+LONG = np.concatenate([AUDIO[0]] * 6)  # about 43 s: two windows or more, seconds on the tiny model
+SHORT = [(AUDIO[1], "cs", "cs"), (AUDIO[2], "en", None), (AUDIO[3], "sw", "sw"), (AUDIO[4], "auto", "ary")]
+
+
+@pytest.fixture(scope="module", params=["routed", "hotswap"])
+def transcriber(request, tiny_dir, tiny_registry):
+    return Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8, mode=request.param)
+
+
+def test_short_requests_are_served_between_a_long_recordings_steps(transcriber):
+    alone_long = transcriber.transcribe(LONG, "sw")
+    alone_base_long = transcriber.transcribe(LONG, "en", adapter=None)
+    alone_short = [transcriber.transcribe(a, lang, adapter=ad).text for a, lang, ad in SHORT]
+    scheduler = Scheduler(transcriber, max_batch=4, max_wait_ms=5, slice_ms=20)
+    try:
+        finished = {}
+        long_job = scheduler.submit(LONG, "sw", "sw")
+        base_job = scheduler.submit(LONG, "en", None)  # a second long one, on the base: they take turns
+        long_job.future.add_done_callback(lambda _: finished.setdefault("long", time.monotonic()))
+        time.sleep(0.3)  # the long recordings are decoding
+        shorts = []
+        for k in range(8):
+            audio, lang, adapter = SHORT[k % len(SHORT)]
+            shorts.append(scheduler.submit(audio, lang, adapter))
+            time.sleep(0.05)
+        short_texts = [j.future.result(120).text for j in shorts]
+        short_done = time.monotonic()
+        assert long_job.future.result(300).text == alone_long.text
+        assert long_job.future.result().segments == alone_long.segments
+        assert base_job.future.result(300).text == alone_base_long.text
+        assert short_texts == [alone_short[k % len(SHORT)] for k in range(8)]
+        assert short_done < finished["long"], "the short requests waited for the long recording"
+        stats = scheduler.stats()
+        assert stats["long_yields"] > 0 and stats["served"] == 10 and stats["in_flight"] == 0
+    finally:
+        scheduler.close()
+
+
+def test_a_cancelled_long_recording_stops_and_the_next_request_is_right(transcriber):
+    scheduler = Scheduler(transcriber, max_wait_ms=5)
+    try:
+        job = scheduler.submit(LONG, "sw", "sw")
+        time.sleep(0.5)
+        started = time.monotonic()
+        job.cancel()
+        with pytest.raises(Cancelled):
+            job.future.result(30)
+        assert time.monotonic() - started < 10  # stopped at a decoding step, not at the end of the recording
+        audio, lang, adapter = SHORT[0]
+        assert scheduler.transcribe(audio, lang, adapter, timeout=60).text == transcriber.transcribe(audio, lang).text
+        assert scheduler.stats()["cancelled"] == 1
+    finally:
+        scheduler.close()
+
+
+def test_a_full_queue_refuses_with_a_retry_hint(transcriber):
+    scheduler = Scheduler(transcriber, max_queue=1)
+    try:
+        job = scheduler.submit(LONG, "sw", "sw")
+        with pytest.raises(QueueFull) as e:
+            scheduler.submit(AUDIO[1], "cs", "cs")
+        assert e.value.retry_after >= 1 and "1 requests are already queued" in str(e.value)
+        job.cancel()
+        with pytest.raises(Cancelled):
+            job.future.result(30)
+        assert scheduler.transcribe(AUDIO[1], "cs", "cs", timeout=60).adapter == "cs"  # room again
+        assert scheduler.stats()["rejected"] == 1
+    finally:
+        scheduler.close()

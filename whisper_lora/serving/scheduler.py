@@ -1,0 +1,311 @@
+"""One model, many requests: micro-batches of short clips, long recordings interleaved with them, bounded queue.
+
+- **Short requests** (up to 30 s) that arrive together (``max_wait_ms``, at most ``max_batch``) share one
+  mixed-language ``generate`` call; each keeps its own language and adapter, so its result equals an
+  isolated call. Requests asking for timestamps or other decoding options are batched with those that
+  ask for the same. A failing batch is retried one request at a time, so one bad input never fails others.
+- **Long recordings** (past 30 s) are decoded window by window (Whisper's long-form algorithm) in a thread
+  of their own, and give the model up between decoding steps (``Transcriber``'s ``StepGate``) whenever
+  short requests are waiting, once they have had ``slice_ms`` of it; several long recordings take turns
+  every ``quantum_ms``. Turns alternate while both kinds wait, so neither starves.
+- **Bounds**: at most ``max_queue`` requests in flight (``QueueFull`` past it, with a retry hint); every job
+  can be cancelled (the client went away, the request timed out): a waiting job is dropped, a long
+  recording stops at its next decoding step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from whisper_lora.data.audio import N_SAMPLES
+from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.transcriber import Transcriber, Transcription
+
+log = logging.getLogger("whisper_lora")
+
+SHORT = "short"  # the turn of the micro-batch worker
+
+
+class QueueFull(Exception):
+    """``max_queue`` requests are already in flight."""
+
+    def __init__(self, limit: int, retry_after: int):
+        super().__init__(f"the server is busy: {limit} requests are already queued; retry in {retry_after} s")
+        self.limit, self.retry_after = limit, retry_after
+
+
+class Cancelled(Exception):
+    """The job was cancelled (client disconnected or request timed out) before it finished."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request on its way through the scheduler."""
+
+    audio: np.ndarray
+    language: str
+    adapter: str | None
+    timestamps: bool = False
+    options: DecodeOptions | None = None
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.monotonic)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def long(self) -> bool:
+        return len(self.audio) > N_SAMPLES
+
+    @property
+    def kind(self) -> tuple:
+        return (self.timestamps, self.options)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop this job: dropped if it has not started, stopped at its next decoding step if it is long."""
+        self._cancelled.set()
+
+
+class _Gate:
+    """The ``StepGate`` of one long job: yield when short work waits (after a slice) or another long job waits."""
+
+    def __init__(self, scheduler: Scheduler, job: Job):
+        self.scheduler, self.job = scheduler, job
+
+    def should_yield(self) -> bool:
+        if self.job.cancelled:
+            raise Cancelled()
+        s = self.scheduler
+        held = time.monotonic() - s._turn_started
+        return bool((s._short and held >= s.slice) or (s._long_waiting and held >= s.quantum))
+
+    def wait(self) -> None:
+        s = self.scheduler
+        s.long_yields += 1
+        s._release(self.job, again=True)
+        s._take(self.job)
+
+
+class Scheduler:
+    """Serves ``Transcriber`` calls from many threads fairly; see the module docstring."""
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        max_batch: int = 8,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 64,
+        slice_ms: float = 200.0,
+        quantum_ms: float = 2000.0,
+        reload_seconds: float | None = 2.0,
+    ):
+        self.transcriber = transcriber
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
+        self.slice, self.quantum, self.reload = slice_ms / 1000, quantum_ms / 1000, reload_seconds
+        self._cv = threading.Condition()
+        self._short: deque[Job] = deque()  # short jobs waiting for a batch
+        self._long_waiting: deque[Job] = deque()  # long jobs waiting for their turn
+        self._owner: Job | str | None = None  # who uses the model now: SHORT, a long Job, or nobody
+        self._last: str = SHORT  # kind of the last turn (turns alternate while both kinds wait)
+        self._turn_started = time.monotonic()
+        self._in_flight = 0
+        self._closed = False
+        self._batch_seconds = 1.0  # running estimate of one short batch, for Retry-After
+        # counters for /health and the load report
+        self.batches = self.served = self.cancelled = self.rejected = self.long_yields = 0
+        self._worker = threading.Thread(target=self._run_short, name="whisper-lora-batcher", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ public
+    def submit(
+        self,
+        audio: np.ndarray,
+        language: str,
+        adapter: str | None,
+        timestamps: bool = False,
+        options: DecodeOptions | None = None,
+    ) -> Job:
+        """Queue one request; its ``future`` gives the ``Transcription``. Raises ``QueueFull`` when full."""
+        job = Job(audio, language, adapter, timestamps, options)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            if self._in_flight >= self.max_queue:
+                self.rejected += 1
+                raise QueueFull(self.max_queue, self.retry_after())
+            self._in_flight += 1
+            job.future.add_done_callback(self._finished)
+            if job.long:
+                threading.Thread(target=self._run_long, args=(job,), name="whisper-lora-long", daemon=True).start()
+            else:
+                self._short.append(job)
+                self._cv.notify_all()
+        return job
+
+    def transcribe(self, *args, timeout: float | None = None, **kw) -> Transcription:
+        """``submit`` and wait (tests, scripts); a timeout cancels the job."""
+        job = self.submit(*args, **kw)
+        try:
+            return job.future.result(timeout)
+        except TimeoutError:
+            job.cancel()
+            raise
+
+    def retry_after(self) -> int:
+        """Seconds a rejected client should wait: the queue ahead, in batches, at the recent batch time."""
+        return max(1, math.ceil(self._in_flight / max(self.max_batch, 1) * self._batch_seconds))
+
+    def stats(self) -> dict:
+        return {
+            "in_flight": self._in_flight,
+            "max_queue": self.max_queue,
+            "batches": self.batches,
+            "served": self.served,
+            "cancelled": self.cancelled,
+            "rejected": self.rejected,
+            "long_yields": self.long_yields,
+        }
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._worker.join(timeout=5)
+
+    # ------------------------------------------------------------------ turns
+    def _finished(self, future: Future) -> None:
+        with self._cv:
+            self._in_flight -= 1
+            if future.exception() is not None and isinstance(future.exception(), Cancelled):
+                self.cancelled += 1
+
+    def _next(self) -> Job | str | None:
+        """Whose turn it is when the model is free: alternate between short batches and long jobs."""
+        short = bool(self._short)
+        long = self._long_waiting[0] if self._long_waiting else None
+        if short and long is not None:
+            return long if self._last == SHORT else SHORT
+        return SHORT if short else long
+
+    def _take(self, who: Job | str) -> None:
+        """Block until it is ``who``'s turn, then own the model (a cancelled long job raises ``Cancelled``)."""
+        with self._cv:
+            while not (self._owner is None and self._next() is who):
+                if isinstance(who, Job) and who.cancelled:
+                    self._long_waiting.remove(who)
+                    self._cv.notify_all()
+                    raise Cancelled()
+                if who == SHORT and (self._closed or not self._short):
+                    return
+                self._cv.wait(0.05)  # a timeout, so cancelled jobs notice
+            if isinstance(who, Job):
+                self._long_waiting.popleft()
+            self._owner, self._turn_started = who, time.monotonic()
+            self._last = SHORT if who == SHORT else "long"
+        if self.reload is not None:  # what decodes next is what is on disk (and what /health shows)
+            try:
+                self.transcriber.refresh_adapters(self.reload)
+            except Exception:  # noqa: BLE001 - a registry that cannot be read must not stop serving
+                log.exception("re-reading the adapter registry failed")
+
+    def _release(self, who: Job | str, again: bool = False) -> None:
+        with self._cv:
+            if self._owner is who:
+                self._owner = None
+            if again and isinstance(who, Job):
+                self._long_waiting.append(who)  # to the back: others take their turn first
+            self._cv.notify_all()
+
+    # ------------------------------------------------------------------ work
+    def _run_long(self, job: Job) -> None:
+        with self._cv:
+            self._long_waiting.append(job)
+            self._cv.notify_all()
+        try:
+            self._take(job)
+        except Cancelled as e:
+            job.future.set_exception(e)
+            return
+        try:
+            result = self.transcriber.transcribe_batch(
+                [job.audio],
+                job.language,
+                adapter=job.adapter,
+                timestamps=job.timestamps,
+                options=job.options,
+                gate=_Gate(self, job),
+            )[0]
+        except BaseException as e:  # noqa: BLE001 - the request gets the error, the server goes on
+            job.future.set_exception(e)
+        else:
+            self.served += 1
+            job.future.set_result(result)
+        finally:
+            self._release(job)
+
+    def _run_short(self) -> None:
+        while True:
+            with self._cv:
+                while not self._short and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                deadline = self._short[0].submitted + self.max_wait  # wait a little for company
+                while len(self._short) < self.max_batch and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+            self._take(SHORT)
+            with self._cv:
+                if self._owner != SHORT:  # closed, or the queue emptied (every job cancelled)
+                    continue
+                batch = []
+                while self._short and len(batch) < self.max_batch:
+                    job = self._short.popleft()
+                    if job.cancelled:
+                        job.future.set_exception(Cancelled())
+                    else:
+                        batch.append(job)
+            started = time.monotonic()
+            try:
+                kinds: dict[tuple, list[Job]] = {}
+                for job in batch:
+                    kinds.setdefault(job.kind, []).append(job)
+                for group in kinds.values():
+                    self._decode(group)
+            finally:
+                if batch:
+                    self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.monotonic() - started)
+                self._release(SHORT)
+
+    def _decode(self, batch: list[Job]) -> None:
+        try:
+            results = self.transcriber.transcribe_batch(
+                [j.audio for j in batch],
+                [j.language for j in batch],
+                adapter=[j.adapter for j in batch],
+                timestamps=batch[0].timestamps,
+                options=batch[0].options,
+            )
+            self.batches += 1
+        except Exception as e:  # noqa: BLE001 - isolate the failing request
+            if len(batch) == 1:
+                batch[0].future.set_exception(e)
+                return
+            for j in batch:
+                self._decode([j])
+            return
+        self.served += len(batch)
+        for j, res in zip(batch, results, strict=True):
+            j.future.set_result(res)
