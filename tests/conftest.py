@@ -25,6 +25,31 @@ LIGHT_IMPORTS = (
 )
 
 
+def fill_disk_halfway(monkeypatch) -> None:
+    """From now on, every ``os.fdopen`` file fills the disk halfway through a write: half the bytes land, then
+    ``OSError(ENOSPC)`` (what ``atomic_write_bytes`` sees on a full disk)."""
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class HalfWritten:
+        def __init__(self, fd, mode):
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fdopen", HalfWritten)
+
+
 def run_python(code: str, *args: str, env: dict | None = None, light: bool = False, timeout: float = 300):
     """Run ``code`` (with ``args`` as ``sys.argv[1:]``) in a fresh interpreter at the repository root, ``env``
     added to this process's environment; ``light``: with ``LIGHT_IMPORTS``. Returns the ``CompletedProcess``."""

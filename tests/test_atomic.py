@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import fill_disk_halfway, run_python
 from whisper_lora.atomic import (
     FAULT_ENV,
     FAULT_POINTS,
@@ -150,26 +150,7 @@ def test_a_full_disk_while_writing_a_directory_says_where_and_leaves_nothing(tmp
 
 
 def test_a_full_disk_while_writing_a_file_leaves_no_partial_file(tmp_path, monkeypatch):
-    real_fdopen = os.fdopen
-
-    class HalfWritten:
-        """A file whose disk fills halfway through the write."""
-
-        def __init__(self, fd, mode):
-            self.f = real_fdopen(fd, mode)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, data):
-            self.f.write(data[: len(data) // 2])
-            self.f.flush()
-            _full_disk()
-
-    monkeypatch.setattr(os, "fdopen", HalfWritten)
+    fill_disk_halfway(monkeypatch)
     with pytest.raises(DiskFullError, match="while writing entry.npy: 1000 bytes needed"):
         atomic_write_bytes(tmp_path / "entry.npy", b"x" * 1000)
     assert list(tmp_path.iterdir()) == []

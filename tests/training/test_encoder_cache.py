@@ -1,19 +1,25 @@
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_train_config, train_until
-from whisper_lora.base.model import load_base_model
+from tests.conftest import fill_disk_halfway, tiny_train_config, train_until
+from whisper_lora.base.model import load_base_model, load_whisper
 from whisper_lora.data.audio import write_wav
 from whisper_lora.data.features import Example
 from whisper_lora.data.prepare import prepare_splits
-from whisper_lora.errors import ConfigError
+from whisper_lora.errors import ConfigError, DiskFullError
 from whisper_lora.training.encoder_cache import (
+    STALE_TEMPORARY_SECONDS,
     DiskStore,
     EncoderCache,
+    base_identity,
     encode_lower,
     encode_upper,
+    encoder_precision,
     resolve_cache_precision,
 )
 from whisper_lora.training.lora import LoraSpec, apply_lora
@@ -158,7 +164,7 @@ def test_disk_cache_is_reused_by_a_second_run(tiny_dir, sw_corpus, tmp_path):
     assert first.metadata.training["cache_encoded"] == n_train  # 7 steps x 4 > 24: every utterance once
     assert second.metadata.training["cache_encoded"] == 0  # nothing re-encoded
     files = list((tmp_path / "store").rglob("*.npy"))
-    assert len(files) == n_train and {f.parent.name for f in files} == {"L1-base"}
+    assert len(files) == n_train and {f.parent.name for f in files} == {"L1-fp32-fp16"}  # computed in fp32
     a, b = _adapter(first), _adapter(second)
     assert all(torch.equal(a[k], b[k]) for k in a)  # first use and reuse see the same stored numbers
 
@@ -208,3 +214,53 @@ def test_cached_training_under_bf16_autocast(tiny_dir, sw_corpus, tmp_path):
     result = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "a", **kw), progress=False)
     assert result.metadata.training["autocast_bf16"] and result.metadata.training["cache_encoded"] == 8
     assert all(np.isfinite(result.metadata.training["loss_history"]))
+
+
+def test_the_disk_cache_key_names_the_weights_and_the_precision_of_the_states(peft_tiny, tiny_dir, tmp_path):
+    model, train = peft_tiny
+    kw = dict(storage="disk", root=tmp_path, fingerprint="f")
+    assert EncoderCache(model, train, precision="base", **kw).store.dir == tmp_path / "f" / "L2-fp32-fp16"
+    bf16 = EncoderCache(model, train, precision="bf16", base_path=str(tiny_dir), **kw)
+    assert bf16.store.dir == tmp_path / "f" / "L2-bf16-bf16"  # computed in bf16, kept bit for bit
+    assert encoder_precision(load_whisper(str(tiny_dir), "int8", "cpu").model.encoder) == "int8"
+
+
+def test_a_hub_base_is_keyed_by_its_commit(peft_tiny, tmp_path):
+    assert base_identity("0123abcd", "openai/whisper-base", None) == "0123abcd"  # local files: their fingerprint
+    assert base_identity("unknown", "openai/whisper-base", "a1b2c3") == "hub-openai--whisper-base-a1b2c3"
+    with pytest.raises(ConfigError, match="no hub commit; set cache_storage: memory"):
+        base_identity("unknown", "openai/whisper-base", None)
+    model, train = peft_tiny
+    config = model.get_base_model().config
+    config._commit_hash = "c0ffee"  # what transformers records for a checkpoint loaded from the hub
+    try:
+        cache = EncoderCache(model, train, storage="disk", root=tmp_path, fingerprint="unknown")
+    finally:
+        config._commit_hash = None
+    assert cache.store.dir.parent.name.startswith("hub-") and cache.store.dir.parent.name.endswith("-c0ffee")
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_entry(peft_tiny, tmp_path, monkeypatch):
+    model, train = peft_tiny
+    cache = EncoderCache(model, train, storage="disk", root=tmp_path, fingerprint="f")
+    cache.get([0])
+    fill_disk_halfway(monkeypatch)
+    with pytest.raises(DiskFullError, match=f"encoder cache: no space left in {cache.store.dir} ") as e:
+        cache.get([1])
+    assert f"The {len(train) - 1} training utterances not cached yet need about" in str(e.value)
+    assert "cache_storage: memory" in str(e.value)
+    monkeypatch.undo()
+    entries = list(cache.store.dir.iterdir())
+    assert len(entries) == 1 and DiskStore(cache.store.dir, torch.float32).get(entries[0].stem) is not None
+
+
+def test_temporaries_of_killed_runs_are_deleted(tmp_path):
+    store = tmp_path / "L2-fp32-fp16"
+    store.mkdir()
+    old, fresh = store / ".k1.npy.abc123", store / ".k2.npy.def456"  # atomic_write_bytes' temporary names
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"being written")
+    long_ago = time.time() - STALE_TEMPORARY_SECONDS - 60
+    os.utime(old, (long_ago, long_ago))
+    DiskStore(store, torch.float32)
+    assert sorted(p.name for p in store.iterdir()) == [fresh.name]  # a live run's temporary is left alone
