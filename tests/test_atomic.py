@@ -15,6 +15,7 @@ from whisper_lora.atomic import (
     atomic_directory,
     atomic_write_bytes,
     recover,
+    recover_all,
     remove_directory,
 )
 from whisper_lora.errors import DiskFullError
@@ -108,6 +109,16 @@ def test_the_next_write_recovers_first(tmp_path):
         (tmp / "e.txt").write_text("e")
     assert _content(target) == {"e.txt": "e"}
     assert [p.name for p in tmp_path.iterdir()] == ["sw"]
+
+
+def test_recover_all_restores_every_target_of_a_directory(tmp_path):
+    for name in ("sw", "cs"):
+        _fill(tmp_path / name, OLD)
+        _killed_writer(tmp_path / name, "moved-old")
+    _fill(tmp_path / "id", OLD)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["id"]  # two went missing
+    assert recover_all(tmp_path) == ["cs", "sw"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cs", "id", "sw"] and _content(tmp_path / "sw") == NEW
 
 
 def test_a_live_writers_files_are_left_alone(tmp_path):

@@ -210,6 +210,18 @@ def recover(target: str | Path) -> bool:
         lock.release()
 
 
+def recover_all(directory: str | Path) -> list[str]:
+    """``recover`` every target in ``directory`` that interrupted writes left something beside (a registry root:
+    an adapter killed between its two renames is not there to be validated); returns their names."""
+    names = set()
+    with contextlib.suppress(FileNotFoundError):
+        for p in Path(directory).iterdir():
+            m = _LEFTOVER.match(p.name)
+            if m:
+                names.add(m["name"])
+    return sorted(n for n in names if recover(Path(directory) / n))
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success it replaces ``target`` (module docstring).
