@@ -74,7 +74,8 @@ class Guard:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             return await _answer(send, 413, str(BodyTooLarge(self.max_body)), "file")
-        if self.max_requests is not None and self.active >= self.max_requests:
+        counted = scope.get("path") != "/health"  # health checks are answered even when the server is full
+        if counted and self.max_requests is not None and self.active >= self.max_requests:
             message = f"the server is busy: {self.active} requests in progress (limit {self.max_requests}); retry soon"
             return await _answer(send, 503, message, kind="server_busy", headers=[(b"retry-after", b"1")])
         seen = 0
@@ -95,14 +96,14 @@ class Guard:
                 started = True
             await send(message)
 
-        self.active += 1
+        self.active += counted
         try:
             await self.app(scope, counted_receive, tracked_send)
         except BodyTooLarge as e:
             if not started:
                 await _answer(send, 413, str(e), "file")
         finally:
-            self.active -= 1
+            self.active -= counted
 
 
 async def _answer(
