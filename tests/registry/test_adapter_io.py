@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import run_python
 from whisper_lora.atomic import FAULT_ENV, FAULT_POINTS
 from whisper_lora.registry.adapter_io import load_adapter, read_metadata, validate_adapter
+from whisper_lora.registry.catalog import AdapterRegistry
 
 # saves the adapter in argv[1] into argv[2] with save_adapter; argv[3] says where the child is killed
 WRITER = """
@@ -83,3 +84,14 @@ def test_loading_an_adapter_finishes_a_committed_write(tiny_registry, tiny_dir, 
     assert child.returncode == -signal.SIGKILL and not out.exists()  # killed with neither adapter in place
     load_adapter(load_base_model(str(tiny_dir), "fp32", "cpu").model, out)
     assert read_metadata(out).language == "cs"
+
+
+def test_the_registry_finishes_an_adapter_killed_between_its_renames(tiny_registry, tmp_path):
+    root = tmp_path / "adapters"
+    shutil.copytree(tiny_registry, root)
+    env = {FAULT_ENV: "sw:moved-old"}
+    child = run_python(WRITER, str(tiny_registry / "cs"), str(root / "sw"), "moved-old", env=env, light=True)
+    assert child.returncode == -signal.SIGKILL and not (root / "sw").exists()
+    registry = AdapterRegistry(root)
+    assert registry.names() == ["ary", "cs", "sw"] and registry.get("sw").language == "cs"  # the new one
+    assert sorted(p.name for p in root.iterdir()) == ["ary", "cs", "sw"]

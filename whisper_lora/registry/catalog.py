@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from whisper_lora.atomic import recover_all
 from whisper_lora.errors import AdapterError, BrokenAdapterError, format_choices
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import METADATA_FILE, PEFT_FILES, AdapterMetadata, validate_adapter
@@ -120,6 +121,7 @@ class AdapterRegistry:
     def refresh(self) -> AdapterRegistry:
         """Read and validate every adapter directory again (after adapters were added, replaced or removed)."""
         good, broken = {}, {}
+        recover_all(self.root)  # an adapter whose write was killed between its two renames is not under its name
         signature = self.signature()
         for path in self._candidates():
             try:
