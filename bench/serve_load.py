@@ -2,6 +2,15 @@
 """Load test of the HTTP API on loopback: N requests from T threads, mixed languages; prints a table, writes JSON.
 
     python bench/serve_load.py [--requests 50] [--threads 8] [--precision int8] [--max-batch 8] [--engine ...]
+    python bench/serve_load.py --scenario mixed [--long-minutes 10] [--shorts 20]
+    python bench/serve_load.py --scenario soak [--soak-minutes 10]
+
+`--scenario mixed`: one long recording (LibriVox speech repeated to --long-minutes) and a stream of short clips
+from one client, one after the other: short-request latency (p50/p95) alone and while the long one is being
+transcribed, their ratio (the goal: p95 at most 3x), the long one's time alone and with the stream, and whether
+every answer equals the isolated one. `--scenario soak`: --soak-minutes of good and bad requests from 4 threads
+against a server with an API key and limits: server RSS over time, wrong answers, lost requests, bad requests
+not answered 4xx.
 
 Starts `whisper-lora serve` as a real process on a free loopback port with the shipped adapters,
 checks every concurrent answer against an isolated request, and reports requests/s, p50/p95, errors.
@@ -14,8 +23,10 @@ import argparse
 import io
 import json
 import os
+import random
 import statistics
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,6 +80,197 @@ def load(url: str, cases, requests: int, threads: int, response_format: str = "j
     }
 
 
+def _post(url, data, model, filename="clip.wav", key=None, timeout=3600, **form):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    t = time.perf_counter()
+    r = httpx.post(
+        f"{url}/v1/audio/transcriptions",
+        data={"model": model, "response_format": "json", **form},
+        files={"file": (filename, data)},
+        headers=headers,
+        timeout=timeout,
+    )
+    return r, time.perf_counter() - t
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[int(q * (len(values) - 1))]
+
+
+def _long_recording(minutes: float, fmt: str = "OGG") -> bytes:
+    """LibriVox speech (the test assets) repeated to ``minutes``, as one compressed upload."""
+    import numpy as np
+
+    from whisper_lora.data.audio import load_audio
+
+    clips = [load_audio(p) for p in sorted((ROOT / "tests/assets/librivox").glob("*.wav"))]
+    pause = np.zeros(8000, np.float32)
+    pieces, total = [], 0
+    while total < minutes * 60 * 16000:
+        for c in clips:
+            pieces += [c, pause]
+            total += len(c) + len(pause)
+    audio = np.concatenate(pieces)[: int(minutes * 60 * 16000)]
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", 16000, 1, format=fmt) as f:  # in blocks: one long vorbis write crashes libsndfile
+        for start in range(0, len(audio), 160_000):
+            f.write(audio[start : start + 160_000])
+    return buf.getvalue()
+
+
+def _server_rss_mb(port: int) -> float:
+    """Resident memory of the server process listening on ``port`` (found by its command line)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            if b"--port" in cmd and cmd[cmd.index(b"--port") + 1] == str(port).encode():
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, IndexError):
+            continue
+    raise RuntimeError(f"no server process on port {port}")
+
+
+def mixed(a, short_cases) -> dict:
+    """Short requests alone, then the same stream while one long recording is transcribed."""
+    long = _long_recording(a.long_minutes)
+    args = ["serve", "--precision", a.precision, "--max-batch", str(a.max_batch), "--max-new-tokens", "96"]
+    args += ["--request-timeout", "0"]  # measured here, not cut off
+    with running(args, timeout=600) as url:
+        isolated = {m: _post(url, d, m)[0].json()["text"] for m, d in short_cases}  # also warms up
+        stream = [short_cases[i % len(short_cases)] for i in range(a.shorts)]
+        alone = []
+        for m, d in stream:
+            r, dt = _post(url, d, m)
+            alone.append((r.json()["text"] == isolated[m], dt))
+        r, long_alone_s = _post(url, long, "auto", "long.ogg")
+        long_text = r.json()["text"]
+        box = {}
+
+        def run_long():
+            box["r"], box["s"] = _post(url, long, "auto", "long.ogg")
+            box["done"] = time.perf_counter()
+
+        th = threading.Thread(target=run_long)
+        th.start()
+        time.sleep(2.0)  # the long one is decoding
+        during = []
+        while "done" not in box:
+            m, d = stream[len(during) % len(stream)]
+            r, dt = _post(url, d, m)
+            if "done" in box:
+                break  # finished after the long one: not a measurement "during" it
+            during.append((r.json()["text"] == isolated[m], dt))
+        th.join()
+        yields = httpx.get(f"{url}/health").json()["long_yields"]
+    lat_alone, lat_during = [x[1] for x in alone], [x[1] for x in during]
+    return {
+        "long_minutes": a.long_minutes,
+        "long_upload_mb": round(len(long) / 2**20, 2),
+        "short_alone_p50_s": statistics.median(lat_alone),
+        "short_alone_p95_s": _pct(lat_alone, 0.95),
+        "short_during_p50_s": statistics.median(lat_during),
+        "short_during_p95_s": _pct(lat_during, 0.95),
+        "p95_ratio": _pct(lat_during, 0.95) / _pct(lat_alone, 0.95),
+        "short_during_count": len(during),
+        "long_alone_s": long_alone_s,
+        "long_during_stream_s": box["s"],
+        "long_same_text": box["r"].json()["text"] == long_text,
+        "short_wrong_answers": sum(not ok for ok, _ in alone + during),
+        "long_yields": yields,
+    }
+
+
+def soak(a, short_cases) -> dict:
+    """Good and bad requests for ``soak_minutes`` from 4 threads; memory, wrong answers, lost requests."""
+    key = "bench-key-0123456789"
+    long = _long_recording(2, "FLAC")
+    too_long = _long_recording(6, "FLAC")
+    args = ["serve", "--precision", a.precision, "--max-new-tokens", "96", "--api-key", key]
+    args += ["--max-audio-seconds", "300", "--max-upload-mb", "25", "--request-timeout", "600"]
+    bad = [  # (description, request kwargs); each must be answered 4xx
+        ("empty file", dict(data=b"", model="sw")),
+        ("not audio", dict(data=b"\x00garbage" * 500, model="sw", filename="x.mp3")),
+        ("unknown model", dict(data=short_cases[0][1], model="klingon")),
+        ("bad language", dict(data=short_cases[0][1], model="auto", language="xx")),
+        ("over --max-audio-seconds", dict(data=too_long, model="sw", filename="long.flac")),
+        ("odd filename", None),  # good request, odd name: must be 200
+        ("no key", dict(data=short_cases[0][1], model="sw", key=None)),
+        ("wrong key", dict(data=short_cases[0][1], model="sw", key="wrong-key-000000")),
+        ("bad format", dict(data=short_cases[0][1], model="sw", response_format="docx")),
+    ]
+    stats = {"good": 0, "wrong": 0, "lost": 0, "bad": 0, "bad_not_4xx": 0, "long": 0}
+    lock = threading.Lock()
+    with running(args, timeout=600) as url:
+        port = int(url.rsplit(":", 1)[1])
+        isolated = {m: _post(url, d, m, key=key)[0].json()["text"] for m, d in short_cases}
+        long_text = _post(url, long, "sw", "long.flac", key=key)[0].json()["text"]
+        rss = [(0.0, _server_rss_mb(port))]
+        started = time.monotonic()
+        stop = started + a.soak_minutes * 60
+
+        def worker(seed):
+            rng = random.Random(seed)
+            while time.monotonic() < stop:
+                roll = rng.random()
+                try:
+                    if roll < 0.03:
+                        r, _ = _post(url, long, "sw", "long.flac", key=key)
+                        ok = r.status_code == 200 and r.json()["text"] == long_text
+                        with lock:
+                            stats["long"] += 1
+                            stats["wrong"] += not ok
+                    elif roll < 0.6:
+                        m, d = short_cases[rng.randrange(len(short_cases))]
+                        r, _ = _post(url, d, m, key=key)
+                        with lock:
+                            stats["good"] += 1
+                            stats["wrong"] += not (r.status_code == 200 and r.json()["text"] == isolated[m])
+                    else:
+                        name, kw = bad[rng.randrange(len(bad))]
+                        if kw is None:
+                            m, d = short_cases[0]
+                            r, _ = _post(url, d, m, "n\u00e4me " + "x" * 200 + ".wav" + "y" * 300, key=key)
+                            with lock:
+                                stats["good"] += 1
+                                stats["wrong"] += not (r.status_code == 200 and r.json()["text"] == isolated[m])
+                            continue
+                        kw = dict(kw)
+                        r, _ = _post(url, kw.pop("data"), kw.pop("model"), key=kw.pop("key", key), **kw)
+                        with lock:
+                            stats["bad"] += 1
+                            stats["bad_not_4xx"] += not 400 <= r.status_code < 500
+                except httpx.HTTPError:
+                    with lock:
+                        stats["lost"] += 1
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        while any(th.is_alive() for th in threads):
+            time.sleep(15)
+            rss.append((round((time.monotonic() - started) / 60, 2), _server_rss_mb(port)))
+        for th in threads:
+            th.join()
+        health = httpx.get(f"{url}/health").json()
+    first_half = [m for t, m in rss if 0 < t <= a.soak_minutes / 2] or [rss[0][1]]
+    return {
+        **stats,
+        "minutes": a.soak_minutes,
+        "rss_mb_start": rss[0][1],
+        "rss_mb_first_half_max": max(first_half),
+        "rss_mb_end": rss[-1][1],
+        "rss_mb_max": max(m for _, m in rss),
+        "rss_trace": rss,
+        "served": health["served"],
+        "in_flight_at_end": health["in_flight"],
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=50)
@@ -76,13 +278,29 @@ def main():
     p.add_argument("--precision", default="int8")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--engine", choices=("whisper-lora", "both"), default="whisper-lora")
-    p.add_argument("--json", help="default: bench/results/serve_load.json (serve_load_vllm.json with --engine both)")
+    p.add_argument("--scenario", choices=("load", "mixed", "soak"), default="load")
+    p.add_argument("--long-minutes", type=float, default=10.0, help="mixed: length of the long recording")
+    p.add_argument("--shorts", type=int, default=20, help="mixed: short requests in the stream measured alone")
+    p.add_argument("--soak-minutes", type=float, default=10.0)
+    p.add_argument("--json", help="default: bench/results/serve_load[_vllm|_mixed|_soak].json")
     a = p.parse_args()
-    a.json = a.json or f"bench/results/serve_load{'_vllm' if a.engine == 'both' else ''}.json"
+    suffix = {"mixed": "_mixed", "soak": "_soak"}.get(a.scenario, "_vllm" if a.engine == "both" else "")
+    a.json = a.json or f"bench/results/serve_load{suffix}.json"
     print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     en = (ROOT / "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0880.wav").read_bytes()
     sw = wav(synthesize(shipped_sentences("sw", "test")[0], "sw", "m2"))
     id_ = wav(synthesize(shipped_sentences("id", "test")[0], "id", "f2"))
+    if a.scenario != "load":
+        short_cases = [("sw", sw), ("id", id_), ("auto", en)]
+        r = mixed(a, short_cases) if a.scenario == "mixed" else soak(a, short_cases)
+        print(f"\n{a.scenario}:")
+        print("| measure | value |\n|---|---|")
+        for k, v in r.items():
+            if k != "rss_trace":
+                print(f"| {k} | {round(v, 3) if isinstance(v, float) else v} |")
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({"machine": device_summary(), "precision": a.precision, **r}, indent=2))
+        return
     if a.engine == "whisper-lora":
         cases = [("sw", None, sw), ("id", None, id_), ("auto", None, en)]
         cz = sorted(CZECH.glob("*/cs/*.ogg"))

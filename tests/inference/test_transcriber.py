@@ -173,3 +173,31 @@ def test_bad_signals_are_refused_and_silence_gives_no_text(routed):
         routed.transcribe_batch([AUDIO[0], np.zeros(0, np.float32)], "sw")
     silent = routed.transcribe_batch([np.zeros(3 * 16000, np.float32), AUDIO[1]], ["sw", "cs"])
     assert silent[0].text == "" and silent[1].text == routed.transcribe(AUDIO[1], "cs").text
+
+
+@pytest.mark.parametrize("mode", ["routed", "hotswap"])
+def test_adapters_changed_on_disk_are_picked_up(tiny_dir, tiny_registry, tmp_path, mode):
+    import os
+    import shutil
+
+    from tests.conftest import make_tiny_adapter
+
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_registry, root)
+    t = Transcriber(str(tiny_dir), root, precision="fp32", device="cpu", max_new_tokens=8, mode=mode)
+    before = t.transcribe(AUDIO[0], "sw").text
+    assert t.transcribe(AUDIO[1], "cs").adapter == "cs"
+    assert t.refresh_adapters() is False  # nothing changed
+    new = make_tiny_adapter(tiny_dir, tmp_path / "sw-new", "sw", seed=77)
+    os.replace(root / "sw", tmp_path / "sw-old")
+    os.replace(new, root / "sw")
+    shutil.rmtree(root / "cs")
+    assert t.refresh_adapters() is True
+    assert t.adapters() == ["ary", "sw"] and "cs" not in t.routing()["adapters"]
+    after = t.transcribe(AUDIO[0], "sw").text
+    fresh_root = tmp_path / "fresh"
+    fresh_root.mkdir()
+    shutil.copytree(root / "sw", fresh_root / "sw")
+    fresh = Transcriber(str(tiny_dir), fresh_root, precision="fp32", device="cpu", max_new_tokens=8)
+    assert after == fresh.transcribe(AUDIO[0], "sw").text != before
+    assert t.transcribe(AUDIO[1], "cs").adapter is None  # gone from the registry: the base serves Czech

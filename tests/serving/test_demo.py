@@ -63,3 +63,23 @@ def test_upload_and_read_transcripts(demo, tiny_dir, tiny_registry):
         assert page.locator("#adapter-text textarea").input_value() == expected_adapter
         assert page.locator("#base-text textarea").input_value() == expected_base
         browser.close()
+
+
+def test_auth_and_upload_limit(tiny_dir, tiny_registry):
+    import httpx
+
+    args = ["demo", "--base", str(tiny_dir), "--adapters", str(tiny_registry), "--precision", "fp32"]
+    args += ["--device", "cpu", "--max-new-tokens", "8", "--max-upload-mb", "0.5"]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "WHISPER_LORA_DEMO_AUTH": "ana:correct-horse"}
+    with running(args, ready_path="/", timeout=240, env=env) as url:
+        assert httpx.get(f"{url}/config").status_code == 401  # nothing but the login page without a login
+        small = {"files": ("clip.wav", CLIP.read_bytes()[:100_000])}
+        assert httpx.post(f"{url}/gradio_api/upload", files=small).status_code == 401
+        with httpx.Client(base_url=url) as client:
+            bad = client.post("/login", data={"username": "ana", "password": "wrong-horse"})
+            assert bad.status_code == 400 and client.get("/config").status_code == 401
+            assert client.post("/login", data={"username": "ana", "password": "correct-horse"}).status_code == 200
+            assert client.get("/config").status_code == 200
+            assert client.post("/gradio_api/upload", files=small).status_code == 200
+            big = {"files": ("big.wav", b"\0" * (2**20))}  # over --max-upload-mb 0.5
+            assert client.post("/gradio_api/upload", files=big).status_code == 413

@@ -6,8 +6,9 @@
   ask for the same. A failing batch is retried one request at a time, so one bad input never fails others.
 - **Long recordings** (past 30 s) are decoded window by window (Whisper's long-form algorithm) in a thread
   of their own, and give the model up between decoding steps (``Transcriber``'s ``StepGate``) whenever
-  short requests are waiting, once they have had ``slice_ms`` of it; several long recordings take turns
-  every ``quantum_ms``. Turns alternate while both kinds wait, so neither starves.
+  short requests are waiting, once they have had it as long as a short batch takes (a running estimate, at
+  least ``slice_ms``); several long recordings take turns every ``quantum_ms``. Turns alternate while both
+  kinds wait, so neither starves: under a steady stream of short requests each kind gets about half.
 - **Bounds**: at most ``max_queue`` requests in flight (``QueueFull`` past it, with a retry hint); every job
   can be cancelled (the client went away, the request timed out): a waiting job is dropped, a long
   recording stops at its next decoding step.
@@ -87,7 +88,9 @@ class _Gate:
             raise Cancelled()
         s = self.scheduler
         held = time.monotonic() - s._turn_started
-        return bool((s._short and held >= s.slice) or (s._long_waiting and held >= s.quantum))
+        # waiting short requests get the model once this decode has had as long as a short batch takes (at least
+        # ``slice``): under a steady stream both kinds then get about half, short latency stays about twice alone
+        return bool((s._short and held >= max(s.slice, s._batch_seconds)) or (s._long_waiting and held >= s.quantum))
 
     def wait(self) -> None:
         s = self.scheduler
