@@ -15,7 +15,9 @@ SHORT = [(AUDIO[1], "cs", "cs"), (AUDIO[2], "en", None), (AUDIO[3], "sw", "sw"),
 
 @pytest.fixture(scope="module", params=["routed", "hotswap"])
 def transcriber(request, tiny_dir, tiny_registry):
-    return Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8, mode=request.param)
+    return Transcriber(
+        str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8, mode=request.param
+    )
 
 
 def test_short_requests_are_served_between_a_long_recordings_steps(transcriber):

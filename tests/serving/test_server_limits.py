@@ -224,7 +224,9 @@ def test_connection_limit_answers_503_and_health_stays_open(server):
         time.sleep(0.3)
 
 
-@pytest.mark.parametrize("filename", ["a." + "x" * 300, "../../etc/passwd", "name\nwith newline.wav", "ünï cødé.wav", ""])
+@pytest.mark.parametrize(
+    "filename", ["a." + "x" * 300, "../../etc/passwd", "name\nwith newline.wav", "ünï cødé.wav", ""]
+)
 def test_odd_filenames_are_fine(server, filename):
     r = _post(server, SHORT, filename=filename or "noext")
     assert r.status_code == 200, r.text

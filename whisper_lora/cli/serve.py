@@ -33,7 +33,9 @@ def add_parser(sub) -> None:
     )
     sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
     sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company (default 10)")
-    sv.add_argument("--max-queue", type=int, default=64, help="requests in flight before 503 + Retry-After (default 64)")
+    sv.add_argument(
+        "--max-queue", type=int, default=64, help="requests in flight before 503 + Retry-After (default 64)"
+    )
     sv.add_argument(
         "--max-connections", type=int, default=128, help="HTTP requests in progress before 503 (default 128)"
     )
