@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from whisper_lora.cli.options import add_base, add_registry, add_routing, transcriber
-
-# the names serving/server.py and serving/demo.py read (not imported: the CLI loads without the serve extra)
-KEY_ENV = "WHISPER_LORA_API_KEY"
-AUTH_ENV = "WHISPER_LORA_DEMO_AUTH"
+from whisper_lora.serving import AUTH_ENV, KEY_ENV
 
 
 def _add_server(p, port: int) -> None:

@@ -239,17 +239,19 @@ class Transcriber:
 
     def route(self, audios: Sequence[str | Path | np.ndarray]) -> list[RouteDecision]:
         """Where ``auto`` sends each input (its first 30 s), without decoding it."""
-        if self.router is None:
-            raise ConfigError("this base model is English-only: it has no language tokens to route with")
-        arrays = [(a if isinstance(a, np.ndarray) else load_audio(a))[:N_SAMPLES] for a in audios]
+        self._router()  # before any file is read
+        arrays = [a if isinstance(a, np.ndarray) else load_audio(a) for a in audios]
         with self._lock:
             return self._route(arrays)
 
-    def _route(self, arrays: Sequence[np.ndarray]) -> list[RouteDecision]:
-        router = self.router
+    def _router(self) -> Router:
+        router = self.router  # one read: refresh_adapters() may replace it meanwhile
         if router is None:
             raise ConfigError("this base model is English-only: it has no language tokens to route with")
-        return router.route(self._evidence([a[:N_SAMPLES] for a in arrays]))
+        return router
+
+    def _route(self, arrays: Sequence[np.ndarray]) -> list[RouteDecision]:
+        return self._router().route(self._evidence([a[:N_SAMPLES] for a in arrays]))
 
     def routing(self) -> dict | None:
         """How each adapter is routed (router or Whisper's language ID, and why), for health checks."""

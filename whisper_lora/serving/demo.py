@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.transcriber import AUTO, Transcriber
 from whisper_lora.languages import WHISPER_LANGUAGES
-
-AUTH_ENV = "WHISPER_LORA_DEMO_AUTH"  # user:password, several separated by commas
+from whisper_lora.serving import AUTH_ENV
 
 
 @dataclass(frozen=True)

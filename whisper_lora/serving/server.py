@@ -30,6 +30,7 @@ from whisper_lora.errors import AdapterError, BrokenAdapterError, ConfigError, W
 from whisper_lora.inference.formats import TIMED_FORMATS, to_srt, to_vtt, verbose_json
 from whisper_lora.inference.transcriber import AUTO, ROUTE, Transcriber
 from whisper_lora.languages import resolve_language
+from whisper_lora.serving import KEY_ENV
 from whisper_lora.serving.limits import Guard, audio_seconds, error_body, public
 from whisper_lora.serving.scheduler import Cancelled, QueueFull, Scheduler
 
@@ -38,7 +39,6 @@ log = logging.getLogger("whisper_lora")
 ROUTER_MODELS = ("auto", "whisper-1")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
-KEY_ENV = "WHISPER_LORA_API_KEY"  # one key, or several separated by commas
 FORM_OVERHEAD = 64 * 2**10  # multipart boundaries and the small form fields, on top of the file
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
@@ -163,7 +163,6 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
     )  # a path's last part, or the short name / hub id's name
     app = FastAPI(title="whisper-lora", description=__doc__)
     app.state.scheduler = scheduler
-    app.state.config = config
     app.add_middleware(
         Guard,
         max_body=config.max_upload_bytes + FORM_OVERHEAD,
