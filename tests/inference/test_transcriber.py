@@ -201,3 +201,25 @@ def test_adapters_changed_on_disk_are_picked_up(tiny_dir, tiny_registry, tmp_pat
     fresh = Transcriber(str(tiny_dir), fresh_root, precision="fp32", device="cpu", max_new_tokens=8)
     assert after == fresh.transcribe(AUDIO[0], "sw").text != before
     assert t.transcribe(AUDIO[1], "cs").adapter is None  # gone from the registry: the base serves Czech
+
+
+@pytest.mark.parametrize("mode", ["routed", "hotswap"])
+def test_unloaded_adapters_load_again_and_given_routes_are_used(tiny_dir, tiny_registry, mode):
+    """What Ray Serve's multiplexing does to a replica: adapters dropped (``unload``) and ``auto`` inputs routed
+    elsewhere first (``decisions``); every answer stays what a plain call gives."""
+    from whisper_lora.inference.routing import RouteDecision
+
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", mode=mode, max_new_tokens=8)
+    ref = [t.transcribe(AUDIO[1], lang).text for lang in ("sw", "cs")]
+    assert t.unload("sw") and not t.unload("sw") and "sw" not in t.loaded_adapters()
+    assert t.unload("cs") and t.loaded_adapters() == []  # nothing attached any more
+    assert [t.transcribe(AUDIO[1], lang).text for lang in ("sw", "cs")] == ref
+    routes = t.route(AUDIO[:2])
+    plain = t.transcribe_batch(AUDIO[:2], "auto")
+    given = t.transcribe_batch(AUDIO[:2], "auto", decisions=routes)
+    assert [(g.text, g.adapter, g.route) for g in given] == [(p.text, p.adapter, p.route) for p in plain]
+    forced = RouteDecision("cs", 0.99, "cs", "router")  # a decision made elsewhere is taken as it is
+    out = t.transcribe_batch(AUDIO[:2], "auto", decisions=[forced, None])
+    assert (out[0].adapter, out[0].language, out[0].text) == ("cs", "cs", ref[1]) and out[1].text == plain[1].text
+    with pytest.raises(ConfigError, match="1 route decisions"):
+        t.transcribe_batch(AUDIO[:2], "auto", decisions=[None])

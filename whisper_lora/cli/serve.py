@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from whisper_lora.cli.options import add_base, add_registry, add_routing, transcriber
+from whisper_lora.cli.options import add_base, add_registry, add_routing, run_precision, transcriber
+from whisper_lora.errors import ConfigError
 from whisper_lora.serving import AUTH_ENV, KEY_ENV
 
 
@@ -54,6 +55,7 @@ def add_parser(sub) -> None:
         default=[],
         help="browser origin allowed to call the API, e.g. https://app.example.org (repeatable; default: CORS off)",
     )
+    _add_ray(sv)
     sv.set_defaults(fn=run_serve)
 
     dm = sub.add_parser("demo", help="gradio demo: adapter and base transcripts side by side")
@@ -67,6 +69,37 @@ def add_parser(sub) -> None:
     )
     dm.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25 MB)")
     dm.set_defaults(fn=run_demo)
+
+
+def _add_ray(p) -> None:
+    g = p.add_argument_group("Ray Serve (--ray; pip install 'whisper-lora[ray]'; docs/scaling-out.md)")
+    g.add_argument("--ray", action="store_true", help="serve on Ray Serve: replicas across a cluster, same API")
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        help="cluster to join: auto (the one `ray start` runs here) or HOST:6379 (default: a local cluster)",
+    )
+    g.add_argument("--replicas", type=int, default=1, help="replicas (default 1)")
+    g.add_argument("--min-replicas", type=int, default=None, help="autoscaling: fewest replicas (with --max-replicas)")
+    g.add_argument("--max-replicas", type=int, default=None, help="autoscaling: most replicas (with --min-replicas)")
+    g.add_argument(
+        "--target-ongoing", type=float, default=4.0, help="autoscaling: requests per replica it aims at (default 4)"
+    )
+    g.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves, also its threads (default 1)"
+    )
+    g.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs each replica reserves (default 0; 1: cuda)")
+    g.add_argument("--max-loaded", type=int, default=8, help="adapters one replica holds at once (default 8)")
+    g.add_argument(
+        "--multiplex",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="send each request to a replica holding its adapter (auto: when adapters > --max-loaded)",
+    )
+    g.add_argument("--ray-adapters", default=None, metavar="DIR", help="the registry as the nodes see it")
+    g.add_argument(
+        "--ship-adapters", action="store_true", help="send the registry to every node (Ray runtime_env working_dir)"
+    )
 
 
 def _limit(text: str) -> float | None:
@@ -90,8 +123,57 @@ def run_serve(a) -> int:
         api_keys=tuple(a.api_key) if a.api_key else ServerConfig.keys_from_env(),
         cors_origins=tuple(a.cors_origin),
     )
+    if a.ray:
+        return _run_ray(a, cfg)
     t = transcriber(a, num_beams=a.beams, max_new_tokens=a.max_new_tokens)
     serve(t, a.host, a.port, cfg)
+    return 0
+
+
+def _run_ray(a, cfg) -> int:
+    import socket
+    from pathlib import Path
+
+    from whisper_lora.registry.catalog import AdapterRegistry
+    from whisper_lora.serving.config import RayConfig
+
+    rc = RayConfig(  # validated before Ray starts
+        address=a.ray_address,
+        replicas=a.replicas,
+        min_replicas=a.min_replicas,
+        max_replicas=a.max_replicas,
+        target_ongoing_requests=a.target_ongoing,
+        cpus_per_replica=a.replica_cpus,
+        gpus_per_replica=a.replica_gpus,
+        multiplex=a.multiplex,
+        max_loaded=a.max_loaded,
+        registry_path=a.ray_adapters,
+        ship_adapters=a.ship_adapters,
+    )
+    registry = AdapterRegistry(a.adapters)  # the driver's view: what every replica must see too
+    try:
+        from whisper_lora.serving.ray_front import run
+        from whisper_lora.serving.ray_replica import SHIPPED, ReplicaSpec
+    except ImportError as e:
+        raise ConfigError(f"serve --ray needs Ray Serve ({e}); install it: pip install 'whisper-lora[ray]'") from None
+    languages = tuple(x.strip() for x in a.languages.split(",") if x.strip()) if a.languages else None
+    spec = ReplicaSpec(
+        registry=SHIPPED if rc.ship_adapters else str(Path(rc.registry_path or registry.root).absolute()),
+        digest=registry.digest(),
+        server=cfg,
+        ray=rc,
+        base=a.base,
+        precision=run_precision(a, "int8"),
+        device=a.device or ("cuda" if rc.gpus_per_replica > 0 else "auto"),
+        detect_threshold=a.threshold,
+        num_beams=a.beams,
+        max_new_tokens=a.max_new_tokens,
+        languages=languages,
+        multiplexed=rc.multiplexed(len(registry.names())),
+        origin=f"{socket.gethostname()} (where serve --ray ran)",
+        local_registry=str(registry.root),
+    )
+    run(spec, a.host, a.port)
     return 0
 
 

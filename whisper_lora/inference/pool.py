@@ -56,6 +56,9 @@ class AdapterPool(Protocol):
     def loaded(self) -> list[str]:
         """Adapters held in memory, least recently used first."""
 
+    def detach(self, name: str) -> bool:
+        """Drop ``name``'s weights from memory (loaded again when next used); False when it was not loaded."""
+
 
 class _PeftHolder:
     """The base, and the PeftModel built on it with the first adapter."""
@@ -144,6 +147,13 @@ class RoutedPool(_PeftHolder):
         self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=key)
         self._names[entry.name] = key
 
+    def detach(self, name: str) -> bool:
+        key = self._names.pop(name, None)
+        if key is None:
+            return False
+        self._delete(key)
+        return True
+
     def _delete(self, key: str) -> None:
         left = [k for k in self.peft.peft_config if k != key]
         if left and self.peft.active_adapter == key:
@@ -189,6 +199,13 @@ class HotSwapPool(_PeftHolder):
 
     def loaded(self) -> list[str]:
         return list(self._cache)
+
+    def detach(self, name: str) -> bool:
+        if self._cache.pop(name, None) is None:
+            return False
+        if self._active is not None and self._active[0] == name:  # the slot keeps its weights until the next swap
+            self._active = None
+        return True
 
     def _weights(self, entry: AdapterEntry) -> tuple[object, dict]:
         from peft import LoraConfig

@@ -172,11 +172,7 @@ class Transcriber:
     # ---------------------------------------------------------------- adapters
     def _entry_for(self, language: str) -> AdapterEntry | None:
         """The adapter serving a (registry or Whisper) language code, if any; a broken one raises why."""
-        entry = self.registry.find(language)
-        if entry is None:  # a detected Whisper code (`ar`) may be served by a proxy adapter (`ary`)
-            whisper = resolve_language(language).whisper
-            entry = next((e for e in self.registry.entries() if e.whisper_language == whisper), None)
-        return entry
+        return self.registry.for_language(language)
 
     def swap(self, language: str) -> str | None:
         """Make a language's adapter ready (hot-swap mode: put it in the slot); returns its name."""
@@ -185,6 +181,11 @@ class Transcriber:
             if entry is not None:
                 self._pool.attach(entry)
             return entry.name if entry else None
+
+    def unload(self, name: str) -> bool:
+        """Drop an adapter's weights from memory (it loads again when next used); False if it was not loaded."""
+        with self._lock:
+            return self._pool.detach(name)
 
     def loaded_adapters(self) -> list[str]:
         """Adapters held in memory, least recently used first (at most ``max_loaded``)."""
@@ -322,6 +323,7 @@ class Transcriber:
         timestamps: bool = False,
         options: DecodeOptions | None = None,
         gate: StepGate | None = None,
+        decisions: Sequence[RouteDecision | None] | None = None,
     ) -> list[Transcription]:
         """Transcribe several inputs, each with its own language (or ``auto``) and adapter.
 
@@ -332,11 +334,18 @@ class Transcriber:
         Transcriber's ``decode_options``). Inputs with no samples or non-finite samples raise
         ``AudioError``; silent inputs are not decoded (they give no text). ``gate`` lets window-by-window
         decoding give the model up between decoding steps (``StepGate``; the server's scheduler).
+        ``decisions`` are routes already taken (``route()``, maybe in another process: on Ray Serve the ingress
+        routes before it picks a replica holding the adapter), one per input or None; other ``auto`` inputs are
+        routed here.
         """
         langs = [language] * len(audios) if isinstance(language, str) else list(language)
         forced = [adapter] * len(audios) if adapter is None or isinstance(adapter, str) else list(adapter)
-        if len(langs) != len(audios) or len(forced) != len(audios):
-            raise ConfigError(f"{len(audios)} inputs but {len(langs)} languages and {len(forced)} adapter choices")
+        given = list(decisions) if decisions is not None else [None] * len(audios)
+        if len(langs) != len(audios) or len(forced) != len(audios) or len(given) != len(audios):
+            raise ConfigError(
+                f"{len(audios)} inputs but {len(langs)} languages, {len(forced)} adapter choices "
+                f"and {len(given)} route decisions"
+            )
         for lang in langs:
             if lang != AUTO:
                 resolve_language(lang)  # validate before touching the model
@@ -354,11 +363,12 @@ class Transcriber:
         ]
         long_form = timestamps or any(len(a) > N_SAMPLES for a in arrays)
         with self._lock:
-            auto = [i for i, lang in enumerate(langs) if lang == AUTO]  # forced adapters already set theirs
-            decided = {}
+            decided = {i: d for i, d in enumerate(given) if d is not None and langs[i] == AUTO}
+            # forced adapters already set their language
+            auto = [i for i, lang in enumerate(langs) if lang == AUTO and i not in decided]
             if auto:  # routing looks at the first 30 s of a recording, once per recording
                 decisions = self._route([arrays[i] for i in auto])
-                decided = dict(zip(auto, decisions, strict=True))
+                decided.update(zip(auto, decisions, strict=True))
             plans = self._plan(langs, forced, entries, decided)
             speech = [i for i, a in enumerate(arrays) if not is_silent(a)]  # silent inputs give no text
             segments: list = [()] * len(arrays)

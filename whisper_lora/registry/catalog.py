@@ -217,6 +217,30 @@ class AdapterRegistry:
             return None
         return self.get(code)
 
+    def for_language(self, language: str) -> AdapterEntry | None:
+        """The adapter serving a registry or Whisper language code: ``find``, else an adapter whose Whisper
+        language it is (a detected ``ar`` is served by a proxy adapter ``ary``); a broken one raises why."""
+        entry = self.find(language)
+        if entry is None:
+            whisper = resolve_language(language).whisper
+            entry = next((e for e in self.entries() if e.whisper_language == whisper), None)
+        return entry
+
+    def digest(self) -> dict[str, str]:
+        """Every adapter directory's name and a hash of its files' contents: equal on two machines exactly when
+        they hold the same adapters (``dir_version`` is a stat hash, local to one file system)."""
+        out = {}
+        for path in self._candidates():
+            h = hashlib.sha256()
+            for f in sorted(path.iterdir()):
+                if f.is_file():
+                    h.update(f.name.encode() + b"\0")
+                    with open(f, "rb") as fh:
+                        for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                            h.update(block)
+            out[path.name] = h.hexdigest()[:16]
+        return out
+
     def check_compatible(self, entry: AdapterEntry, base_info) -> None:
         """Refuse an adapter trained on another base (see the module-level ``check_compatible``)."""
         check_compatible(entry, base_info)

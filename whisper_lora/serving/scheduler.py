@@ -28,6 +28,7 @@ import numpy as np
 
 from whisper_lora.data.audio import N_SAMPLES
 from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.routing import RouteDecision
 from whisper_lora.inference.transcriber import Transcriber, Transcription
 
 log = logging.getLogger("whisper_lora")
@@ -41,6 +42,9 @@ class QueueFull(Exception):
     def __init__(self, limit: int, retry_after: int):
         super().__init__(f"the server is busy: {limit} requests are already queued; retry in {retry_after} s")
         self.limit, self.retry_after = limit, retry_after
+
+    def __reduce__(self):  # crosses process boundaries (Ray replicas) with its own arguments
+        return (type(self), (self.limit, self.retry_after))
 
 
 class Cancelled(Exception):
@@ -56,6 +60,7 @@ class Job:
     adapter: str | None
     timestamps: bool = False
     options: DecodeOptions | None = None
+    decision: RouteDecision | None = None  # ``language="auto"`` already routed (Ray Serve's ingress does)
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.monotonic)
     _cancelled: threading.Event = field(default_factory=threading.Event)
@@ -137,9 +142,10 @@ class Scheduler:
         adapter: str | None,
         timestamps: bool = False,
         options: DecodeOptions | None = None,
+        decision: RouteDecision | None = None,
     ) -> Job:
         """Queue one request; its ``future`` gives the ``Transcription``. Raises ``QueueFull`` when full."""
-        job = Job(audio, language, adapter, timestamps, options)
+        job = Job(audio, language, adapter, timestamps, options, decision)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -247,6 +253,7 @@ class Scheduler:
                 timestamps=job.timestamps,
                 options=job.options,
                 gate=_Gate(self, job),
+                decisions=[job.decision],
             )[0]
         except BaseException as e:  # noqa: BLE001 - the request gets the error, the server goes on
             job.future.set_exception(e)
@@ -300,6 +307,7 @@ class Scheduler:
                 adapter=[j.adapter for j in batch],
                 timestamps=batch[0].timestamps,
                 options=batch[0].options,
+                decisions=[j.decision for j in batch],
             )
             self.batches += 1
         except Exception as e:  # noqa: BLE001 - isolate the failing request

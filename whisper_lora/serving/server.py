@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -30,9 +30,10 @@ from whisper_lora.errors import AdapterError, BrokenAdapterError, ConfigError, W
 from whisper_lora.inference.formats import TIMED_FORMATS, to_srt, to_vtt, verbose_json
 from whisper_lora.inference.transcriber import AUTO, ROUTE, Transcriber
 from whisper_lora.languages import resolve_language
-from whisper_lora.serving import KEY_ENV
+from whisper_lora.serving.config import ServerConfig
+from whisper_lora.serving.engine import Engine, LocalEngine, Unavailable
 from whisper_lora.serving.limits import Guard, audio_seconds, error_body, public
-from whisper_lora.serving.scheduler import Cancelled, QueueFull, Scheduler
+from whisper_lora.serving.scheduler import Cancelled, QueueFull
 
 log = logging.getLogger("whisper_lora")
 
@@ -41,60 +42,6 @@ FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
 FORM_OVERHEAD = 64 * 2**10  # multipart boundaries and the small form fields, on top of the file
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Limits, keys and batching of the HTTP server (``whisper-lora serve`` flags in brackets)."""
-
-    max_upload_bytes: int = 25 * 2**20  # [--max-upload-mb] larger uploads get 413 (OpenAI's limit is 25 MB)
-    max_audio_seconds: float | None = 1800.0  # [--max-audio-seconds] longer recordings get 413; None: no limit
-    max_batch: int = 8  # [--max-batch] short requests decoded together
-    max_wait_ms: float = 10.0  # [--max-wait-ms] how long the first short request waits for company
-    max_queue: int = 64  # [--max-queue] requests in flight (queued or decoding); past it 503 + Retry-After
-    max_connections: int = 128  # [--max-connections] HTTP requests in progress (uploads included); past it 503
-    request_timeout: float | None = 900.0  # [--request-timeout] seconds from upload to answer; past it 504
-    slice_ms: float = 200.0  # a long recording keeps the model at least this long before short ones go
-    quantum_ms: float = 2000.0  # long recordings take turns this often
-    reload_seconds: float | None = 2.0  # look for adapters changed on disk at most this often; None: never
-    api_keys: tuple[str, ...] = field(default=(), repr=False)  # [--api-key] empty: no key needed
-    cors_origins: tuple[str, ...] = ()  # [--cors-origin] browser origins allowed; empty: CORS off
-    keep_alive_seconds: float = 5.0  # idle keep-alive connections are closed after this
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "api_keys", tuple(k for k in self.api_keys if k))
-        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
-        problems = []
-        for name in ("max_upload_bytes", "max_batch", "max_queue", "max_connections"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)!r} must be >= 1")
-        for name in ("max_audio_seconds", "request_timeout", "reload_seconds"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                problems.append(f"{name}={value!r} must be > 0 (or None for no limit)")
-        for name in ("max_wait_ms", "slice_ms", "quantum_ms", "keep_alive_seconds"):
-            if not getattr(self, name) >= 0:
-                problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
-        if any(len(k) < 8 or k.strip() != k for k in self.api_keys):
-            problems.append("every API key must be at least 8 characters, without surrounding spaces")
-        if problems:
-            raise ConfigError("invalid server settings:\n  - " + "\n  - ".join(problems))
-
-    @staticmethod
-    def keys_from_env() -> tuple[str, ...]:
-        """Keys in ``$WHISPER_LORA_API_KEY`` (comma-separated)."""
-        return tuple(k.strip() for k in os.environ.get(KEY_ENV, "").split(",") if k.strip())
-
-    def public(self) -> dict:
-        """The limits as ``/health`` reports them (never the keys)."""
-        return {
-            "max_upload_bytes": self.max_upload_bytes,
-            "max_audio_seconds": self.max_audio_seconds,
-            "max_queue": self.max_queue,
-            "max_connections": self.max_connections,
-            "request_timeout": self.request_timeout,
-            "auth": bool(self.api_keys),
-        }
 
 
 class ApiError(Exception):
@@ -144,25 +91,16 @@ def check_duration(seconds: float, config: ServerConfig) -> None:
         )
 
 
-def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
-    """The FastAPI application; one ``Transcriber`` serves every request through the scheduler."""
+def create_app(engine: Transcriber | Engine, config: ServerConfig | None = None):
+    """The FastAPI application over an ``Engine`` (``serving/engine.py``); a ``Transcriber`` is served in this
+    process through the scheduler (``LocalEngine``). The Ray Serve ingress builds the same app over its replicas."""
     config = config or ServerConfig()
-    scheduler = Scheduler(
-        transcriber,
-        config.max_batch,
-        config.max_wait_ms,
-        config.max_queue,
-        config.slice_ms,
-        config.quantum_ms,
-        config.reload_seconds,
-    )
-    base_name = (
-        transcriber.base_info.name.rstrip("/").rsplit("/", 1)[-1]
-        if "/" in transcriber.base_info.name
-        else (transcriber.base_info.name)
-    )  # a path's last part, or the short name / hub id's name
+    if isinstance(engine, Transcriber):
+        engine = LocalEngine(engine, config)
+    name = engine.base_info.name
+    base_name = name.rstrip("/").rsplit("/", 1)[-1] if "/" in name else name  # a path's last part, or the short name
     app = FastAPI(title="whisper-lora", description=__doc__)
-    app.state.scheduler = scheduler
+    app.state.engine = engine
     app.add_middleware(
         Guard,
         max_body=config.max_upload_bytes + FORM_OVERHEAD,
@@ -206,27 +144,33 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
     async def _library_error(_, e: WhisperLoraError):
         return err(400, str(e))
 
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_, e: Unavailable):  # replicas died or none is running (Ray Serve)
+        return err(503, str(e), code="server_unavailable", headers={"Retry-After": str(e.retry_after)})
+
     @app.exception_handler(BrokenAdapterError)
     async def _broken_adapter(_, e: BrokenAdapterError):  # the server's registry is at fault, not the request
         return err(503, str(e), "model", "adapter_unavailable")
 
     def refresh() -> None:
         if config.reload_seconds is not None:
-            transcriber.refresh_adapters(config.reload_seconds)
+            engine.refresh(config.reload_seconds)
 
     @app.get("/health")
-    def health():
-        refresh()
+    async def health():
+        await run_in_threadpool(refresh)
+        status = await engine.status()
+        degraded = engine.broken_adapters() or status.pop("degraded", False)
         return {
-            "status": "degraded" if transcriber.broken_adapters() else "ok",
+            "status": "degraded" if degraded else "ok",
             "base": base_name,
-            "precision": transcriber.base_info.precision,
-            "adapters": transcriber.adapters(),
-            "adapter_versions": {e.name: e.version for e in transcriber.registry.entries()},
-            "broken_adapters": [{"name": b.name, "reason": public(b.reason)} for b in transcriber.broken_adapters()],
-            "routing": transcriber.routing(),
+            "precision": engine.base_info.precision,
+            "adapters": engine.adapters(),
+            "adapter_versions": {e.name: e.version for e in engine.registry.entries()},
+            "broken_adapters": [{"name": b.name, "reason": public(b.reason)} for b in engine.broken_adapters()],
+            "routing": engine.routing(),
             "limits": config.public(),
-            **scheduler.stats(),
+            **status,
         }
 
     @app.get("/v1/models")
@@ -243,7 +187,7 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
                 "root": base_name,
                 "parent": base_name,
             }
-            for m in (*ROUTER_MODELS, *transcriber.adapters())
+            for m in (*ROUTER_MODELS, *engine.adapters())
         ]
         data += [
             {
@@ -256,43 +200,48 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
                 "status": "broken",
                 "reason": public(b.reason),
             }
-            for b in transcriber.broken_adapters()
+            for b in engine.broken_adapters()
         ]
         return {"object": "list", "data": data}
 
     def pick_adapter(model: str) -> str | None:
         if model in ROUTER_MODELS:
             return ROUTE
-        if model in (base_name, transcriber.base_info.name):
+        if model in (base_name, engine.base_info.name):
             return None
         try:
-            entry = transcriber.registry.find(model)
+            entry = engine.registry.find(model)
         except BrokenAdapterError:
             raise
         except (ConfigError, AdapterError):
             entry = None
         if entry is None:
-            valid = ", ".join([base_name, *ROUTER_MODELS, *transcriber.adapters()])
+            valid = ", ".join([base_name, *ROUTER_MODELS, *engine.adapters()])
             raise ApiError(404, f"unknown model {model!r}; valid models: {valid}", "model", "model_not_found")
         return entry.name
 
-    async def answer(request: Request, job) -> object:
-        """The job's result; cancelled when the client goes away or ``request_timeout`` passes (504)."""
-        future = asyncio.wrap_future(job.future)
+    async def answer(request: Request, pending) -> object:
+        """The request's result; cancelled when the client goes away or ``request_timeout`` passes (504)."""
+        task = asyncio.ensure_future(pending.result())
         deadline = None if config.request_timeout is None else time.monotonic() + config.request_timeout
+
+        def stop() -> None:
+            pending.cancel()
+            task.cancel()
+
         while True:
-            done, _ = await asyncio.wait({future}, timeout=0.25)
+            done, _ = await asyncio.wait({task}, timeout=0.25)
             if done:
                 try:
-                    return future.result()
+                    return task.result()
                 except Cancelled:
                     raise ApiError(499, "the request was cancelled", code="cancelled") from None
             if await request.is_disconnected():
-                job.cancel()
+                stop()
                 log.info("client went away: request cancelled")
                 raise ApiError(499, "the client closed the connection", code="cancelled")
             if deadline is not None and time.monotonic() > deadline:
-                job.cancel()
+                stop()
                 raise ApiError(
                     504,
                     f"the transcription took longer than {config.request_timeout:g} s (--request-timeout); "
@@ -332,7 +281,7 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
         if prompt or temperature is not None or words:
             try:
                 options = replace(
-                    transcriber.decoding.options.with_temperature(temperature),
+                    engine.options.with_temperature(temperature),
                     prompt=prompt or None,
                     word_timestamps=words,
                 )
@@ -356,10 +305,13 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
         check_duration(len(audio) / SAMPLE_RATE, config)  # containers without a readable header
         started = time.perf_counter()
         try:
-            job = scheduler.submit(audio, lang, adapter, timed, options)
+            pending = engine.submit(audio, lang, adapter, timed, options)
         except QueueFull as e:
             raise ApiError(503, str(e), code="server_busy", headers={"Retry-After": str(e.retry_after)}) from None
-        result = await answer(request, job)
+        try:
+            result = await answer(request, pending)
+        except QueueFull as e:  # a replica's own queue was full (Ray Serve)
+            raise ApiError(503, str(e), code="server_busy", headers={"Retry-After": str(e.retry_after)}) from None
         if response_format == "text":
             return PlainTextResponse(result.text)
         if response_format == "json":
@@ -372,7 +324,7 @@ def create_app(transcriber: Transcriber, config: ServerConfig | None = None):
 
     @app.on_event("shutdown")
     def _stop():
-        scheduler.close()
+        engine.close()
 
     return app
 

@@ -1,0 +1,128 @@
+"""``whisper-lora serve --ray``: two replicas on a local Ray cluster, the shipped adapters multiplexed (``--max-loaded
+2`` for three adapters, so each request travels to a replica holding its adapter; ``model=auto`` is routed first).
+
+Answers through Ray's HTTP proxy equal one in-process ``Transcriber``'s on the same clips (synthetic sw and id, real
+Czech for the encoder-adapted ``cs``, real English for the base), the ``openai`` client works, ``/health`` lists the
+replicas and their adapters, and a replica killed under load costs no hang: every answer is the right one or a clear
+503, and the service comes back to two replicas.
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.conftest import REPO_ADAPTERS
+from tests.serving.conftest import kill_replica, shutdown_serve, wav_bytes
+from whisper_lora.serving.process import running
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, ray_reference):  # the reference first: it loads a model of its own, then frees it
+    args = ["serve", "--ray", "--ray-address", ray_cluster, "--replicas", "2", "--max-loaded", "2"]
+    args += ["--adapters", str(REPO_ADAPTERS)]
+    try:
+        with running(args, timeout=600) as url:
+            yield url
+    finally:
+        shutdown_serve()
+
+
+def _post(url, audio, model, timeout=300):
+    return httpx.post(
+        f"{url}/v1/audio/transcriptions",
+        data={"model": model, "response_format": "verbose_json"},
+        files={"file": ("clip.wav", wav_bytes(audio))},
+        timeout=timeout,
+    )
+
+
+def _answer(r) -> tuple:
+    body = r.json()
+    return (body["text"], body["language_code"], body["adapter"], body["route"])
+
+
+def _requests(clips):
+    """Every clip with ``model=auto`` and with its own adapter: (clip name, model, audio)."""
+    out = [(name, "auto", audio) for name, audio, _, _ in clips]
+    return out + [(name, adapter, audio) for name, audio, _, adapter in clips if adapter]
+
+
+def test_answers_equal_the_transcriber_including_the_encoder_adapter(service, ray_clips, ray_reference):
+    todo = _requests(ray_clips)
+    with ThreadPoolExecutor(6) as pool:  # concurrent: micro-batches on both replicas, adapters moving between them
+        replies = list(pool.map(lambda x: _post(service, x[2], x[1]), todo))
+    assert [r.status_code for r in replies] == [200] * len(todo), [r.text[:200] for r in replies]
+    got = {(name, model): _answer(r) for (name, model, _), r in zip(todo, replies, strict=True)}
+    assert got == {k: ray_reference[k] for k in got}
+    assert got["cs0", "auto"][2] == "cs" and got["cs0", "auto"][3] == "router"  # real Czech routed to cs
+    assert got["en0", "auto"][2] is None  # English: no adapter, the untouched base
+
+
+def test_the_openai_client_works(service, ray_clips, ray_reference):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{service}/v1", api_key="not-checked", max_retries=0)
+    name, audio, lang, adapter = next(c for c in ray_clips if c[3] == "cs")
+    reply = client.audio.transcriptions.create(
+        model=adapter, file=("cs.wav", wav_bytes(audio)), language=lang, response_format="verbose_json"
+    )
+    assert reply.text == ray_reference[name, adapter][0] and reply.language == "czech"
+    assert "cs" in {m.id for m in client.models.list().data}
+
+
+def test_health_lists_replicas_and_their_adapters(service):
+    h = httpx.get(f"{service}/health", timeout=60).json()
+    assert h["engine"] == "ray" and h["status"] == "ok" and h["multiplexed"] is True and h["max_loaded"] == 2
+    assert len(h["replicas"]) == 2 and len({r["replica"] for r in h["replicas"]}) == 2
+    assert sorted(h["adapters"]) == ["cs", "id", "sw"]
+    for r in h["replicas"]:  # each holds at most max_loaded adapters, and says which
+        assert len(r["loaded_adapters"]) <= 2 and set(r["multiplexed_adapters"]) <= {"cs", "id", "sw"}
+    assert sum(r["served"] for r in h["replicas"]) >= 1
+
+
+def _busy_replica(url: str) -> str:
+    """A replica with requests in flight."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        replicas = httpx.get(f"{url}/health", timeout=60).json()["replicas"]
+        busy = [r["replica"] for r in replicas if r["in_flight"] > 0]
+        if busy:
+            return busy[0]
+        time.sleep(0.2)
+    raise AssertionError("no replica ever had a request in flight")
+
+
+def test_a_replica_killed_under_load_gives_right_answers_or_503_and_recovers(service, ray_clips, ray_reference):
+    todo = _requests(ray_clips)[:8]
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(todo)) as pool:
+        futures = [pool.submit(_post, service, audio, model, 240) for _, model, audio in todo]
+        busy = _busy_replica(service)
+        killed = kill_replica(busy)
+        replies = [f.result() for f in futures]  # a hang would raise httpx's timeout here
+    assert time.monotonic() - started < 240
+    right = 0
+    for (name, model, _), r in zip(todo, replies, strict=True):
+        if r.status_code == 200:
+            assert _answer(r) == ray_reference[name, model], (killed, name, model)
+            right += 1
+        else:  # the only other answer allowed: a clear, retryable 503
+            assert r.status_code == 503 and r.headers["retry-after"], r.text[:300]
+            assert r.json()["error"]["code"] == "server_unavailable"
+    assert right >= len(todo) // 2
+    h = httpx.get(f"{service}/health", timeout=60).json()
+    assert h["replica_failures"] >= 1  # the kill hit requests in flight: they were retried or refused, not lost
+    deadline = time.monotonic() + 180  # Serve's controller starts a new replica
+    while time.monotonic() < deadline:
+        h = httpx.get(f"{service}/health", timeout=60).json()
+        if len(h["replicas"]) == 2 and h["status"] == "ok" and busy not in {r["replica"] for r in h["replicas"]}:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"the service did not come back to 2 replicas: {h.get('replicas')}")
+    name, model, audio = todo[0]
+    assert _answer(_post(service, audio, model)) == ray_reference[name, model]

@@ -1,0 +1,229 @@
+"""``whisper-lora serve --ray``: the OpenAI-compatible app (``server.create_app``, the same one ``serve`` runs) as
+the ingress of a Ray Serve application whose ``Decoder`` replicas (``ray_replica.py``) decode.
+
+- ``RayEngine`` is the app's ``Engine``: it sends each request to a replica (with its adapter's name when adapters
+  are multiplexed; ``model=auto`` is routed first, on any replica, so the adapter is known before the replica is
+  chosen), retries on another replica when one dies, and answers 503 when none can.
+- ``build_app`` binds the deployments; ``run`` joins or starts a cluster, deploys, and blocks until stopped.
+Imported only with the ``ray`` extra (``pip install 'whisper-lora[ray]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import ray
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+
+from whisper_lora.data.audio import N_SAMPLES
+from whisper_lora.errors import ConfigError
+from whisper_lora.inference.transcriber import AUTO, ROUTE, Transcription
+from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
+from whisper_lora.serving.engine import Unavailable
+from whisper_lora.serving.ray_replica import Decoder, ReplicaSpec, visible_registry
+from whisper_lora.serving.scheduler import Cancelled
+
+log = logging.getLogger("whisper_lora")
+
+DESCRIBE_TIMEOUT = 10.0  # seconds /health waits for the replicas' answers
+
+
+class _RayPending:
+    def __init__(self, engine: RayEngine, audio: np.ndarray, language, adapter, timestamps, options):
+        self.engine, self.audio, self.language, self.adapter = engine, audio, language, adapter
+        self.timestamps, self.options = timestamps, options
+        self._response = None
+        self._cancelled = False
+
+    async def result(self) -> Transcription:
+        e = self.engine
+        decision, name = None, None
+        if e.multiplexed and self.adapter is not None:
+            if self.adapter != ROUTE:
+                name = self.adapter
+            elif self.language == AUTO:  # routing first: the adapter decides which replica decodes
+                decision = await self._call("route", None, self.audio[:N_SAMPLES])
+                name = decision.adapter
+            else:
+                entry = e.registry.for_language(self.language)
+                name = entry.name if entry else None
+        return await self._call(
+            "transcribe", name, self.audio, self.language, self.adapter, self.timestamps, self.options, decision
+        )
+
+    async def _call(self, method: str, adapter: str | None, *args):
+        e = self.engine
+        attempts = e.spec.ray.retries + 1
+        for attempt in range(attempts):
+            if self._cancelled:
+                raise Cancelled()
+            handle = e.decoders.options(method_name=method)
+            if adapter:
+                handle = handle.options(multiplexed_model_id=adapter)
+            self._response = handle.remote(*args)
+            try:
+                return await self._response
+            except (ActorDiedError, ActorUnavailableError) as err:
+                e.replica_failures += 1
+                log.warning("a replica failed during %s (attempt %d of %d): %s", method, attempt + 1, attempts, err)
+            except RayTaskError as err:  # the replica raised: the request gets the replica's own error
+                cause = getattr(err, "cause", None)
+                if isinstance(cause, Exception):
+                    raise cause from None
+                raise
+        raise Unavailable(
+            f"the replica serving this request stopped ({attempts} attempt(s)); Ray is restarting it, retry shortly"
+        )
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._response is not None:
+            self._response.cancel()
+
+
+class RayEngine:
+    """The ``Engine`` of the ingress: the replicas decode; this holds a view of the same registry."""
+
+    def __init__(self, decoders, spec: ReplicaSpec, root, info: dict):
+        self.decoders, self.spec = decoders, spec
+        self.base_info, self.options, self._routing = info["base_info"], info["options"], info["routing"]
+        self.registry = AdapterRegistry(root, self.base_info)
+        self.multiplexed = spec.multiplexed
+        self.replica_failures = 0
+        self._looked = time.monotonic()
+
+    def adapters(self) -> list[str]:
+        return self.registry.names()
+
+    def broken_adapters(self) -> list[BrokenAdapter]:
+        return self.registry.broken()
+
+    def routing(self) -> dict | None:
+        return self._routing
+
+    def refresh(self, min_interval: float) -> None:
+        if time.monotonic() - self._looked < min_interval:
+            return
+        self._looked = time.monotonic()
+        if self.registry.changed():  # the replicas' schedulers pick the change up themselves
+            self.registry.refresh()
+
+    def submit(self, audio, language, adapter, timestamps, options) -> _RayPending:
+        return _RayPending(self, audio, language, adapter, timestamps, options)
+
+    async def status(self) -> dict:
+        answers = await self.decoders.broadcast("describe").results_async(
+            timeout_s=DESCRIBE_TIMEOUT, return_exceptions=True
+        )
+        replicas = []
+        for a in answers:
+            if isinstance(a, dict):
+                a = {k: v for k, v in a.items() if k not in ("base_info", "options", "routing")}
+                replicas.append(a)
+        ok = [a for a in answers if isinstance(a, dict)]
+        if ok:
+            self._routing = ok[0]["routing"]
+        rc = self.spec.ray
+        wanted = max(rc.min_replicas, 1) if rc.autoscaling else rc.replicas
+        return {
+            "engine": "ray",
+            "degraded": len(replicas) < wanted,
+            "replicas": replicas,
+            "replicas_wanted": rc.autoscaling or rc.replicas,
+            "replicas_unanswered": len(answers) - len(replicas),
+            "multiplexed": self.multiplexed,
+            "max_loaded": self.spec.ray.max_loaded,
+            "replica_failures": self.replica_failures,
+            "in_flight": sum(r["in_flight"] for r in replicas),
+            "served": sum(r["served"] for r in replicas),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+@serve.ingress()
+class Front:
+    """The ingress deployment: the same FastAPI app as ``whisper-lora serve``, over ``RayEngine``."""
+
+    async def __init__(self, decoders, spec: ReplicaSpec):
+        root = visible_registry(spec)
+        info = await decoders.options(method_name="describe").remote()
+        self.engine, self.spec = RayEngine(decoders, spec, root, info), spec
+
+    def __serve_build_asgi_app__(self):
+        from whisper_lora.serving.server import create_app
+
+        return create_app(self.engine, self.spec.server)
+
+
+def build_app(spec: ReplicaSpec):
+    """The Ray Serve application: ``Front`` (HTTP) bound to the ``Decoder`` replicas."""
+    rc = spec.ray
+    env = {"working_dir": spec.local_registry} if rc.ship_adapters else None  # the registry travels with the app
+    actor = {"num_cpus": rc.cpus_per_replica, "num_gpus": rc.gpus_per_replica}
+    if env:
+        actor["runtime_env"] = env
+    scaling = {"autoscaling_config": rc.autoscaling} if rc.autoscaling else {"num_replicas": rc.replicas}
+    decoder = serve.deployment(
+        Decoder,
+        name="Decoder",
+        ray_actor_options=actor,
+        max_ongoing_requests=2 * spec.server.max_batch,  # enough for full micro-batches
+        max_queued_requests=spec.server.max_queue,  # past it: 503 + Retry-After
+        max_constructor_retry_count=3,
+        health_check_period_s=5,
+        **scaling,
+    )
+    front = serve.deployment(
+        Front,
+        name="Front",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0, **({"runtime_env": env} if env else {})},
+        max_ongoing_requests=spec.server.max_connections,
+    )
+    return front.bind(decoder.bind(spec), spec)
+
+
+_FAILED = re.compile(r"(?:ConfigError|AdapterError|WhisperLoraError): (.+)")
+
+
+def deploy(spec: ReplicaSpec, host: str, port: int) -> None:
+    """Deploy on the cluster this process is connected to (``ray.init`` first); raises ``ConfigError`` with the
+    replicas' own message when they cannot start."""
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        serve.run(build_app(spec), name=spec.ray.app_name, route_prefix="/", blocking=False)
+    except Exception as e:  # Ray wraps a replica's constructor error in its deployment report
+        found = _FAILED.search(str(e))
+        if found:
+            raise ConfigError(f"Ray Serve could not start the replicas: {found.group(1).strip()}") from None
+        raise
+
+
+def run(spec: ReplicaSpec, host: str, port: int) -> None:
+    """``whisper-lora serve --ray``: connect (``--ray-address``) or start a local cluster, deploy, block until
+    Ctrl-C or SIGTERM, then delete the application."""
+    if not ray.is_initialized():
+        ray.init(address=spec.ray.address, logging_level=logging.WARNING)
+    deploy(spec, host, port)
+    log.warning(
+        "whisper-lora on Ray Serve: http://%s:%d/v1/audio/transcriptions (%s)",
+        host,
+        port,
+        f"{spec.ray.autoscaling} replicas" if spec.ray.autoscaling else f"{spec.ray.replicas} replica(s)",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        serve.delete(spec.ray.app_name)

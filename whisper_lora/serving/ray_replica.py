@@ -1,0 +1,180 @@
+"""One Ray Serve replica of ``whisper-lora serve --ray``: a ``Transcriber`` over the registry and its ``Scheduler``
+(micro-batches that mix adapters, long recordings interleaved), every adapter shape included (encoder LoRA too).
+
+With a small registry every replica holds every adapter, so mixed-language micro-batches work as in one process.
+With more adapters than ``max_loaded`` the adapters are multiplexed: each request carries its adapter's name
+(``multiplexed_model_id``), Ray sends it to a replica that holds it, and a replica keeps at most ``max_loaded``
+(Ray's LRU; an evicted adapter's weights leave the model). Imported only with the ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+from ray import serve
+
+from whisper_lora.errors import ConfigError
+from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.routing import RouteDecision
+from whisper_lora.inference.transcriber import Transcriber, Transcription
+from whisper_lora.registry.catalog import AdapterRegistry
+from whisper_lora.serving.config import RayConfig, ServerConfig
+from whisper_lora.serving.engine import scheduler_for
+
+log = logging.getLogger("whisper_lora")
+
+SHIPPED = "."  # registry path of ``--ship-adapters``: the replica's working directory (Ray's runtime_env)
+HOW = (
+    "every node must read the same adapters: mount one shared directory at the same path on every node "
+    "(or pass --ray-adapters with the path the nodes see), or pass --ship-adapters to send the registry "
+    "with the application (Ray runtime_env working_dir)"
+)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a replica needs to build its ``Transcriber``; made by the driver, validated there."""
+
+    registry: str  # the registry as the nodes see it (``SHIPPED``: the shipped working directory)
+    digest: dict[str, str]  # what the driver's registry holds (``AdapterRegistry.digest``)
+    server: ServerConfig
+    ray: RayConfig
+    base: str | None = None
+    precision: str = "int8"
+    device: str = "auto"
+    mode: str = "routed"
+    detect_threshold: float | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 224
+    languages: tuple[str, ...] | None = None
+    decode_options: DecodeOptions | None = None
+    multiplexed: bool = False
+    origin: str = "the driver"  # the machine the command ran on, for messages
+    local_registry: str = ""  # the registry on the driver (``--ship-adapters`` sends it)
+
+    def transcriber_kwargs(self) -> dict:
+        kw = dict(
+            precision=self.precision,
+            device=self.device,
+            mode=self.mode,
+            max_loaded=self.ray.max_loaded,
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_new_tokens,
+            decode_options=self.decode_options,
+            languages=list(self.languages) if self.languages else None,
+        )
+        if self.detect_threshold is not None:
+            kw["detect_threshold"] = self.detect_threshold
+        return kw
+
+
+def node_name() -> str:
+    try:
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        return os.uname().nodename
+
+
+def visible_registry(spec: ReplicaSpec) -> Path:
+    """The registry directory as this process sees it, refused with the fix when it is missing or differs."""
+    path = Path(os.getcwd()) if spec.registry == SHIPPED else Path(spec.registry)
+    where = f"the replica on node {node_name()}"
+    if not path.is_dir():
+        raise ConfigError(f"{where} cannot see the adapter registry {path}; {HOW}")
+    digest = AdapterRegistry(path).digest()
+    if digest != spec.digest:
+        differ = sorted(n for n in set(digest) | set(spec.digest) if digest.get(n) != spec.digest.get(n))
+        raise ConfigError(
+            f"{where} reads different adapters at {path} than {spec.origin} (differ: {', '.join(differ)}); {HOW}"
+        )
+    return path
+
+
+class _Resident:
+    """An adapter Ray's multiplexing counts as loaded on this replica; Ray calls ``__del__`` when it evicts it."""
+
+    def __init__(self, replica: Decoder, name: str):
+        self.replica, self.name, self.unloaded = replica, name, False
+
+    def __del__(self):  # Ray's eviction, then the garbage collector: only the first one unloads
+        if not self.unloaded:
+            self.unloaded = True
+            self.replica.resident.discard(self.name)
+            self.replica.transcriber.unload(self.name)
+
+
+def _multiplexer(replica: Decoder, max_loaded: int):
+    """The replica's ``@serve.multiplexed`` loader (a function per replica: its LRU size is a runtime setting)."""
+
+    @serve.multiplexed(max_num_models_per_replica=max_loaded)
+    async def load(name: str) -> _Resident:
+        await asyncio.to_thread(replica.transcriber.swap, name)  # attaches the adapter (routed: side by side)
+        replica.resident.add(name)
+        return _Resident(replica, name)
+
+    return load
+
+
+class Decoder:
+    """The replica: ``describe``, ``route`` and ``transcribe``, called by the ingress (``ray_front.Front``)."""
+
+    def __init__(self, spec: ReplicaSpec):
+        torch.set_num_threads(spec.ray.threads)
+        root = visible_registry(spec)  # before the model loads: a node without the registry fails fast
+        self.spec = spec
+        self.transcriber = Transcriber(spec.base, root, **spec.transcriber_kwargs())
+        self.scheduler = scheduler_for(self.transcriber, spec.server)
+        self.resident: set[str] = set()
+        self._load = _multiplexer(self, spec.ray.max_loaded) if spec.multiplexed else None
+        if not spec.multiplexed:  # a small registry: every adapter in every replica, mixed batches as in one process
+            for name in self.transcriber.adapters()[: spec.ray.max_loaded]:
+                self.transcriber.swap(name)
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - constructed outside Serve (tests)
+            self.replica_id = f"pid-{os.getpid()}"
+        self.node = node_name()
+        log.info("replica %s on %s ready: %r", self.replica_id, self.node, self.transcriber)
+
+    async def describe(self) -> dict:
+        t = self.transcriber
+        return {
+            "replica": self.replica_id,
+            "node": self.node,
+            "pid": os.getpid(),
+            "device": str(t.model.device),
+            "threads": torch.get_num_threads(),
+            "loaded_adapters": t.loaded_adapters(),
+            "multiplexed_adapters": sorted(self.resident) if self.spec.multiplexed else None,
+            "base_info": t.base_info,
+            "options": t.decoding.options,
+            "routing": t.routing(),
+            **self.scheduler.stats(),
+        }
+
+    async def route(self, audio) -> RouteDecision:
+        return (await asyncio.to_thread(self.transcriber.route, [audio]))[0]
+
+    async def transcribe(
+        self, audio, language: str, adapter, timestamps: bool, options, decision: RouteDecision | None
+    ) -> Transcription:
+        name = serve.get_multiplexed_model_id()
+        if name and self._load is not None:
+            await self._load(name)  # Ray's LRU: evicts the least recently used adapter past max_loaded
+        job = self.scheduler.submit(audio, language, adapter, timestamps, options, decision)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(job.future))
+        except asyncio.CancelledError:  # the ingress cancelled the request (client gone, timeout)
+            job.cancel()
+            raise
+
+    def check_health(self) -> None:
+        """Ray's health check: the scheduler's worker must be alive."""
+        if not self.scheduler._worker.is_alive():
+            raise RuntimeError("the scheduler's worker thread died")
