@@ -166,10 +166,7 @@ class Front:
 def build_app(spec: ReplicaSpec):
     """The Ray Serve application: ``Front`` (HTTP) bound to the ``Decoder`` replicas."""
     rc = spec.ray
-    env = {"working_dir": spec.local_registry} if rc.ship_adapters else None  # the registry travels with the app
     actor = {"num_cpus": rc.cpus_per_replica, "num_gpus": rc.gpus_per_replica}
-    if env:
-        actor["runtime_env"] = env
     scaling = {"autoscaling_config": rc.autoscaling} if rc.autoscaling else {"num_replicas": rc.replicas}
     decoder = serve.deployment(
         Decoder,
@@ -185,7 +182,7 @@ def build_app(spec: ReplicaSpec):
         Front,
         name="Front",
         num_replicas=1,
-        ray_actor_options={"num_cpus": 0, **({"runtime_env": env} if env else {})},
+        ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=spec.server.max_connections,
     )
     return front.bind(decoder.bind(spec), spec)
@@ -195,13 +192,27 @@ _FAILED = re.compile(r"(?:ConfigError|AdapterError|WhisperLoraError): (.+)")
 
 
 def deploy(spec: ReplicaSpec, host: str, port: int) -> None:
-    """Deploy on the cluster this process is connected to (``ray.init`` first); raises ``ConfigError`` with the
-    replicas' own message when they cannot start."""
+    """Deploy on the cluster this process is connected to (``ray.init`` first; with ``ship_adapters``, with
+    ``runtime_env={"working_dir": <registry>}``: Serve gives the replicas the job's working directory); raises
+    ``ConfigError`` with the replicas' own message when they cannot start."""
+    if spec.ray.ship_adapters and not (ray.get_runtime_context().runtime_env or {}).get("working_dir"):
+        raise ConfigError(
+            "ship_adapters sends the registry as the job's working directory: connect with "
+            f"ray.init(runtime_env={{'working_dir': {spec.local_registry!r}}}) before deploying"
+        )
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(build_app(spec), name=spec.ray.app_name, route_prefix="/", blocking=False)
-    except Exception as e:  # Ray wraps a replica's constructor error in its deployment report
-        found = _FAILED.search(str(e))
+    except Exception as e:  # a replica's constructor error is in the deployments' status messages
+        report = str(e)
+        try:
+            app = serve.status().applications.get(spec.ray.app_name)
+            if app is not None:
+                report += "\n" + app.message + "\n" + "\n".join(d.message for d in app.deployments.values())
+            serve.delete(spec.ray.app_name)  # no failed application left behind on the cluster
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("could not read or delete the failed application %s", spec.ray.app_name)
+        found = _FAILED.search(report)
         if found:
             raise ConfigError(f"Ray Serve could not start the replicas: {found.group(1).strip()}") from None
         raise
@@ -210,8 +221,9 @@ def deploy(spec: ReplicaSpec, host: str, port: int) -> None:
 def run(spec: ReplicaSpec, host: str, port: int) -> None:
     """``whisper-lora serve --ray``: connect (``--ray-address``) or start a local cluster, deploy, block until
     Ctrl-C or SIGTERM, then delete the application."""
-    if not ray.is_initialized():
-        ray.init(address=spec.ray.address, logging_level=logging.WARNING)
+    if not ray.is_initialized():  # --ship-adapters: the registry is uploaded as the job's working directory
+        env = {"working_dir": spec.local_registry} if spec.ray.ship_adapters else None
+        ray.init(address=spec.ray.address, runtime_env=env, logging_level=logging.WARNING)
     deploy(spec, host, port)
     log.warning(
         "whisper-lora on Ray Serve: http://%s:%d/v1/audio/transcriptions (%s)",
