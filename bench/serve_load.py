@@ -4,6 +4,7 @@
     python bench/serve_load.py [--requests 50] [--threads 8] [--precision int8] [--max-batch 8] [--engine ...]
     python bench/serve_load.py --scenario mixed [--long-minutes 10] [--shorts 20]
     python bench/serve_load.py --scenario soak [--soak-minutes 10]
+    python bench/serve_load.py --engine ray --replicas 1 2
 
 `--scenario mixed`: one long recording (LibriVox speech repeated to --long-minutes) and a stream of short clips
 from one client, one after the other: short-request latency (p50/p95) alone and while the long one is being
@@ -17,6 +18,8 @@ checks every concurrent answer against an isolated request, and reports requests
 `--engine both` then runs the same load against `vllm serve` (from the vLLM environment, see README "Scaling out")
 over the same base and the vLLM-servable adapters, one after the other on the same machine: Swahili and Indonesian
 through their adapters, English through the plain base (language given, since vLLM routes by `model` only).
+`--engine ray` runs the same load against `whisper-lora serve --ray --replicas N` (a local Ray cluster; each replica
+reserves cores/N CPUs) for each N in --replicas, after the single-process server, on the same machine.
 """
 
 import argparse
@@ -277,14 +280,15 @@ def main():
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--precision", default="int8")
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--engine", choices=("whisper-lora", "both"), default="whisper-lora")
+    p.add_argument("--engine", choices=("whisper-lora", "both", "ray"), default="whisper-lora")
+    p.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="ray: replica counts to compare")
     p.add_argument("--scenario", choices=("load", "mixed", "soak"), default="load")
     p.add_argument("--long-minutes", type=float, default=10.0, help="mixed: length of the long recording")
     p.add_argument("--shorts", type=int, default=20, help="mixed: short requests in the stream measured alone")
     p.add_argument("--soak-minutes", type=float, default=10.0)
     p.add_argument("--json", help="default: bench/results/serve_load[_vllm|_mixed|_soak].json")
     a = p.parse_args()
-    suffix = {"mixed": "_mixed", "soak": "_soak"}.get(a.scenario, "_vllm" if a.engine == "both" else "")
+    suffix = {"mixed": "_mixed", "soak": "_soak"}.get(a.scenario, {"both": "_vllm", "ray": "_ray"}.get(a.engine, ""))
     a.json = a.json or f"bench/results/serve_load{suffix}.json"
     print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     en = (ROOT / "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0880.wav").read_bytes()
@@ -301,7 +305,7 @@ def main():
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"machine": device_summary(), "precision": a.precision, **r}, indent=2))
         return
-    if a.engine == "whisper-lora":
+    if a.engine in ("whisper-lora", "ray"):
         cases = [("sw", None, sw), ("id", None, id_), ("auto", None, en)]
         cz = sorted(CZECH.glob("*/cs/*.ogg"))
         if cz:
@@ -310,10 +314,21 @@ def main():
         cases = [("sw", "sw", sw), ("id", "id", id_), ("whisper-base", "en", en)]
     args = ["serve", "--precision", a.precision, "--max-batch", str(a.max_batch), "--max-new-tokens", "96"]
     results = {}
-    with running(args, timeout=600) as url:
-        fmt = "verbose_json" if a.engine == "whisper-lora" else "json"  # json: the format both servers answer alike
-        results["whisper-lora"] = load(url, cases, a.requests, a.threads, fmt)
-        results["whisper-lora"]["decode_calls"] = httpx.get(f"{url}/health").json()["batches"]
+    fmt = "json" if a.engine == "both" else "verbose_json"  # json: the format both servers answer alike
+    servers = [("whisper-lora", args)]
+    if a.engine == "ray":
+        cores = os.cpu_count() or 1
+        servers += [
+            (f"ray, {n} replica(s)", [*args, "--ray", "--replicas", str(n), "--replica-cpus", f"{cores / n:g}"])
+            for n in a.replicas
+        ]
+    for name, server_args in servers:
+        with running(server_args, timeout=900) as url:
+            results[name] = load(url, cases, a.requests, a.threads, fmt)
+            health = httpx.get(f"{url}/health", timeout=60).json()
+            replicas = health.get("replicas", [health])
+            results[name]["decode_calls"] = sum(r["batches"] for r in replicas)
+            results[name]["replicas"] = len(replicas)
     if a.engine == "both":
         from whisper_lora.serving.vllm.client import CPU_ENGINE, vllm_python
         from whisper_lora.serving.vllm.export import BASE_ADAPTER, plan_vllm
@@ -340,6 +355,12 @@ def main():
         )
     out = {"requests": a.requests, "threads": a.threads, "precision": a.precision, "max_batch": a.max_batch}
     out.update(results["whisper-lora"] if a.engine == "whisper-lora" else {"results": results})
+    if a.engine == "ray":
+        first = results["whisper-lora"]["isolated_texts"]
+        out["same_isolated_answers_as_single_process"] = {
+            name: r["isolated_texts"] == first for name, r in results.items()
+        }
+        print(f"\nisolated answers equal the single-process server's: {out['same_isolated_answers_as_single_process']}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"machine": device_summary(), **out}, indent=2))
 
