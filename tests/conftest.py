@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the machine: one thread each, their children too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402 - after the thread count is set
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here runs without the hub
 ASSETS = Path(__file__).parent / "assets"

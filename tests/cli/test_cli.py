@@ -33,6 +33,8 @@ def test_train_then_eval_json(tiny_dir, sw_corpus, tmp_path):
         "2",
         "--batch-size",
         "2",
+        "--max-new-tokens",
+        "4",  # the random model never stops on its own: scoring would decode to the window's cap
         "--quiet",
     )
     assert r.returncode == 0, r.stderr[-2000:]

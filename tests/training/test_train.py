@@ -262,6 +262,8 @@ def test_two_process_accelerate_run(tiny_dir, sw_corpus, tmp_path):
         "2",
         "--batch-size",
         "4",
+        "--max-new-tokens",
+        "4",  # the random model never stops on its own: scoring would decode to the window's cap
         "--quiet",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
