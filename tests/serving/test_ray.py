@@ -12,6 +12,7 @@ replica holds every adapter and mixed languages share micro-batches), or refused
 see it. The ``service`` fixture starts after them (tests run in file order).
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.serving.conftest import kill_replica, shutdown_serve, wav_bytes
 from whisper_lora.serving.process import free_port, running
 
 pytestmark = pytest.mark.slow
+KEY = "ray-test-key-1"
 
 
 def test_shipped_registry_serves_every_adapter_in_every_replica(ray_cluster, ray_clips, ray_reference, tmp_path):
@@ -79,21 +81,31 @@ def test_a_replica_that_cannot_see_the_registry_is_refused_with_the_fix(ray_clus
 
 
 @pytest.fixture(scope="module")
-def service(ray_cluster, ray_reference):  # the reference first: it loads a model of its own, then frees it
+def registry(tmp_path_factory):
+    """A copy of the shipped registry on a path every replica sees (this machine's disk)."""
+    root = tmp_path_factory.mktemp("shared") / "adapters"
+    shutil.copytree(REPO_ADAPTERS, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, ray_reference, registry):  # the reference first: it loads a model of its own, then frees it
     args = ["serve", "--ray", "--ray-address", ray_cluster, "--replicas", "2", "--max-loaded", "2"]
-    args += ["--adapters", str(REPO_ADAPTERS)]
+    args += ["--adapters", str(registry)]
+    env = {**os.environ, "WHISPER_LORA_API_KEY": KEY}  # the server's keys hold on Ray too (checked by the ingress)
     try:
-        with running(args, timeout=600) as url:
+        with running(args, timeout=600, env=env) as url:
             yield url
     finally:
         shutdown_serve()
 
 
-def _post(url, audio, model, timeout=300):
+def _post(url, audio, model, timeout=300, key=KEY):
     return httpx.post(
         f"{url}/v1/audio/transcriptions",
         data={"model": model, "response_format": "verbose_json"},
         files={"file": ("clip.wav", wav_bytes(audio))},
+        headers={"Authorization": f"Bearer {key}"} if key else {},
         timeout=timeout,
     )
 
@@ -123,7 +135,7 @@ def test_answers_equal_the_transcriber_including_the_encoder_adapter(service, ra
 def test_the_openai_client_works(service, ray_clips, ray_reference):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{service}/v1", api_key="not-checked", max_retries=0)
+    client = OpenAI(base_url=f"{service}/v1", api_key=KEY, max_retries=0)
     name, audio, lang, adapter = next(c for c in ray_clips if c[3] == "cs")
     reply = client.audio.transcriptions.create(
         model=adapter, file=("cs.wav", wav_bytes(audio)), language=lang, response_format="verbose_json"
@@ -132,8 +144,11 @@ def test_the_openai_client_works(service, ray_clips, ray_reference):
     assert "cs" in {m.id for m in client.models.list().data}
 
 
-def test_health_lists_replicas_and_their_adapters(service):
+def test_health_lists_replicas_and_their_adapters(service, ray_clips):
+    refused = _post(service, ray_clips[0][1], "sw", key=None)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
     h = httpx.get(f"{service}/health", timeout=60).json()
+    assert h["limits"]["auth"] is True
     assert h["engine"] == "ray" and h["status"] == "ok" and h["multiplexed"] is True and h["max_loaded"] == 2
     assert len(h["replicas"]) == 2 and len({r["replica"] for r in h["replicas"]}) == 2
     assert sorted(h["adapters"]) == ["cs", "id", "sw"]
@@ -154,7 +169,14 @@ def _busy_replica(url: str) -> str:
     raise AssertionError("no replica ever had a request in flight")
 
 
-def test_a_replica_killed_under_load_gives_right_answers_or_503_and_recovers(service, ray_clips, ray_reference):
+def test_a_replica_killed_under_load_gives_right_answers_or_503_and_recovers(
+    service, registry, ray_clips, ray_reference
+):
+    # the registry changed on disk since the start (an edited model card): the replacement replica must accept what
+    # is served now, not refuse it for differing from what the command saw when it started
+    with open(registry / "sw" / "README.md", "a", encoding="utf-8") as f:
+        f.write("\nEdited while serving.\n")
+    time.sleep(3)  # the ingress looks every 2 s
     todo = _requests(ray_clips)[:8]
     started = time.monotonic()
     with ThreadPoolExecutor(len(todo)) as pool:

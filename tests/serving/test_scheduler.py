@@ -80,3 +80,25 @@ def test_a_full_queue_refuses_with_a_retry_hint(transcriber):
         assert scheduler.stats()["rejected"] == 1
     finally:
         scheduler.close()
+
+
+def test_routing_questions_take_turns_with_a_long_recording(transcriber):
+    """Ray Serve's ingress asks a replica where ``auto`` audio goes before it picks the replica for the adapter;
+    that question is a short job: answered between a long recording's decoding steps, equal to ``route()``."""
+    want = transcriber.route([a for a, _, _ in SHORT])
+    scheduler = Scheduler(transcriber, max_wait_ms=5, slice_ms=20)
+    try:
+        finished = {}
+        long_job = scheduler.submit(np.concatenate([LONG] * 4), "sw", "sw")
+        long_job.future.add_done_callback(lambda _: finished.setdefault("long", time.monotonic()))
+        time.sleep(0.3)  # the long recording is decoding
+        jobs = [scheduler.submit_route(a) for a, _, _ in SHORT]
+        got = [j.future.result(120) for j in jobs]
+        routed = time.monotonic()
+        assert [(g.language, g.adapter, g.route) for g in got] == [(w.language, w.adapter, w.route) for w in want]
+        assert [g.probability for g in got] == pytest.approx([w.probability for w in want], rel=1e-4)  # batch size
+        long_job.future.result(600)
+        assert routed < finished["long"], "the routing questions waited for the long recording"
+        assert scheduler.stats()["long_yields"] > 0 and scheduler.stats()["in_flight"] == 0
+    finally:
+        scheduler.close()

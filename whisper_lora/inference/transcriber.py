@@ -139,6 +139,8 @@ class Transcriber:
         self._pool = make_pool(mode, self.model, max_loaded)
         self._lock = threading.Lock()  # one decode at a time (a paused long-form decode releases it)
         self._refresh_lock = threading.Lock()
+        self._unload_lock = threading.Lock()
+        self._unloading: set[str] = set()  # adapters to drop when the model is next free (``unload``)
         self._refreshed = time.monotonic()
         for b in self.registry.broken():
             log.warning("adapter %s left out: %s", b.name, b.reason)
@@ -182,10 +184,22 @@ class Transcriber:
                 self._pool.attach(entry)
             return entry.name if entry else None
 
-    def unload(self, name: str) -> bool:
-        """Drop an adapter's weights from memory (it loads again when next used); False if it was not loaded."""
-        with self._lock:
-            return self._pool.detach(name)
+    def unload(self, name: str) -> None:
+        """Drop an adapter's weights from memory (it loads again when next used). Never waits for a decode: while
+        one holds the model, the adapter is dropped before the next decode, unless that one uses it."""
+        with self._unload_lock:
+            self._unloading.add(name)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._apply_unloads(set())
+            finally:
+                self._lock.release()
+
+    def _apply_unloads(self, keep: set[str]) -> None:
+        with self._unload_lock:
+            names, self._unloading = self._unloading - keep, set()  # the ones in ``keep`` are in use again
+        for name in names:
+            self._pool.detach(name)
 
     def loaded_adapters(self) -> list[str]:
         """Adapters held in memory, least recently used first (at most ``max_loaded``)."""
@@ -370,6 +384,7 @@ class Transcriber:
                 decisions = self._route([arrays[i] for i in auto])
                 decided.update(zip(auto, decisions, strict=True))
             plans = self._plan(langs, forced, entries, decided)
+            self._apply_unloads({p.entry.name for p in plans if p.entry})
             speech = [i for i, a in enumerate(arrays) if not is_silent(a)]  # silent inputs give no text
             segments: list = [()] * len(arrays)
             texts = [""] * len(arrays)

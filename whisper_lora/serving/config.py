@@ -102,6 +102,8 @@ class RayConfig:
                 f"min_replicas={self.min_replicas!r}, max_replicas={self.max_replicas!r}: "
                 "need 0 <= min_replicas <= max_replicas, max_replicas >= 1"
             )
+        if self.min_replicas is not None and self.replicas != 1:
+            problems.append(f"replicas={self.replicas!r} with autoscaling: give min/max replicas, or replicas alone")
         if not self.target_ongoing_requests > 0:
             problems.append(f"target_ongoing_requests={self.target_ongoing_requests!r} must be > 0")
         if not self.cpus_per_replica > 0:

@@ -10,24 +10,27 @@ Imported only with the ``ray`` extra (``pip install 'whisper-lora[ray]'``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import ray
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from whisper_lora.data.audio import N_SAMPLES
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.transcriber import AUTO, ROUTE, Transcription
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
 from whisper_lora.serving.engine import Unavailable
-from whisper_lora.serving.ray_replica import Decoder, ReplicaSpec, visible_registry
-from whisper_lora.serving.scheduler import Cancelled
+from whisper_lora.serving.ray_replica import Decoder, ReplicaSpec, publish_digest, visible_registry
+from whisper_lora.serving.scheduler import Cancelled, QueueFull
 
 log = logging.getLogger("whisper_lora")
 
@@ -77,6 +80,10 @@ class _RayPending:
                 if isinstance(cause, Exception):
                     raise cause from None
                 raise
+            except BackPressureError:  # every replica's queue is full (--max-queue each)
+                raise QueueFull(e.spec.server.max_queue, 5) from None
+            except DeploymentUnavailableError:
+                raise Unavailable("no replica is running; Ray is starting one, retry shortly") from None
         raise Unavailable(
             f"the replica serving this request stopped ({attempts} attempt(s)); Ray is restarting it, retry shortly"
         )
@@ -113,14 +120,20 @@ class RayEngine:
         self._looked = time.monotonic()
         if self.registry.changed():  # the replicas' schedulers pick the change up themselves
             self.registry.refresh()
+            publish_digest(self.spec, self.registry.digest())  # replicas started from now on check against it
+            log.info("adapter registry changed on disk: now serving %s", ", ".join(self.adapters()) or "none")
 
     def submit(self, audio, language, adapter, timestamps, options) -> _RayPending:
         return _RayPending(self, audio, language, adapter, timestamps, options)
 
     async def status(self) -> dict:
-        answers = await self.decoders.broadcast("describe").results_async(
-            timeout_s=DESCRIBE_TIMEOUT, return_exceptions=True
-        )
+        try:
+            answers = await self.decoders.broadcast("describe").results_async(
+                timeout_s=DESCRIBE_TIMEOUT, return_exceptions=True
+            )
+        except Exception as e:  # noqa: BLE001 - no replica, or none answered in time: report it, do not fail
+            log.warning("replicas did not describe themselves: %s", e)
+            answers = []
         replicas = []
         for a in answers:
             if isinstance(a, dict):
@@ -156,6 +169,17 @@ class Front:
         root = visible_registry(spec)
         info = await decoders.options(method_name="describe").remote()
         self.engine, self.spec = RayEngine(decoders, spec, root, info), spec
+        publish_digest(spec, self.engine.registry.digest())
+        if spec.server.reload_seconds is not None:  # model names follow the disk without waiting for /health
+            self._watch = asyncio.get_running_loop().create_task(self._refresh_every(spec.server.reload_seconds))
+
+    async def _refresh_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await asyncio.to_thread(self.engine.refresh, seconds)
+            except Exception:  # noqa: BLE001 - a failed look at the disk is logged; the next one may succeed
+                log.exception("re-reading the adapter registry failed")
 
     def __serve_build_asgi_app__(self):
         from whisper_lora.serving.server import create_app
@@ -185,7 +209,8 @@ def build_app(spec: ReplicaSpec):
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=spec.server.max_connections,
     )
-    return front.bind(decoder.bind(spec), spec)
+    keyless = replace(spec, server=replace(spec.server, api_keys=()))  # only the ingress checks keys
+    return front.bind(decoder.bind(keyless), spec)
 
 
 _FAILED = re.compile(r"(?:ConfigError|AdapterError|WhisperLoraError): (.+)")
@@ -200,6 +225,7 @@ def deploy(spec: ReplicaSpec, host: str, port: int) -> None:
             "ship_adapters sends the registry as the job's working directory: connect with "
             f"ray.init(runtime_env={{'working_dir': {spec.local_registry!r}}}) before deploying"
         )
+    publish_digest(spec, spec.digest)  # what this deployment serves (a previous one may have left another)
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(build_app(spec), name=spec.ray.app_name, route_prefix="/", blocking=False)

@@ -10,6 +10,7 @@ With more adapters than ``max_loaded`` the adapters are multiplexed: each reques
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ class ReplicaSpec:
             precision=self.precision,
             device=self.device,
             mode=self.mode,
-            max_loaded=self.ray.max_loaded,
+            # multiplexed: Ray's LRU (max_loaded) decides what leaves; the pool's own bound is only a backstop
+            max_loaded=self.ray.max_loaded * (2 if self.multiplexed else 1),
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
             decode_options=self.decode_options,
@@ -81,15 +83,40 @@ def node_name() -> str:
         return os.uname().nodename
 
 
-def visible_registry(spec: ReplicaSpec) -> Path:
-    """The registry directory as this process sees it, refused with the fix when it is missing or differs."""
+def digest_key(app_name: str) -> bytes:
+    """Where the ingress keeps the registry's current digest (Ray's internal key-value store), so that a replica
+    started after adapters changed on disk checks against what is served now, not what was served at start."""
+    return f"whisper-lora:{app_name}:registry-digest".encode()
+
+
+def current_digest(spec: ReplicaSpec) -> dict[str, str]:
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    if _internal_kv_initialized():
+        value = _internal_kv_get(digest_key(spec.ray.app_name))
+        if value:
+            return json.loads(value)
+    return spec.digest
+
+
+def publish_digest(spec: ReplicaSpec, digest: dict[str, str]) -> None:
+    from ray.experimental.internal_kv import _internal_kv_initialized, _internal_kv_put
+
+    if _internal_kv_initialized():
+        _internal_kv_put(digest_key(spec.ray.app_name), json.dumps(digest), overwrite=True)
+
+
+def visible_registry(spec: ReplicaSpec, expected: dict[str, str] | None = None) -> Path:
+    """The registry directory as this process sees it, refused with the fix when it is missing or differs from
+    ``expected`` (default: the driver's digest)."""
     path = Path(os.getcwd()) if spec.registry == SHIPPED else Path(spec.registry)
     where = f"the replica on node {node_name()}"
     if not path.is_dir():
         raise ConfigError(f"{where} cannot see the adapter registry {path}; {HOW}")
     digest = AdapterRegistry(path).digest()
-    if digest != spec.digest:
-        differ = sorted(n for n in set(digest) | set(spec.digest) if digest.get(n) != spec.digest.get(n))
+    expected = spec.digest if expected is None else expected
+    if digest != expected:
+        differ = sorted(n for n in set(digest) | set(expected) if digest.get(n) != expected.get(n))
         raise ConfigError(
             f"{where} reads different adapters at {path} than {spec.origin} (differ: {', '.join(differ)}); {HOW}"
         )
@@ -114,8 +141,7 @@ def _multiplexer(replica: Decoder, max_loaded: int):
 
     @serve.multiplexed(max_num_models_per_replica=max_loaded)
     async def load(name: str) -> _Resident:
-        await asyncio.to_thread(replica.transcriber.swap, name)  # attaches the adapter (routed: side by side)
-        replica.resident.add(name)
+        replica.resident.add(name)  # attached by its first decode, in the scheduler's turn (never blocks here)
         return _Resident(replica, name)
 
     return load
@@ -126,7 +152,7 @@ class Decoder:
 
     def __init__(self, spec: ReplicaSpec):
         torch.set_num_threads(spec.ray.threads)
-        root = visible_registry(spec)  # before the model loads: a node without the registry fails fast
+        root = visible_registry(spec, current_digest(spec))  # before the model loads: fail fast on a blind node
         self.spec = spec
         self.transcriber = Transcriber(spec.base, root, **spec.transcriber_kwargs())
         self.scheduler = scheduler_for(self.transcriber, spec.server)
@@ -159,7 +185,7 @@ class Decoder:
         }
 
     async def route(self, audio) -> RouteDecision:
-        return (await asyncio.to_thread(self.transcriber.route, [audio]))[0]
+        return await self._wait(self.scheduler.submit_route(audio))  # takes turns with long recordings
 
     async def transcribe(
         self, audio, language: str, adapter, timestamps: bool, options, decision: RouteDecision | None
@@ -167,7 +193,10 @@ class Decoder:
         name = serve.get_multiplexed_model_id()
         if name and self._load is not None:
             await self._load(name)  # Ray's LRU: evicts the least recently used adapter past max_loaded
-        job = self.scheduler.submit(audio, language, adapter, timestamps, options, decision)
+        return await self._wait(self.scheduler.submit(audio, language, adapter, timestamps, options, decision))
+
+    @staticmethod
+    async def _wait(job):
         try:
             return await asyncio.shield(asyncio.wrap_future(job.future))
         except asyncio.CancelledError:  # the ingress cancelled the request (client gone, timeout)

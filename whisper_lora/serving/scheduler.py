@@ -61,6 +61,7 @@ class Job:
     timestamps: bool = False
     options: DecodeOptions | None = None
     decision: RouteDecision | None = None  # ``language="auto"`` already routed (Ray Serve's ingress does)
+    route_only: bool = False  # only where ``auto`` sends it (``Transcriber.route``), no decoding
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.monotonic)
     _cancelled: threading.Event = field(default_factory=threading.Event)
@@ -71,7 +72,7 @@ class Job:
 
     @property
     def kind(self) -> tuple:
-        return (self.timestamps, self.options)
+        return (self.route_only, self.timestamps, self.options)
 
     @property
     def cancelled(self) -> bool:
@@ -145,7 +146,14 @@ class Scheduler:
         decision: RouteDecision | None = None,
     ) -> Job:
         """Queue one request; its ``future`` gives the ``Transcription``. Raises ``QueueFull`` when full."""
-        job = Job(audio, language, adapter, timestamps, options, decision)
+        return self._queue(Job(audio, language, adapter, timestamps, options, decision))
+
+    def submit_route(self, audio: np.ndarray) -> Job:
+        """Queue a routing question (its first 30 s): the ``future`` gives a ``RouteDecision``. It takes turns with
+        long recordings as short requests do."""
+        return self._queue(Job(audio[:N_SAMPLES], "auto", None, route_only=True))
+
+    def _queue(self, job: Job) -> Job:
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -301,14 +309,10 @@ class Scheduler:
 
     def _decode(self, batch: list[Job]) -> None:
         try:
-            results = self.transcriber.transcribe_batch(
-                [j.audio for j in batch],
-                [j.language for j in batch],
-                adapter=[j.adapter for j in batch],
-                timestamps=batch[0].timestamps,
-                options=batch[0].options,
-                decisions=[j.decision for j in batch],
-            )
+            if batch[0].route_only:
+                results = self.transcriber.route([j.audio for j in batch])
+            else:
+                results = self._transcribe(batch)
             self.batches += 1
         except Exception as e:  # noqa: BLE001 - isolate the failing request
             if len(batch) == 1:
@@ -320,3 +324,13 @@ class Scheduler:
         self.served += len(batch)
         for j, res in zip(batch, results, strict=True):
             j.future.set_result(res)
+
+    def _transcribe(self, batch: list[Job]) -> list[Transcription]:
+        return self.transcriber.transcribe_batch(
+            [j.audio for j in batch],
+            [j.language for j in batch],
+            adapter=[j.adapter for j in batch],
+            timestamps=batch[0].timestamps,
+            options=batch[0].options,
+            decisions=[j.decision for j in batch],
+        )

@@ -160,7 +160,7 @@ def create_app(engine: Transcriber | Engine, config: ServerConfig | None = None)
     async def health():
         await run_in_threadpool(refresh)
         status = await engine.status()
-        degraded = engine.broken_adapters() or status.pop("degraded", False)
+        degraded = status.pop("degraded", False) or bool(engine.broken_adapters())
         return {
             "status": "degraded" if degraded else "ok",
             "base": base_name,
@@ -230,7 +230,11 @@ def create_app(engine: Transcriber | Engine, config: ServerConfig | None = None)
             task.cancel()
 
         while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
+            try:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+            except asyncio.CancelledError:  # the handler itself was cancelled (Ray Serve: the client went away)
+                stop()
+                raise
             if done:
                 try:
                     return task.result()
