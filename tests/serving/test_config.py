@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from tests.conftest import REPO_ADAPTERS
 from whisper_lora.errors import ConfigError
 from whisper_lora.registry.catalog import AdapterRegistry
 from whisper_lora.serving.config import RayConfig, ServerConfig
@@ -53,3 +54,17 @@ def test_a_replica_refuses_a_registry_it_cannot_see_or_that_differs(tiny_registr
     shutil.rmtree(copy / "ary")
     with pytest.raises(ConfigError, match=r"reads different adapters .* \(differ: ary, cs\); .*--ship-adapters"):
         visible_registry(spec)
+
+
+def test_serve_ray_says_what_is_wrong_before_starting_anything(capsys, monkeypatch):
+    import sys
+
+    from whisper_lora.cli import main
+
+    assert main(["serve", "--ray", "--replicas", "3", "--min-replicas", "1", "--max-replicas", "2"]) == 2
+    assert "replicas=3 with autoscaling" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray Serve not installed
+    for name in [m for m in sys.modules if m.startswith("whisper_lora.serving.ray_")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(["serve", "--ray", "--adapters", str(REPO_ADAPTERS)]) == 2
+    assert "install it: pip install 'whisper-lora[ray]'" in capsys.readouterr().err
