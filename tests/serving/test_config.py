@@ -46,10 +46,11 @@ def test_a_replica_refuses_a_registry_it_cannot_see_or_that_differs(tiny_registr
     shutil.copytree(tiny_registry, copy)
     digest = AdapterRegistry(tiny_registry).digest()
     assert AdapterRegistry(copy).digest() == digest  # content, not inodes or mtimes: equal across machines
-    spec = ReplicaSpec(str(copy), digest, ServerConfig(), RayConfig())
+    ray_config = RayConfig(app_name="test-config")  # no deployment of this name stored a digest in a Ray cluster
+    spec = ReplicaSpec(str(copy), digest, ServerConfig(), ray_config)
     assert visible_registry(spec) == copy
     with pytest.raises(ConfigError, match=r"cannot see the adapter registry /nowhere/adapters; every node must"):
-        visible_registry(ReplicaSpec("/nowhere/adapters", digest, ServerConfig(), RayConfig()))
+        visible_registry(ReplicaSpec("/nowhere/adapters", digest, ServerConfig(), ray_config))
     (copy / "cs" / "adapter_model.safetensors").write_bytes(b"another adapter")
     shutil.rmtree(copy / "ary")
     with pytest.raises(ConfigError, match=r"reads different adapters .* \(differ: ary, cs\); .*--ship-adapters"):

@@ -83,7 +83,14 @@ class LocalEngine:
     def __init__(self, transcriber: Transcriber, config: ServerConfig):
         self.transcriber = transcriber
         self.scheduler = scheduler_for(transcriber, config)
-        self.base_info, self.registry = transcriber.base_info, transcriber.registry
+
+    @property
+    def base_info(self):
+        return self.transcriber.base_info
+
+    @property
+    def registry(self) -> AdapterRegistry:
+        return self.transcriber.registry
 
     @property
     def options(self) -> DecodeOptions:
@@ -100,7 +107,6 @@ class LocalEngine:
 
     def refresh(self, min_interval: float) -> None:
         self.transcriber.refresh_adapters(min_interval)
-        self.registry = self.transcriber.registry
 
     def submit(self, audio, language, adapter, timestamps, options) -> _LocalPending:
         return _LocalPending(self.scheduler.submit(audio, language, adapter, timestamps, options))

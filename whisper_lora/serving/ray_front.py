@@ -47,7 +47,7 @@ class _RayPending:
     async def result(self) -> Transcription:
         e = self.engine
         decision, name = None, None
-        if e.multiplexed and self.adapter is not None:
+        if e.spec.multiplexed and self.adapter is not None:
             if self.adapter != ROUTE:
                 name = self.adapter
             elif self.language == AUTO:  # routing first: the adapter decides which replica decodes
@@ -101,7 +101,6 @@ class RayEngine:
         self.decoders, self.spec = decoders, spec
         self.base_info, self.options, self._routing = info["base_info"], info["options"], info["routing"]
         self.registry = AdapterRegistry(root, self.base_info)
-        self.multiplexed = spec.multiplexed
         self.replica_failures = 0
         self._looked = time.monotonic()
 
@@ -134,14 +133,10 @@ class RayEngine:
         except Exception as e:  # noqa: BLE001 - no replica, or none answered in time: report it, do not fail
             log.warning("replicas did not describe themselves: %s", e)
             answers = []
-        replicas = []
-        for a in answers:
-            if isinstance(a, dict):
-                a = {k: v for k, v in a.items() if k not in ("base_info", "options", "routing")}
-                replicas.append(a)
-        ok = [a for a in answers if isinstance(a, dict)]
-        if ok:
-            self._routing = ok[0]["routing"]
+        described = [a for a in answers if isinstance(a, dict)]
+        if described:
+            self._routing = described[0]["routing"]
+        replicas = [{k: v for k, v in a.items() if k not in ("base_info", "options", "routing")} for a in described]
         rc = self.spec.ray
         wanted = max(rc.min_replicas, 1) if rc.autoscaling else rc.replicas
         return {
@@ -150,7 +145,7 @@ class RayEngine:
             "replicas": replicas,
             "replicas_wanted": rc.autoscaling or rc.replicas,
             "replicas_unanswered": len(answers) - len(replicas),
-            "multiplexed": self.multiplexed,
+            "multiplexed": self.spec.multiplexed,
             "max_loaded": self.spec.ray.max_loaded,
             "replica_failures": self.replica_failures,
             "in_flight": sum(r["in_flight"] for r in replicas),
@@ -169,7 +164,6 @@ class Front:
         root = visible_registry(spec)
         info = await decoders.options(method_name="describe").remote()
         self.engine, self.spec = RayEngine(decoders, spec, root, info), spec
-        publish_digest(spec, self.engine.registry.digest())
         if spec.server.reload_seconds is not None:  # model names follow the disk without waiting for /health
             self._watch = asyncio.get_running_loop().create_task(self._refresh_every(spec.server.reload_seconds))
 

@@ -106,15 +106,15 @@ def publish_digest(spec: ReplicaSpec, digest: dict[str, str]) -> None:
         _internal_kv_put(digest_key(spec.ray.app_name), json.dumps(digest), overwrite=True)
 
 
-def visible_registry(spec: ReplicaSpec, expected: dict[str, str] | None = None) -> Path:
-    """The registry directory as this process sees it, refused with the fix when it is missing or differs from
-    ``expected`` (default: the driver's digest)."""
+def visible_registry(spec: ReplicaSpec) -> Path:
+    """The registry directory as this process sees it, refused with the fix when it is missing or differs from what
+    is served now (``current_digest``)."""
     path = Path(os.getcwd()) if spec.registry == SHIPPED else Path(spec.registry)
     where = f"the replica on node {node_name()}"
     if not path.is_dir():
         raise ConfigError(f"{where} cannot see the adapter registry {path}; {HOW}")
     digest = AdapterRegistry(path).digest()
-    expected = spec.digest if expected is None else expected
+    expected = current_digest(spec)
     if digest != expected:
         differ = sorted(n for n in set(digest) | set(expected) if digest.get(n) != expected.get(n))
         raise ConfigError(
@@ -152,7 +152,7 @@ class Decoder:
 
     def __init__(self, spec: ReplicaSpec):
         torch.set_num_threads(spec.ray.threads)
-        root = visible_registry(spec, current_digest(spec))  # before the model loads: fail fast on a blind node
+        root = visible_registry(spec)  # before the model loads: a node that cannot see the registry fails fast
         self.spec = spec
         self.transcriber = Transcriber(spec.base, root, **spec.transcriber_kwargs())
         self.scheduler = scheduler_for(self.transcriber, spec.server)
