@@ -147,6 +147,16 @@ def test_the_openai_client_works(service, ray_clips, ray_reference):
 def test_health_lists_replicas_and_their_adapters(service, ray_clips):
     refused = _post(service, ray_clips[0][1], "sw", key=None)
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    garbage = httpx.post(  # bad input through Ray: the same clear 4xx as one process
+        f"{service}/v1/audio/transcriptions",
+        data={"model": "sw"},
+        files={"file": ("notes.wav", b"not audio at all")},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert garbage.status_code == 400 and "could not decode 'notes.wav'" in garbage.json()["error"]["message"]
+    unknown = _post(service, ray_clips[0][1], "klingon-xx")
+    assert unknown.status_code == 404 and "valid models:" in unknown.json()["error"]["message"]
     h = httpx.get(f"{service}/health", timeout=60).json()
     assert h["limits"]["auth"] is True
     assert h["engine"] == "ray" and h["status"] == "ok" and h["multiplexed"] is True and h["max_loaded"] == 2
