@@ -104,7 +104,7 @@ if __name__ == "__main__":
         cost.append((time.perf_counter() - started, len(audios)))
         evidences[lang] = evidence
         started = time.perf_counter()
-        routed = [d.adapter or "base" for d in t.router.route(evidence)]
+        routed = [d.adapter or "base" for d in t.router.route(evidence, t.detect_threshold)]
         route_s = time.perf_counter() - started
         lid = whisper_lid_route(t, evidence)
         want = lang if lang in adapters else "base"
@@ -129,16 +129,14 @@ if __name__ == "__main__":
     )
 
     sweep = {}
-    default = t.router.threshold
+    default = t.detect_threshold
     for thr in a.thresholds:  # the same evidence, other confidence floors
-        t.router.threshold = thr
         sweep[thr] = {}
         for lang, ev in evidences.items():
             want = lang if lang in adapters else "base"
             sweep[thr][lang] = round(
-                sum((d.adapter or "base") == want for d in t.router.route(ev)) / table[lang]["n"], 3
+                sum((d.adapter or "base") == want for d in t.router.route(ev, thr)) / table[lang]["n"], 3
             )
-    t.router.threshold = default
     print("\nrouter accuracy by threshold (the default is", default, ")")
     print(f"{'threshold':<10}" + "".join(f"{lang:>7}" for lang in evidences))
     for thr, row in sweep.items():

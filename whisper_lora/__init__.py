@@ -17,8 +17,9 @@ from whisper_lora.inference.decode import Decoding
 from whisper_lora.inference.formats import render
 from whisper_lora.inference.longform import DecodeOptions, Segment, Word
 from whisper_lora.inference.merge import MergeReport, export_ctranslate2, merge_adapter
+from whisper_lora.inference.request import Request, RequestError, Transcription
 from whisper_lora.inference.scoring import compare_base_and_adapter, score
-from whisper_lora.inference.transcriber import Transcriber, Transcription
+from whisper_lora.inference.transcriber import Transcriber
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import AdapterMetadata, load_adapter, read_metadata, save_adapter
 from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry
@@ -39,6 +40,8 @@ __all__ = [
     "push_adapter",
     "AdapterRegistry",
     "MergeReport",
+    "Request",
+    "RequestError",
     "Transcriber",
     "Transcription",
     "DecodeOptions",

@@ -70,8 +70,7 @@ def test_router_abstains_for_languages_without_an_adapter(tmp_path, background):
     decisions = router.route(evidence("en", 10, "en", 0.9))
     assert [(d.adapter, d.language, d.route) for d in decisions] == [(None, "en", ROUTER)] * 10
     # half Swahili, half French: no class is sure enough, so the base decodes, in Whisper's best guess
-    strict = Router([sw], FP, LANGS, threshold=0.95, background=background)
-    unsure = strict.route(evidence("mid", 10, "de", 0.3))
+    unsure = router.route(evidence("mid", 10, "de", 0.3), threshold=0.95)
     assert [(d.adapter, d.language, d.route) for d in unsure] == [(None, "de", ABSTAINED)] * 10
     # Whisper's probability for the language named, among the languages without a profile (sw had 0.1)
     assert all(d.probability == pytest.approx(0.3 / (1 - 0.1), abs=1e-4) for d in unsure)

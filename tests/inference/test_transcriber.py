@@ -234,3 +234,20 @@ def test_unloaded_adapters_load_again_and_given_routes_are_used(tiny_dir, tiny_r
     with t._lock:
         t.unload("cs")
     assert t.transcribe(AUDIO[1], "cs").text == ref[1] and "cs" in t.loaded_adapters()  # in use again: kept
+
+
+def test_bad_settings_are_all_reported_before_anything_loads(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        Transcriber(
+            str(tmp_path / "no-such-base"),
+            tmp_path,
+            mode="sideways",
+            max_loaded=0,
+            detect_threshold=2.0,
+            languages=["klingon"],
+            num_beams=0,
+        )
+    message = str(e.value)
+    for problem in ("invalid mode 'sideways'; valid: hotswap, routed", "max_loaded=0", "detect_threshold=2.0"):
+        assert problem in message
+    assert "unknown language 'klingon'" in message and "num_beams=0" in message

@@ -1,7 +1,7 @@
 """Audio to text, the one way every caller does it: ``transcribe``, ``eval``, training's scoring, merge checks.
 
-The steps, in order (``decode_texts`` runs them for one model as it is; ``Transcriber`` runs the
-same steps through its adapter pool):
+The steps, in order (``decode_steps`` runs them over two hooks: ``decode_texts`` hooks one model as it is,
+``Transcriber`` its adapter pool):
 
 1. silent inputs give no text (they are not decoded);
 2. inputs of up to 30 s are batched: log-mel features from the raw audio, greedy (or beam)
@@ -17,7 +17,8 @@ References are never looked at: what is scored is what users get.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,10 +26,12 @@ import torch
 
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
-from whisper_lora.inference.generation import decoding_config
+from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
 from whisper_lora.inference.longform import DecodeOptions, Segment, compression_ratio, decode_segments
 
-MAX_NEW_TOKENS = 224  # openai-whisper's sample_len: half of the decoder's 448-token context
+log = logging.getLogger("whisper_lora")
+
+__all__ = ["MAX_NEW_TOKENS", "Decoding", "decode_steps", "decode_texts"]
 
 
 @dataclass(frozen=True)
@@ -109,19 +112,49 @@ def looped(texts: Sequence[str], decoding: Decoding) -> list[int]:
     return [i for i, t in enumerate(texts) if limit and compression_ratio(t) > limit]
 
 
+# rows of a batch -> their texts (step 2: one ``generate`` call over up-to-30 s windows)
+Batch = Callable[[list[int]], list[str]]
+# one row -> its segments (step 3 and the loop guard: window by window with the temperature fallback)
+Windows = Callable[[int], list[Segment]]
+
+
+def decode_steps(
+    audios: Sequence[np.ndarray], decoding: Decoding, timestamps: bool, batch: Batch, windows: Windows
+) -> tuple[list[str], list[tuple[Segment, ...] | None]]:
+    """The four steps over ``audios``: texts, and segments of every input when ``timestamps`` (else None).
+
+    ``batch`` and ``windows`` do the decoding (with one model, or through an adapter pool); which input takes which
+    path is decided here only, so a result never depends on the other inputs of the call.
+    """
+    texts = [""] * len(audios)
+    segments: list[tuple[Segment, ...] | None] = [() if timestamps else None] * len(audios)
+    speech = [i for i, a in enumerate(audios) if not is_silent(a)]  # step 1
+    timed = speech if timestamps else [i for i in speech if len(audios[i]) > N_SAMPLES]
+    short = [i for i in speech if i not in set(timed)]
+    if short:
+        for i, t in zip(short, batch(short), strict=True):  # step 2
+            texts[i] = t
+    again = [short[k] for k in looped([texts[i] for i in short], decoding)]  # step 4
+    if again:
+        log.info("%d transcript(s) look like a repetition loop; decoding them again with fallback", len(again))
+    for i in sorted(timed + again):  # step 3, and step 4's second try
+        segs = tuple(windows(i))
+        texts[i] = " ".join(s.text for s in segs)
+        if timestamps:
+            segments[i] = segs
+    return texts, segments
+
+
 def decode_texts(
     model, processor, audios: Sequence[np.ndarray], whisper_language: str, decoding: Decoding
 ) -> list[str]:
     """Transcripts of ``audios`` with ``model`` as it is (one adapter active or none), in input order."""
-    texts = [""] * len(audios)
-    speech = [i for i, a in enumerate(audios) if not is_silent(a)]
-    short = [i for i in speech if len(audios[i]) <= N_SAMPLES]
-    if short:
-        feats = features(model, processor, [audios[i] for i in short])
-        langs = [whisper_language] * len(short)
-        for i, t in zip(short, generate_texts(model, processor, feats, langs, decoding), strict=True):
-            texts[i] = t
-    again = [short[k] for k in looped([texts[i] for i in short], decoding)]
-    for i in again + [i for i in speech if len(audios[i]) > N_SAMPLES]:
-        texts[i] = " ".join(s.text for s in long_segments(model, processor, audios[i], whisper_language, decoding))
-    return texts
+
+    def batch(rows: list[int]) -> list[str]:
+        feats = features(model, processor, [audios[i] for i in rows])
+        return generate_texts(model, processor, feats, [whisper_language] * len(rows), decoding)
+
+    def windows(i: int) -> list[Segment]:
+        return long_segments(model, processor, audios[i], whisper_language, decoding)
+
+    return decode_steps(audios, decoding, False, batch, windows)[0]

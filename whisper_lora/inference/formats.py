@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
-from whisper_lora.errors import ConfigError, format_choices
-from whisper_lora.inference.transcriber import Transcription
+from whisper_lora.errors import ConfigError
+from whisper_lora.inference.transcription import Transcription
 from whisper_lora.languages import resolve_language
 
-FORMATS = ("txt", "json", "verbose_json", "srt", "vtt")
-TIMED_FORMATS = ("verbose_json", "srt", "vtt")  # need segments
-EXTENSIONS = {"txt": "txt", "json": "json", "verbose_json": "json", "srt": "srt", "vtt": "vtt"}
+
+@dataclass(frozen=True)
+class Format:
+    """One output document: the one table the server's ``response_format`` and the CLI's ``--format`` share."""
+
+    name: str  # OpenAI's ``response_format`` value
+    extension: str  # file suffix (``transcribe --output-dir``)
+    media_type: str  # HTTP content type
+    timed: bool  # needs segments: decoded window by window with timestamps
+
+
+_TABLE = (  # in the order OpenAI's documentation lists them
+    Format("json", "json", "application/json", False),
+    Format("text", "txt", "text/plain; charset=utf-8", False),
+    Format("srt", "srt", "application/x-subrip", True),
+    Format("vtt", "vtt", "text/vtt", True),
+    Format("verbose_json", "json", "application/json", True),
+)
+TABLE = {f.name: f for f in _TABLE}
+FORMATS = tuple(TABLE)  # json, text, srt, vtt, verbose_json
+ALIASES = {"txt": "text"}  # the CLI's older name for text
+TIMED_FORMATS = tuple(f.name for f in _TABLE if f.timed)
+
+
+def canonical_format(fmt: str) -> str | None:
+    """``fmt``'s name in the table (an alias resolved), or None when it is no format."""
+    fmt = ALIASES.get(fmt, fmt)
+    return fmt if fmt in TABLE else None
 
 
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; valid: {format_choices(FORMATS)}")
-    return fmt
+    """``fmt``'s canonical name; a ``ConfigError`` listing the valid ones when it is no format."""
+    name = canonical_format(fmt)
+    if name is None:
+        raise ConfigError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return name
 
 
 def _clock(seconds: float, decimal: str) -> str:
@@ -65,8 +93,8 @@ def verbose_json(t: Transcription, words: bool = False) -> dict:
 
 def render(t: Transcription, fmt: str, words: bool = False) -> str:
     """One document of ``fmt`` (see ``FORMATS``) for one transcript."""
-    check_format(fmt)
-    if fmt == "txt":
+    fmt = check_format(fmt)
+    if fmt == "text":
         return t.text + "\n"
     if fmt == "json":
         return json.dumps({"text": t.text}, ensure_ascii=False) + "\n"

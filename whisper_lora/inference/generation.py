@@ -8,6 +8,8 @@ so ``max_length`` set to the budget of new tokens means exactly that many new to
 
 from __future__ import annotations
 
+MAX_NEW_TOKENS = 224  # openai-whisper's sample_len: half of the decoder's 448-token context; the one home of the cap
+
 
 def decoding_config(model, num_beams: int, max_new_tokens: int):
     """A copy of ``model``'s generation config that decodes at most ``max_new_tokens`` tokens."""

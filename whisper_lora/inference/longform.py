@@ -23,7 +23,7 @@ import torch
 
 from whisper_lora.data.audio import SAMPLE_RATE
 from whisper_lora.errors import ConfigError
-from whisper_lora.inference.generation import decoding_config
+from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
 
 N_FRAMES = 3000  # log-mel frames in Whisper's 30 s window
 FRAME_SECONDS = 0.01
@@ -212,7 +212,7 @@ def decode_segments(
     whisper_language: str,
     options: DecodeOptions,
     num_beams: int = 1,
-    max_new_tokens: int = 224,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     seed: int = 0,
     pause=None,
 ) -> list[Segment]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -60,12 +61,20 @@ class AdapterPool(Protocol):
         """Drop ``name``'s weights from memory (loaded again when next used); False when it was not loaded."""
 
 
+def check_pool(mode: str, max_loaded: int) -> list[str]:
+    """The problems of a pool's settings (the one home of these checks); empty when they are valid."""
+    problems = []
+    if mode not in POOLS:
+        problems.append(f"invalid mode {mode!r}; valid: {', '.join(sorted(POOLS))}")
+    if not isinstance(max_loaded, int) or max_loaded < 1:
+        problems.append(f"max_loaded={max_loaded!r} must be >= 1")
+    return problems
+
+
 class _PeftHolder:
     """The base, and the PeftModel built on it with the first adapter."""
 
     def __init__(self, model, max_loaded: int):
-        if max_loaded < 1:
-            raise ConfigError(f"max_loaded={max_loaded!r} must be >= 1")
         self.model, self.max_loaded = model, max_loaded
         self.peft = None
 
@@ -186,13 +195,21 @@ class RoutedPool(_PeftHolder):
         return generate(self.peft, feats, langs, [self._names[e.name] if e else BASE for e in entries])
 
 
+@dataclass(frozen=True)
+class _Cached:
+    """One adapter's weights kept in memory by the hot-swap pool."""
+
+    config: object  # its ``LoraConfig``
+    state: dict  # its weights, named for the slot
+    version: str  # ``AdapterEntry.version`` when read: a replaced adapter is read again
+
+
 class HotSwapPool(_PeftHolder):
     """One adapter slot, weights swapped in place; cached weights of up to ``max_loaded`` adapters."""
 
     def __init__(self, model, max_loaded: int):
         super().__init__(model, max_loaded)
-        # name -> (LoraConfig, slot state, version)
-        self._cache: OrderedDict[str, tuple[object, dict, str]] = OrderedDict()
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._active: tuple[str, str] | None = None  # (name, version) in the slot
         self._slot_config = None
         self._slot_params: dict | None = None
@@ -207,12 +224,12 @@ class HotSwapPool(_PeftHolder):
             self._active = None
         return True
 
-    def _weights(self, entry: AdapterEntry) -> tuple[object, dict]:
+    def _weights(self, entry: AdapterEntry) -> _Cached:
         from peft import LoraConfig
         from peft.utils.save_and_load import load_peft_weights
 
         cached = self._cache.get(entry.name)
-        if cached is None or cached[2] != entry.version:  # not cached, or replaced on disk since
+        if cached is None or cached.version != entry.version:  # not cached, or replaced on disk since
             config = LoraConfig.from_pretrained(str(entry.path))
             raw = load_peft_weights(str(entry.path), device=str(self.model.device))
             state = {
@@ -224,9 +241,9 @@ class HotSwapPool(_PeftHolder):
             self._cache.pop(entry.name, None)
             if len(self._cache) >= self.max_loaded:
                 self._cache.popitem(last=False)
-            self._cache[entry.name] = (config, state, entry.version)
+            self._cache[entry.name] = _Cached(config, state, entry.version)
         self._cache.move_to_end(entry.name)
-        return self._cache[entry.name][:2]
+        return self._cache[entry.name]
 
     def attach(self, entry: AdapterEntry) -> None:
         """Put ``entry``'s weights into the slot."""
@@ -235,7 +252,8 @@ class HotSwapPool(_PeftHolder):
         if self._active == (entry.name, entry.version):
             self._cache.move_to_end(entry.name)
             return
-        config, state = self._weights(entry)
+        cached = self._weights(entry)
+        config, state = cached.config, cached.state
         if self.peft is None:
             self.peft = load_adapter(self.model, entry.path, adapter_name=HOTSWAP_SLOT)
         else:
@@ -280,9 +298,12 @@ class HotSwapPool(_PeftHolder):
         return self.decode_groups(entries, lambda m, rows: generate(m, feats[rows], [langs[i] for i in rows], None))
 
 
+POOLS = {"routed": RoutedPool, "hotswap": HotSwapPool}
+
+
 def make_pool(mode: str, model, max_loaded: int) -> AdapterPool:
     """The pool for a ``Transcriber`` mode (``routed`` or ``hotswap``)."""
-    pools = {"routed": RoutedPool, "hotswap": HotSwapPool}
-    if mode not in pools:
-        raise ConfigError(f"invalid mode {mode!r}; valid: {', '.join(sorted(pools))}")
-    return pools[mode](model, max_loaded)
+    problems = check_pool(mode, max_loaded)
+    if problems:
+        raise ConfigError("invalid adapter pool:\n  - " + "\n  - ".join(problems))
+    return POOLS[mode](model, max_loaded)

@@ -114,10 +114,8 @@ class Router:
         base_fingerprint: str,
         base_languages: Sequence[str],
         candidates: Sequence[str] | None = None,
-        threshold: float = DEFAULT_THRESHOLD,
         background: LanguageProfile | None | str = "shipped",
     ):
-        self.threshold = threshold
         self.base_languages = tuple(base_languages)
         self.candidates = None if candidates is None else tuple(resolve_language(c).code for c in candidates)
         allowed = None if self.candidates is None else set(self.candidates)
@@ -180,7 +178,6 @@ class Router:
         """How each adapter is routed, for ``/health`` and logs."""
         return {
             "candidates": list(self.candidates) if self.candidates else None,
-            "threshold": self.threshold,
             "adapters": {
                 e.name: {"route": WHISPER_LID, "reason": self.reasons[e.name]}
                 if e.name in self.reasons
@@ -189,8 +186,8 @@ class Router:
             },
         }
 
-    def route(self, evidence: LanguageEvidence) -> list[RouteDecision]:
-        """One decision per input of ``evidence``."""
+    def route(self, evidence: LanguageEvidence, threshold: float = DEFAULT_THRESHOLD) -> list[RouteDecision]:
+        """One decision per input of ``evidence``; below ``threshold`` confidence the base decodes."""
         if self._classifier is not None:
             probs = self._classifier.probabilities(_features(evidence.logprobs, evidence.encoder_mean))
         whisper = evidence.detected(self._whisper_languages)
@@ -199,13 +196,13 @@ class Router:
             route = WHISPER_LID
             if self._classifier is not None:
                 k = int(probs[i].argmax())
-                if k < len(self.classes) and probs[i, k] >= self.threshold:
+                if k < len(self.classes) and probs[i, k] >= threshold:
                     e = self.classes[k]
                     out.append(RouteDecision(e.language, float(probs[i, k]), e.name, ROUTER))
                     continue
-                route = ROUTER if probs[i, k] >= self.threshold else ABSTAINED
+                route = ROUTER if probs[i, k] >= threshold else ABSTAINED
             entry = self._by_whisper.get(code)
-            if entry is not None and q >= self.threshold:
+            if entry is not None and q >= threshold:
                 out.append(RouteDecision(entry.language, q, entry.name, WHISPER_LID))
             else:
                 out.append(RouteDecision(code, q, None, route))

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -14,47 +13,24 @@ import numpy as np
 import torch
 
 from whisper_lora.base.model import load_base_model
-from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, is_silent, load_audio
+from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, load_audio
 from whisper_lora.errors import ConfigError, format_choices
-from whisper_lora.inference.decode import Decoding, features, generate_texts, long_segments, looped
+from whisper_lora.inference.decode import Decoding, decode_steps, features, generate_texts, long_segments
+from whisper_lora.inference.generation import MAX_NEW_TOKENS
 from whisper_lora.inference.language_id import LanguageEvidence, language_evidence, language_tokens
 from whisper_lora.inference.longform import DecodeOptions, Segment
-from whisper_lora.inference.pool import make_pool
-from whisper_lora.inference.routing import DEFAULT_THRESHOLD, FORCED, RouteDecision, Router
+from whisper_lora.inference.plan import PlannedInput, needs_routing, plan
+from whisper_lora.inference.pool import check_pool, make_pool
+from whisper_lora.inference.request import AUTO, ROUTE, Request, Transcription
+from whisper_lora.inference.routing import DEFAULT_THRESHOLD, RouteDecision, Router
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry, BrokenAdapter
 
+__all__ = ["AUTO", "ROUTE", "Request", "StepGate", "Transcriber", "Transcription"]
+
 log = logging.getLogger("whisper_lora")
 
-AUTO = "auto"
-ROUTE = "route"  # adapter choice: let the language pick
 Mode = Literal["routed", "hotswap"]
-
-
-@dataclass(frozen=True)
-class Transcription:
-    """The result for one input."""
-
-    text: str
-    language: str  # language decoded with (registry code, or Whisper's code when auto-detected)
-    language_probability: float | None  # detection confidence; None when the language was given
-    adapter: str | None  # adapter used, None for the untouched base
-    duration: float | None = None  # seconds of audio
-    segments: tuple[Segment, ...] | None = None  # timestamped pieces, when asked for (``timestamps=True``)
-    route: str = FORCED  # how the adapter was chosen: router, abstained, whisper-lid, forced (routing.py)
-
-    def to_dict(self) -> dict:
-        d = {
-            "language": self.language,
-            "language_probability": self.language_probability,
-            "adapter": self.adapter,
-            "route": self.route,
-            "duration": self.duration,
-            "text": self.text,
-        }
-        if self.segments is not None:
-            d["segments"] = [s.to_dict() for s in self.segments]
-        return d
 
 
 class StepGate(Protocol):
@@ -65,17 +41,6 @@ class StepGate(Protocol):
 
     def wait(self) -> None:
         """Called with the model given up; returns when the decode may continue (or raises to cancel it)."""
-
-
-@dataclass(frozen=True)
-class PlannedInput:
-    """How one input will be decoded, decided before the model is touched."""
-
-    language: str  # language reported (registry code, or Whisper's code when auto-detected)
-    probability: float | None  # detection confidence; None when the language was given
-    entry: AdapterEntry | None  # adapter to decode with; None for the untouched base
-    whisper: str  # Whisper language token code the decoder is prompted with
-    route: str = FORCED  # how the adapter was chosen
 
 
 class Transcriber:
@@ -111,22 +76,31 @@ class Transcriber:
         max_loaded: int = 8,
         detect_threshold: float = DEFAULT_THRESHOLD,
         num_beams: int = 1,
-        max_new_tokens: int = 224,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         int8_threshold: float = 0.0,
         decode_options: DecodeOptions | None = None,
         languages: Sequence[str] | None = None,
     ):
-        registry = adapters if isinstance(adapters, AdapterRegistry) else AdapterRegistry(adapters)
-        if mode not in ("routed", "hotswap"):
-            raise ConfigError(f"invalid mode {mode!r}; valid: hotswap, routed")
-        if max_loaded < 1:
-            raise ConfigError(f"max_loaded={max_loaded!r} must be >= 1")
+        problems = check_pool(mode, max_loaded)  # every problem at once, before anything loads
         if not 0 <= detect_threshold <= 1:
-            raise ConfigError(f"detect_threshold={detect_threshold!r} must be in [0, 1]")
+            problems.append(f"detect_threshold={detect_threshold!r} must be in [0, 1]")
         if languages is not None:
-            languages = [resolve_language(x).code for x in languages]  # ConfigError names the valid codes
+            codes = []
+            for x in languages:
+                try:
+                    codes.append(resolve_language(x).code)
+                except ConfigError as e:  # names the valid codes
+                    problems.append(str(e))
             if not languages:
-                raise ConfigError("languages=[] leaves nothing to route to; pass None for every language")
+                problems.append("languages=[] leaves nothing to route to; pass None for every language")
+            languages = codes
+        try:
+            self.decoding = Decoding(num_beams, max_new_tokens, decode_options or DecodeOptions())  # decode.py
+        except ConfigError as e:
+            problems.append(str(e))
+        if problems:
+            raise ConfigError("invalid Transcriber settings:\n  - " + "\n  - ".join(problems))
+        registry = adapters if isinstance(adapters, AdapterRegistry) else AdapterRegistry(adapters)
         if base is None:  # the base the shipped adapters were trained on
             names = {e.metadata.base.get("name") for e in registry.entries()} or {"whisper-base"}
             base = sorted(names)[0]
@@ -135,7 +109,7 @@ class Transcriber:
         self.model, self.processor, self.base_info = loaded.model, loaded.processor, loaded.info
         self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
         self.mode = mode
-        self.decoding = Decoding(num_beams, max_new_tokens, decode_options or DecodeOptions())  # decode.py
+        self.detect_threshold = detect_threshold  # routing's confidence floor: below it, ``auto`` gives the base
         self._pool = make_pool(mode, self.model, max_loaded)
         self._lock = threading.Lock()  # one decode at a time (a paused long-form decode releases it)
         self._refresh_lock = threading.Lock()
@@ -149,27 +123,12 @@ class Transcriber:
         except ConfigError:
             self._codes = []  # English-only bases have no language ID to route with
         self._languages = languages
-        self._threshold = detect_threshold
         self.router = self._make_router()
-        self.detect_threshold = detect_threshold
 
     def _make_router(self) -> Router | None:
         if not self._codes:
             return None
-        return Router(
-            self.registry.entries(), self.base_info.fingerprint, self._codes, self._languages, self._threshold
-        )
-
-    @property
-    def detect_threshold(self) -> float:
-        """Routing's confidence floor (the router's ``threshold``): below it, ``auto`` gives the base."""
-        return self._threshold
-
-    @detect_threshold.setter
-    def detect_threshold(self, value: float) -> None:
-        self._threshold = value
-        if self.router is not None:  # one value: the router's is the one that decides
-            self.router.threshold = value
+        return Router(self.registry.entries(), self.base_info.fingerprint, self._codes, self._languages)
 
     # ---------------------------------------------------------------- adapters
     def _entry_for(self, language: str) -> AdapterEntry | None:
@@ -266,11 +225,11 @@ class Transcriber:
         return router
 
     def _route(self, arrays: Sequence[np.ndarray]) -> list[RouteDecision]:
-        return self._router().route(self._evidence([a[:N_SAMPLES] for a in arrays]))
+        return self._router().route(self._evidence([a[:N_SAMPLES] for a in arrays]), self.detect_threshold)
 
     def routing(self) -> dict | None:
         """How each adapter is routed (router or Whisper's language ID, and why), for health checks."""
-        return self.router.describe() if self.router else None
+        return {**self.router.describe(), "threshold": self.detect_threshold} if self.router else None
 
     # ---------------------------------------------------------------- decoding
     def _pause(self, gate: StepGate | None, entry: AdapterEntry | None) -> Callable[[], None] | None:
@@ -292,41 +251,79 @@ class Transcriber:
 
         return pause
 
-    def _decode_timed(self, rows, arrays, plans, decoding: Decoding, gate=None) -> list[list[Segment]]:
-        """Segments of ``arrays[i]`` for i in ``rows`` (long-form algorithm), one input at a time with its adapter."""
+    def transcribe_requests(self, requests: Sequence[Request], gate: StepGate | None = None) -> list[Transcription]:
+        """The one path of every transcription: plan (route ``auto`` inputs, choose each adapter), decode
+        (``decode.decode_steps`` through the adapter pool), build the results.
+
+        Requests with the same decoding settings share ``generate`` calls whatever their languages and adapters;
+        each result equals the one its request gives alone. Inputs with no samples or non-finite samples raise
+        ``AudioError``; silent inputs give no text. ``gate`` lets window-by-window decoding give the model up between
+        decoding steps (``StepGate``; the server's scheduler).
+        """
+        for i, r in enumerate(requests):
+            if not isinstance(r, Request):
+                raise ConfigError(f"request {i} is a {type(r).__name__}, not a Request")
+            if r.adapter not in (None, ROUTE):
+                self.registry.get(r.adapter)  # an unknown or broken adapter fails before any audio is read
+        decodings = [r.decoding(self.decoding) for r in requests]  # Decoding validates the overrides
+        arrays = [self._samples(r, i) for i, r in enumerate(requests)]
+        with self._lock:
+            plans = self._plan(requests, arrays)
+            self._apply_unloads({p.entry.name for p in plans if p.entry})
+            texts: list[str] = [""] * len(requests)
+            segments: list[tuple[Segment, ...] | None] = [None] * len(requests)
+            groups: dict[tuple[Decoding, bool], list[int]] = {}
+            for i, r in enumerate(requests):
+                groups.setdefault((decodings[i], r.timed), []).append(i)
+            for (decoding, timed), rows in groups.items():
+                got = self._decode([arrays[i] for i in rows], [plans[i] for i in rows], decoding, timed, gate)
+                for i, text, segs in zip(rows, *got, strict=True):
+                    texts[i], segments[i] = text, segs
         return [
-            self._pool.decode_groups(
-                [plans[i].entry],
-                lambda model, _, i=i: [
-                    long_segments(
-                        model,
-                        self.processor,
-                        arrays[i],
-                        plans[i].whisper,
-                        decoding,
-                        self._pause(gate, plans[i].entry),
-                    )
-                ],
-            )[0]
-            for i in rows
+            Transcription(
+                text=texts[i],
+                language=p.language,
+                language_probability=p.probability,
+                adapter=p.entry.name if p.entry else None,
+                duration=round(len(arrays[i]) / SAMPLE_RATE, 3),
+                segments=segments[i],
+                route=p.route,
+            )
+            for i, p in enumerate(plans)
         ]
 
-    def _plan(self, langs, forced, entries, decided: dict[int, RouteDecision]) -> list[PlannedInput]:
-        plans = []
-        for i, lang in enumerate(langs):
-            if lang == AUTO:
-                d = decided[i]
-                if forced[i] == ROUTE:
-                    entry, route = (self.registry.get(d.adapter) if d.adapter else None), d.route
-                else:
-                    entry, route = entries.get(forced[i]), FORCED
-                whisper = entry.whisper_language if entry else resolve_language(d.language).whisper
-                plans.append(PlannedInput(d.language, d.probability, entry, whisper, route))
-            else:
-                info = resolve_language(lang)
-                entry = self._entry_for(info.code) if forced[i] == ROUTE else entries.get(forced[i])
-                plans.append(PlannedInput(info.code, None, entry, info.whisper))
-        return plans
+    @staticmethod
+    def _samples(request: Request, i: int) -> np.ndarray:
+        if request.audio is None:
+            raise ConfigError(f"request {i} has no audio")
+        if isinstance(request.audio, np.ndarray):
+            return check_signal(request.audio, f"input {i}")
+        return load_audio(request.audio)
+
+    def _plan(self, requests: Sequence[Request], arrays: Sequence[np.ndarray]) -> list[PlannedInput]:
+        """Step 1: route the ``auto`` inputs not routed yet (their first 30 s, in one pass), then plan each."""
+        todo = [i for i, r in enumerate(requests) if needs_routing(r)]
+        decided = dict(zip(todo, self._route([arrays[i] for i in todo]), strict=True)) if todo else {}
+        return [plan(self.registry, r, decided.get(i)) for i, r in enumerate(requests)]
+
+    def _decode(self, arrays, plans, decoding: Decoding, timed: bool, gate: StepGate | None):
+        """Step 2: ``decode.decode_steps`` with the pool as its hooks (a mixed batch, or one input's windows)."""
+
+        def batch(rows: list[int]) -> list[str]:
+            return self._pool.decode(
+                self.features([arrays[i] for i in rows]),
+                [plans[i].whisper for i in rows],
+                [plans[i].entry for i in rows],
+                lambda m, f, langs, names: generate_texts(m, self.processor, f, langs, decoding, names),
+            )
+
+        def windows(i: int) -> list[Segment]:
+            p = plans[i]
+            pause = self._pause(gate, p.entry)
+            run = lambda model, _: [long_segments(model, self.processor, arrays[i], p.whisper, decoding, pause)]  # noqa: E731
+            return self._pool.decode_groups([p.entry], run)[0]
+
+        return decode_steps(arrays, decoding, timed, batch, windows)
 
     def transcribe_batch(
         self,
@@ -344,83 +341,32 @@ class Transcriber:
         ``adapter`` is ``"route"`` (the language picks it), ``None`` (the untouched base) or an
         adapter name, for all inputs or one per input. A named adapter with ``language="auto"``
         decodes in the adapter's own language. ``timestamps=True`` returns ``segments``; inputs
-        past 30 s are always decoded window by window with timestamps (``options``, default the
-        Transcriber's ``decode_options``). Inputs with no samples or non-finite samples raise
-        ``AudioError``; silent inputs are not decoded (they give no text). ``gate`` lets window-by-window
-        decoding give the model up between decoding steps (``StepGate``; the server's scheduler).
-        ``decisions`` are routes already taken (``route()``, maybe in another process: on Ray Serve the ingress
-        routes before it picks a replica holding the adapter), one per input or None; other ``auto`` inputs are
-        routed here.
+        past 30 s are always decoded window by window (``options``, default the Transcriber's
+        ``decode_options``). ``decisions`` are routes already taken (``route()``, maybe in another
+        process), one per input or None. Builds one ``Request`` per input: ``transcribe_requests``.
         """
-        langs = [language] * len(audios) if isinstance(language, str) else list(language)
-        forced = [adapter] * len(audios) if adapter is None or isinstance(adapter, str) else list(adapter)
-        given = list(decisions) if decisions is not None else [None] * len(audios)
-        if len(langs) != len(audios) or len(forced) != len(audios) or len(given) != len(audios):
+        n = len(audios)
+        langs = [language] * n if isinstance(language, str) else list(language)
+        adapters = [adapter] * n if adapter is None or isinstance(adapter, str) else list(adapter)
+        given = list(decisions) if decisions is not None else [None] * n
+        if len(langs) != n or len(adapters) != n or len(given) != n:
             raise ConfigError(
-                f"{len(audios)} inputs but {len(langs)} languages, {len(forced)} adapter choices "
+                f"{n} inputs but {len(langs)} languages, {len(adapters)} adapter choices "
                 f"and {len(given)} route decisions"
             )
-        for lang in langs:
-            if lang != AUTO:
-                resolve_language(lang)  # validate before touching the model
-        entries = {name: self.registry.get(name) for name in {f for f in forced if f not in (None, ROUTE)}}
-        for i, f in enumerate(forced):
-            if f in entries and langs[i] == AUTO:
-                langs[i] = entries[f].language
-        decoding = self.decoding
-        if num_beams is not None or options is not None:  # Decoding validates them
-            beams = decoding.num_beams if num_beams is None else num_beams
-            decoding = replace(decoding, num_beams=beams, options=options or decoding.options)
-        arrays = [
-            load_audio(a) if not isinstance(a, np.ndarray) else check_signal(a, f"input {i}")
-            for i, a in enumerate(audios)
-        ]
-        long_form = timestamps or any(len(a) > N_SAMPLES for a in arrays)
-        with self._lock:
-            decided = {i: d for i, d in enumerate(given) if d is not None and langs[i] == AUTO}
-            # forced adapters already set their language
-            auto = [i for i, lang in enumerate(langs) if lang == AUTO and i not in decided]
-            if auto:  # routing looks at the first 30 s of a recording, once per recording
-                decisions = self._route([arrays[i] for i in auto])
-                decided.update(zip(auto, decisions, strict=True))
-            plans = self._plan(langs, forced, entries, decided)
-            self._apply_unloads({p.entry.name for p in plans if p.entry})
-            speech = [i for i, a in enumerate(arrays) if not is_silent(a)]  # silent inputs give no text
-            segments: list = [()] * len(arrays)
-            texts = [""] * len(arrays)
-            if speech and long_form:
-                decoded = self._decode_timed(speech, arrays, plans, decoding, gate)
-                for i, segs in zip(speech, decoded, strict=True):
-                    segments[i], texts[i] = tuple(segs), " ".join(s.text for s in segs)
-            elif speech:
-                texts_speech = self._pool.decode(
-                    self.features([arrays[i] for i in speech]),
-                    [plans[i].whisper for i in speech],
-                    [plans[i].entry for i in speech],
-                    lambda m, f, lg, names: generate_texts(m, self.processor, f, lg, decoding, names),
-                )
-                for i, t in zip(speech, texts_speech, strict=True):
-                    texts[i] = t
-                # loop guard: a repetitive transcript is decoded again with the temperature fallback
-                again = [speech[k] for k in looped(texts_speech, decoding)]
-                if again:
-                    log.info(
-                        "%d transcript(s) look like a repetition loop; decoding them again with fallback", len(again)
-                    )
-                    for i, segs in zip(again, self._decode_timed(again, arrays, plans, decoding, gate), strict=True):
-                        texts[i] = " ".join(s.text for s in segs)
-        return [
-            Transcription(
-                texts[i],
-                p.language,
-                p.probability,
-                p.entry.name if p.entry else None,
-                round(len(arrays[i]) / SAMPLE_RATE, 3),
-                segments[i] if timestamps else None,
-                p.route,
+        requests = [
+            Request(
+                audio=a,
+                language=lang,
+                adapter=ad,
+                timestamps=timestamps,
+                num_beams=num_beams,
+                options=options,
+                decision=d if (lang or AUTO).strip().lower() == AUTO else None,  # a given language needs no route
             )
-            for i, p in enumerate(plans)
+            for a, lang, ad, d in zip(audios, langs, adapters, given, strict=True)
         ]
+        return self.transcribe_requests(requests, gate)
 
     def transcribe(
         self,

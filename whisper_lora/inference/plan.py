@@ -1,0 +1,61 @@
+"""Where each request goes, decided before the model decodes: its adapter (the one home of that choice), the
+Whisper language token its decoder is prompted with, and the language and route its result reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from whisper_lora.errors import ConfigError
+from whisper_lora.inference.request import AUTO, ROUTE, Request
+from whisper_lora.inference.routing import FORCED, RouteDecision
+from whisper_lora.languages import resolve_language
+from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry
+
+
+@dataclass(frozen=True)
+class PlannedInput:
+    """How one input will be decoded."""
+
+    language: str  # language reported (registry code, or Whisper's code when auto-detected)
+    probability: float | None  # detection confidence; None when the language was given
+    entry: AdapterEntry | None  # adapter to decode with; None for the untouched base
+    whisper: str  # Whisper language token code the decoder is prompted with
+    route: str = FORCED  # how the adapter was chosen
+
+
+def needs_routing(request: Request) -> bool:
+    """Whether ``request`` must be routed (its language detected) before it can be planned."""
+    return request.language == AUTO and request.adapter in (None, ROUTE) and request.decision is None
+
+
+def choose_adapter(
+    registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None
+) -> tuple[AdapterEntry | None, str]:
+    """The adapter ``request`` decodes with (None: the base) and how it was chosen (``routing`` route names).
+
+    ``decision`` is the route of an ``auto`` request (``request.decision`` when it carries one). A broken or unknown
+    adapter raises the registry's ``AdapterError`` with the reason."""
+    if request.adapter is None:
+        return None, FORCED
+    if request.adapter != ROUTE:
+        return registry.get(request.adapter), FORCED
+    if request.language != AUTO:
+        return registry.for_language(resolve_language(request.language).code), FORCED
+    decision = decision or request.decision
+    if decision is None:
+        raise ConfigError("a request with language 'auto' must be routed before its adapter is chosen")
+    return (registry.get(decision.adapter) if decision.adapter else None), decision.route
+
+
+def plan(registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None) -> PlannedInput:
+    """The ``PlannedInput`` of one request (``decision``: its route, when its language is ``auto``)."""
+    entry, route = choose_adapter(registry, request, decision)
+    if request.language != AUTO:
+        info = resolve_language(request.language)
+        return PlannedInput(info.code, None, entry, info.whisper, route)
+    if request.adapter not in (None, ROUTE):  # a named adapter decodes in its own language
+        info = resolve_language(entry.language)
+        return PlannedInput(info.code, None, entry, info.whisper, route)
+    decision = decision or request.decision
+    whisper = entry.whisper_language if entry else resolve_language(decision.language).whisper
+    return PlannedInput(decision.language, decision.probability, entry, whisper, route)
