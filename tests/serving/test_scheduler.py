@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.inference.test_transcriber import AUDIO
+from whisper_lora.inference.request import Request
 from whisper_lora.inference.transcriber import Transcriber
 from whisper_lora.serving.scheduler import Cancelled, QueueFull, Scheduler
 
@@ -27,14 +28,14 @@ def test_short_requests_are_served_between_a_long_recordings_steps(transcriber):
     scheduler = Scheduler(transcriber, max_batch=4, max_wait_ms=5, slice_ms=20)
     try:
         finished = {}
-        long_job = scheduler.submit(LONG, "sw", "sw")
-        base_job = scheduler.submit(LONG, "en", None)  # a second long one, on the base: they take turns
+        long_job = scheduler.submit(Request(LONG, "sw", "sw"))
+        base_job = scheduler.submit(Request(LONG, "en", None))  # a second long one, on the base: they take turns
         long_job.future.add_done_callback(lambda _: finished.setdefault("long", time.monotonic()))
         time.sleep(0.3)  # the long recordings are decoding
         shorts = []
         for k in range(8):
             audio, lang, adapter = SHORT[k % len(SHORT)]
-            shorts.append(scheduler.submit(audio, lang, adapter))
+            shorts.append(scheduler.submit(Request(audio, lang, adapter)))
             time.sleep(0.05)
         short_texts = [j.future.result(120).text for j in shorts]
         short_done = time.monotonic()
@@ -52,7 +53,7 @@ def test_short_requests_are_served_between_a_long_recordings_steps(transcriber):
 def test_a_cancelled_long_recording_stops_and_the_next_request_is_right(transcriber):
     scheduler = Scheduler(transcriber, max_wait_ms=5)
     try:
-        job = scheduler.submit(LONG, "sw", "sw")
+        job = scheduler.submit(Request(LONG, "sw", "sw"))
         time.sleep(0.5)
         started = time.monotonic()
         job.cancel()
@@ -60,7 +61,10 @@ def test_a_cancelled_long_recording_stops_and_the_next_request_is_right(transcri
             job.future.result(30)
         assert time.monotonic() - started < 10  # stopped at a decoding step, not at the end of the recording
         audio, lang, adapter = SHORT[0]
-        assert scheduler.transcribe(audio, lang, adapter, timeout=60).text == transcriber.transcribe(audio, lang).text
+        assert (
+            scheduler.transcribe(Request(audio, lang, adapter), timeout=60).text
+            == transcriber.transcribe(audio, lang).text
+        )
         assert scheduler.stats()["cancelled"] == 1
     finally:
         scheduler.close()
@@ -69,14 +73,14 @@ def test_a_cancelled_long_recording_stops_and_the_next_request_is_right(transcri
 def test_a_full_queue_refuses_with_a_retry_hint(transcriber):
     scheduler = Scheduler(transcriber, max_queue=1)
     try:
-        job = scheduler.submit(LONG, "sw", "sw")
+        job = scheduler.submit(Request(LONG, "sw", "sw"))
         with pytest.raises(QueueFull) as e:
-            scheduler.submit(AUDIO[1], "cs", "cs")
+            scheduler.submit(Request(AUDIO[1], "cs", "cs"))
         assert e.value.retry_after >= 1 and "1 requests are already queued" in str(e.value)
         job.cancel()
         with pytest.raises(Cancelled):
             job.future.result(30)
-        assert scheduler.transcribe(AUDIO[1], "cs", "cs", timeout=60).adapter == "cs"  # room again
+        assert scheduler.transcribe(Request(AUDIO[1], "cs", "cs"), timeout=60).adapter == "cs"  # room again
         assert scheduler.stats()["rejected"] == 1
     finally:
         scheduler.close()
@@ -89,7 +93,7 @@ def test_routing_questions_take_turns_with_a_long_recording(transcriber):
     scheduler = Scheduler(transcriber, max_wait_ms=5, slice_ms=20)
     try:
         finished = {}
-        long_job = scheduler.submit(np.concatenate([LONG] * 4), "sw", "sw")
+        long_job = scheduler.submit(Request(np.concatenate([LONG] * 4), "sw", "sw"))
         long_job.future.add_done_callback(lambda _: finished.setdefault("long", time.monotonic()))
         time.sleep(0.3)  # the long recording is decoding
         jobs = [scheduler.submit_route(a) for a, _, _ in SHORT]

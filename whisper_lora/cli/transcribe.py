@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from whisper_lora.cli.options import add_base, add_registry, add_routing, check_files, transcriber
+from whisper_lora.inference.formats import ALIASES, FORMATS
+
+OUTPUTS = ("line", "json_lines", *FORMATS, *ALIASES)  # line and json_lines: one line per file, on stdout
 
 log = logging.getLogger("whisper_lora")
 
@@ -25,8 +28,9 @@ def add_parser(sub) -> None:
     tr.add_argument(
         "--format",
         default="line",
-        choices=["line", "json_lines", "txt", "json", "verbose_json", "srt", "vtt"],
-        help="output: line (file, language, adapter, text), txt, json, verbose_json (segments), srt, vtt",
+        choices=OUTPUTS,
+        help="output: line (file, language, adapter, text), json_lines, text (or txt), json, verbose_json "
+        "(segments), srt, vtt",
     )
     tr.add_argument("--output-dir", help="write <file stem>.<ext> per input here instead of printing")
     tr.add_argument(
@@ -55,16 +59,21 @@ def decode_options(a):
 
 def run(a) -> int:
     from whisper_lora.atomic import atomic_write_text
-    from whisper_lora.inference.formats import EXTENSIONS, TIMED_FORMATS, check_format, render
+    from whisper_lora.inference.formats import TABLE, TIMED_FORMATS, check_format, render
+    from whisper_lora.inference.request import Request
 
     fmt = "json_lines" if a.json else a.format
     if fmt not in ("line", "json_lines"):
-        check_format(fmt)
+        fmt = check_format(fmt)
     check_files(a.files)
-    t = transcriber(a, num_beams=a.beams, decode_options=decode_options(a))
-    timed = fmt in TIMED_FORMATS or bool(a.word_timestamps)
-    for f in a.files:
-        r = t.transcribe(f, a.language, timestamps=timed)
+    options = decode_options(a)
+    requests = [  # built and validated before the model loads
+        Request(f, a.language, timestamps=fmt in TIMED_FORMATS or bool(a.word_timestamps), options=options)
+        for f in a.files
+    ]
+    t = transcriber(a, num_beams=a.beams)
+    for f, request in zip(a.files, requests, strict=True):
+        r = t.transcribe_requests([request])[0]
         if fmt == "json_lines":
             doc = json.dumps({"file": f, **r.to_dict()}, ensure_ascii=False) + "\n"
         elif fmt == "line":
@@ -73,7 +82,7 @@ def run(a) -> int:
         else:
             doc = render(r, fmt, words=bool(a.word_timestamps))
         if a.output_dir:
-            out = Path(a.output_dir) / f"{Path(f).stem}.{EXTENSIONS.get(fmt, 'txt')}"
+            out = Path(a.output_dir) / f"{Path(f).stem}.{TABLE[fmt].extension if fmt in TABLE else 'txt'}"
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out, doc)
             log.info("wrote %s", out)

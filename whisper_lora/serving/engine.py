@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-import numpy as np
-
-from whisper_lora.inference.longform import DecodeOptions
-from whisper_lora.inference.transcriber import Transcriber, Transcription
+from whisper_lora.inference.request import Request, Transcription
+from whisper_lora.inference.transcriber import Transcriber
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
 from whisper_lora.serving.config import ServerConfig
 from whisper_lora.serving.scheduler import Job, Scheduler
@@ -43,7 +41,6 @@ class Pending(Protocol):
 class Engine(Protocol):
     base_info: object  # ``BaseModelInfo`` of the base every replica loaded
     registry: AdapterRegistry  # what model names resolve to (its own view of the same directory)
-    options: DecodeOptions  # decoding options requests start from
 
     def adapters(self) -> list[str]: ...
 
@@ -54,10 +51,8 @@ class Engine(Protocol):
     def refresh(self, min_interval: float) -> None:
         """Pick up adapters changed on disk (stat calls at most every ``min_interval`` seconds)."""
 
-    def submit(
-        self, audio: np.ndarray, language: str, adapter: str | None, timestamps: bool, options: DecodeOptions | None
-    ) -> Pending:
-        """Queue one request; ``QueueFull`` when this engine holds as many as it may."""
+    def submit(self, request: Request) -> Pending:
+        """Queue one request (its audio as samples); ``QueueFull`` when this engine holds as many as it may."""
 
     async def status(self) -> dict:
         """What ``/health`` adds: queue counters, and replicas with their adapters."""
@@ -92,10 +87,6 @@ class LocalEngine:
     def registry(self) -> AdapterRegistry:
         return self.transcriber.registry
 
-    @property
-    def options(self) -> DecodeOptions:
-        return self.transcriber.decoding.options
-
     def adapters(self) -> list[str]:
         return self.transcriber.adapters()
 
@@ -108,8 +99,8 @@ class LocalEngine:
     def refresh(self, min_interval: float) -> None:
         self.transcriber.refresh_adapters(min_interval)
 
-    def submit(self, audio, language, adapter, timestamps, options) -> _LocalPending:
-        return _LocalPending(self.scheduler.submit(audio, language, adapter, timestamps, options))
+    def submit(self, request: Request) -> _LocalPending:
+        return _LocalPending(self.scheduler.submit(request))
 
     async def status(self) -> dict:
         return {"engine": "local", "loaded_adapters": self.transcriber.loaded_adapters(), **self.scheduler.stats()}

@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import replace
 
-import numpy as np
 import ray
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
@@ -26,10 +25,11 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from whisper_lora.data.audio import N_SAMPLES
 from whisper_lora.errors import ConfigError
-from whisper_lora.inference.transcriber import AUTO, ROUTE, Transcription
+from whisper_lora.inference.plan import choose_adapter, needs_routing
+from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
 from whisper_lora.serving.engine import Unavailable
-from whisper_lora.serving.ray_replica import Decoder, ReplicaSpec, publish_digest, visible_registry
+from whisper_lora.serving.ray_replica import Decoder, ReplicaInfo, ReplicaSpec, publish_digest, visible_registry
 from whisper_lora.serving.scheduler import Cancelled, QueueFull
 
 log = logging.getLogger("whisper_lora")
@@ -38,27 +38,20 @@ DESCRIBE_TIMEOUT = 10.0  # seconds /health waits for the replicas' answers
 
 
 class _RayPending:
-    def __init__(self, engine: RayEngine, audio: np.ndarray, language, adapter, timestamps, options):
-        self.engine, self.audio, self.language, self.adapter = engine, audio, language, adapter
-        self.timestamps, self.options = timestamps, options
+    def __init__(self, engine: RayEngine, request: Request):
+        self.engine, self.request = engine, request
         self._response = None
         self._cancelled = False
 
     async def result(self) -> Transcription:
-        e = self.engine
-        decision, name = None, None
-        if e.spec.multiplexed and self.adapter is not None:
-            if self.adapter != ROUTE:
-                name = self.adapter
-            elif self.language == AUTO:  # routing first: the adapter decides which replica decodes
-                decision = await self._call("route", None, self.audio[:N_SAMPLES])
-                name = decision.adapter
-            else:
-                entry = e.registry.for_language(self.language)
-                name = entry.name if entry else None
-        return await self._call(
-            "transcribe", name, self.audio, self.language, self.adapter, self.timestamps, self.options, decision
-        )
+        request, name = self.request, None
+        if self.engine.spec.multiplexed and request.adapter is not None:  # the adapter picks the replica: choose it
+            if needs_routing(request):  # routing first, on any replica
+                decision = await self._call("route", None, request.audio[:N_SAMPLES])
+                request = replace(request, decision=decision)
+            entry, _ = choose_adapter(self.engine.registry, request)
+            name = entry.name if entry else None
+        return await self._call("transcribe", name, request)
 
     async def _call(self, method: str, adapter: str | None, *args):
         e = self.engine
@@ -99,7 +92,7 @@ class RayEngine:
 
     def __init__(self, decoders, spec: ReplicaSpec, root, info: dict):
         self.decoders, self.spec = decoders, spec
-        self.base_info, self.options, self._routing = info["base_info"], info["options"], info["routing"]
+        self.base_info, self._routing = info.base_info, info.routing
         self.registry = AdapterRegistry(root, self.base_info)
         self.replica_failures = 0
         self._looked = time.monotonic()
@@ -122,8 +115,8 @@ class RayEngine:
             publish_digest(self.spec, self.registry.digest())  # replicas started from now on check against it
             log.info("adapter registry changed on disk: now serving %s", ", ".join(self.adapters()) or "none")
 
-    def submit(self, audio, language, adapter, timestamps, options) -> _RayPending:
-        return _RayPending(self, audio, language, adapter, timestamps, options)
+    def submit(self, request: Request) -> _RayPending:
+        return _RayPending(self, request)
 
     async def status(self) -> dict:
         try:
@@ -133,10 +126,10 @@ class RayEngine:
         except Exception as e:  # noqa: BLE001 - no replica, or none answered in time: report it, do not fail
             log.warning("replicas did not describe themselves: %s", e)
             answers = []
-        described = [a for a in answers if isinstance(a, dict)]
+        described = [a for a in answers if isinstance(a, ReplicaInfo)]
         if described:
-            self._routing = described[0]["routing"]
-        replicas = [{k: v for k, v in a.items() if k not in ("base_info", "options", "routing")} for a in described]
+            self._routing = described[0].routing
+        replicas = [a.public() for a in described]
         rc = self.spec.ray
         wanted = max(rc.min_replicas, 1) if rc.autoscaling else rc.replicas
         return {

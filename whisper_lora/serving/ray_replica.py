@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import ray
@@ -21,9 +21,11 @@ import torch
 from ray import serve
 
 from whisper_lora.errors import ConfigError
+from whisper_lora.inference.generation import MAX_NEW_TOKENS
 from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.inference.routing import RouteDecision
-from whisper_lora.inference.transcriber import Transcriber, Transcription
+from whisper_lora.inference.transcriber import Transcriber
 from whisper_lora.registry.catalog import AdapterRegistry
 from whisper_lora.serving.config import RayConfig, ServerConfig
 from whisper_lora.serving.engine import scheduler_for
@@ -52,7 +54,7 @@ class ReplicaSpec:
     mode: str = "routed"
     detect_threshold: float | None = None
     num_beams: int = 1
-    max_new_tokens: int = 224
+    max_new_tokens: int = MAX_NEW_TOKENS
     languages: tuple[str, ...] | None = None
     decode_options: DecodeOptions | None = None
     multiplexed: bool = False
@@ -74,6 +76,27 @@ class ReplicaSpec:
         if self.detect_threshold is not None:
             kw["detect_threshold"] = self.detect_threshold
         return kw
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """What a replica tells the ingress about itself (``Decoder.describe``): the contract between the two."""
+
+    replica: str  # Ray's replica id
+    node: str  # the node's address
+    pid: int
+    device: str  # where its model runs
+    threads: int  # torch threads
+    loaded_adapters: list[str]  # attached in its model, least recently used first
+    multiplexed_adapters: list[str] | None  # Ray's multiplexing LRU; None when not multiplexed
+    base_info: object = field(repr=False)  # ``BaseModelInfo`` of its base
+    routing: dict | None = field(repr=False)  # ``Transcriber.routing()``
+    stats: dict = field(default_factory=dict)  # its scheduler's counters (``Scheduler.stats``)
+
+    def public(self) -> dict:
+        """The replica's row of ``/health``."""
+        row = {k: v for k, v in asdict(self).items() if k not in ("base_info", "routing", "stats")}
+        return {**row, **self.stats}
 
 
 def node_name() -> str:
@@ -168,32 +191,29 @@ class Decoder:
         self.node = node_name()
         log.info("replica %s on %s ready: %r", self.replica_id, self.node, self.transcriber)
 
-    async def describe(self) -> dict:
+    async def describe(self) -> ReplicaInfo:
         t = self.transcriber
-        return {
-            "replica": self.replica_id,
-            "node": self.node,
-            "pid": os.getpid(),
-            "device": str(t.model.device),
-            "threads": torch.get_num_threads(),
-            "loaded_adapters": t.loaded_adapters(),
-            "multiplexed_adapters": sorted(self.resident) if self.spec.multiplexed else None,
-            "base_info": t.base_info,
-            "options": t.decoding.options,
-            "routing": t.routing(),
-            **self.scheduler.stats(),
-        }
+        return ReplicaInfo(
+            replica=self.replica_id,
+            node=self.node,
+            pid=os.getpid(),
+            device=str(t.model.device),
+            threads=torch.get_num_threads(),
+            loaded_adapters=t.loaded_adapters(),
+            multiplexed_adapters=sorted(self.resident) if self.spec.multiplexed else None,
+            base_info=t.base_info,
+            routing=t.routing(),
+            stats=self.scheduler.stats(),
+        )
 
     async def route(self, audio) -> RouteDecision:
         return await self._wait(self.scheduler.submit_route(audio))  # takes turns with long recordings
 
-    async def transcribe(
-        self, audio, language: str, adapter, timestamps: bool, options, decision: RouteDecision | None
-    ) -> Transcription:
+    async def transcribe(self, request: Request) -> Transcription:
         name = serve.get_multiplexed_model_id()
         if name and self._load is not None:
             await self._load(name)  # Ray's LRU: evicts the least recently used adapter past max_loaded
-        return await self._wait(self.scheduler.submit(audio, language, adapter, timestamps, options, decision))
+        return await self._wait(self.scheduler.submit(request))
 
     @staticmethod
     async def _wait(job):
@@ -205,5 +225,5 @@ class Decoder:
 
     def check_health(self) -> None:
         """Ray's health check: the scheduler's worker must be alive."""
-        if not self.scheduler._worker.is_alive():
+        if not self.scheduler.healthy():
             raise RuntimeError("the scheduler's worker thread died")

@@ -1,9 +1,10 @@
 """One model, many requests: micro-batches of short clips, long recordings interleaved with them, bounded queue.
 
-- **Short requests** (up to 30 s) that arrive together (``max_wait_ms``, at most ``max_batch``) share one
+- **Short requests** (up to 30 s) that arrive together (``max_wait_ms``, at most ``max_batch``) go to
+  ``Transcriber.transcribe_requests`` together: those with the same decoding settings share one
   mixed-language ``generate`` call; each keeps its own language and adapter, so its result equals an
-  isolated call. Requests asking for timestamps or other decoding options are batched with those that
-  ask for the same. A failing batch is retried one request at a time, so one bad input never fails others.
+  isolated call. A failing batch is retried one request at a time, so one bad input never fails others.
+  Jobs carry their ``Request`` as it is: the scheduler never looks inside it but for the audio's length.
 - **Long recordings** (past 30 s) are decoded window by window (Whisper's long-form algorithm) in a thread
   of their own, and give the model up between decoding steps (``Transcriber``'s ``StepGate``) whenever
   short requests are waiting, once they have had it as long as a short batch takes (a running estimate, at
@@ -22,13 +23,12 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whisper_lora.data.audio import N_SAMPLES
-from whisper_lora.inference.longform import DecodeOptions
-from whisper_lora.inference.routing import RouteDecision
+from whisper_lora.data.audio import N_SAMPLES, load_audio
+from whisper_lora.inference.request import Request
 from whisper_lora.inference.transcriber import Transcriber, Transcription
 
 log = logging.getLogger("whisper_lora")
@@ -55,12 +55,7 @@ class Cancelled(Exception):
 class Job:
     """One request on its way through the scheduler."""
 
-    audio: np.ndarray
-    language: str
-    adapter: str | None
-    timestamps: bool = False
-    options: DecodeOptions | None = None
-    decision: RouteDecision | None = None  # ``language="auto"`` already routed (Ray Serve's ingress does)
+    request: Request  # with its audio as samples
     route_only: bool = False  # only where ``auto`` sends it (``Transcriber.route``), no decoding
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.monotonic)
@@ -68,11 +63,7 @@ class Job:
 
     @property
     def long(self) -> bool:
-        return len(self.audio) > N_SAMPLES
-
-    @property
-    def kind(self) -> tuple:
-        return (self.route_only, self.timestamps, self.options)
+        return len(self.request.audio) > N_SAMPLES
 
     @property
     def cancelled(self) -> bool:
@@ -84,25 +75,16 @@ class Job:
 
 
 class _Gate:
-    """The ``StepGate`` of one long job: yield when short work waits (after a slice) or another long job waits."""
+    """The ``StepGate`` of one long job: the scheduler's ``should_yield`` and ``yield_turn`` for that job."""
 
     def __init__(self, scheduler: Scheduler, job: Job):
         self.scheduler, self.job = scheduler, job
 
     def should_yield(self) -> bool:
-        if self.job.cancelled:
-            raise Cancelled()
-        s = self.scheduler
-        held = time.monotonic() - s._turn_started
-        # waiting short requests get the model once this decode has had as long as a short batch takes (at least
-        # ``slice``): under a steady stream both kinds then get about half, short latency stays about twice alone
-        return bool((s._short and held >= max(s.slice, s._batch_seconds)) or (s._long_waiting and held >= s.quantum))
+        return self.scheduler.should_yield(self.job)
 
     def wait(self) -> None:
-        s = self.scheduler
-        s.long_yields += 1
-        s._release(self.job, again=True)
-        s._take(self.job)
+        self.scheduler.yield_turn(self.job)
 
 
 class Scheduler:
@@ -136,22 +118,16 @@ class Scheduler:
         self._worker.start()
 
     # ------------------------------------------------------------------ public
-    def submit(
-        self,
-        audio: np.ndarray,
-        language: str,
-        adapter: str | None,
-        timestamps: bool = False,
-        options: DecodeOptions | None = None,
-        decision: RouteDecision | None = None,
-    ) -> Job:
+    def submit(self, request: Request) -> Job:
         """Queue one request; its ``future`` gives the ``Transcription``. Raises ``QueueFull`` when full."""
-        return self._queue(Job(audio, language, adapter, timestamps, options, decision))
+        if not isinstance(request.audio, np.ndarray):  # a path: its length decides the kind of turn
+            request = replace(request, audio=load_audio(request.audio))
+        return self._queue(Job(request))
 
     def submit_route(self, audio: np.ndarray) -> Job:
         """Queue a routing question (its first 30 s): the ``future`` gives a ``RouteDecision``. It takes turns with
         long recordings as short requests do."""
-        return self._queue(Job(audio[:N_SAMPLES], "auto", None, route_only=True))
+        return self._queue(Job(Request(audio[:N_SAMPLES]), route_only=True))
 
     def _queue(self, job: Job) -> Job:
         with self._cv:
@@ -169,9 +145,9 @@ class Scheduler:
                 self._cv.notify_all()
         return job
 
-    def transcribe(self, *args, timeout: float | None = None, **kw) -> Transcription:
+    def transcribe(self, request: Request, timeout: float | None = None) -> Transcription:
         """``submit`` and wait (tests, scripts); a timeout cancels the job."""
-        job = self.submit(*args, **kw)
+        job = self.submit(request)
         try:
             return job.future.result(timeout)
         except TimeoutError:
@@ -192,6 +168,28 @@ class Scheduler:
             "rejected": self.rejected,
             "long_yields": self.long_yields,
         }
+
+    def healthy(self) -> bool:
+        """Whether the micro-batch worker is alive (Ray's health check asks)."""
+        return self._worker.is_alive()
+
+    def should_yield(self, job: Job) -> bool:
+        """Whether long ``job``, holding the model, should give it up now; raises ``Cancelled`` when it was."""
+        if job.cancelled:
+            raise Cancelled()
+        held = time.monotonic() - self._turn_started
+        # waiting short requests get the model once this decode has had as long as a short batch takes (at least
+        # ``slice``): under a steady stream both kinds then get about half, short latency stays about twice alone
+        return bool(
+            (self._short and held >= max(self.slice, self._batch_seconds))
+            or (self._long_waiting and held >= self.quantum)
+        )
+
+    def yield_turn(self, job: Job) -> None:
+        """Long ``job`` gives the model up, and returns once it is its turn again."""
+        self.long_yields += 1
+        self._release(job, again=True)
+        self._take(job)
 
     def close(self) -> None:
         with self._cv:
@@ -254,15 +252,7 @@ class Scheduler:
             job.future.set_exception(e)
             return
         try:
-            result = self.transcriber.transcribe_batch(
-                [job.audio],
-                job.language,
-                adapter=job.adapter,
-                timestamps=job.timestamps,
-                options=job.options,
-                gate=_Gate(self, job),
-                decisions=[job.decision],
-            )[0]
+            result = self.transcriber.transcribe_requests([job.request], gate=_Gate(self, job))[0]
         except BaseException as e:  # noqa: BLE001 - the request gets the error, the server goes on
             job.future.set_exception(e)
         else:
@@ -297,11 +287,10 @@ class Scheduler:
                         batch.append(job)
             started = time.monotonic()
             try:
-                kinds: dict[tuple, list[Job]] = {}
-                for job in batch:
-                    kinds.setdefault(job.kind, []).append(job)
-                for group in kinds.values():
-                    self._decode(group)
+                for route_only in (True, False):  # routing questions, then transcriptions
+                    group = [j for j in batch if j.route_only == route_only]
+                    if group:
+                        self._decode(group)
             finally:
                 if batch:
                     self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.monotonic() - started)
@@ -310,9 +299,9 @@ class Scheduler:
     def _decode(self, batch: list[Job]) -> None:
         try:
             if batch[0].route_only:
-                results = self.transcriber.route([j.audio for j in batch])
+                results = self.transcriber.route([j.request.audio for j in batch])
             else:
-                results = self._transcribe(batch)
+                results = self.transcriber.transcribe_requests([j.request for j in batch])
             self.batches += 1
         except Exception as e:  # noqa: BLE001 - isolate the failing request
             if len(batch) == 1:
@@ -324,13 +313,3 @@ class Scheduler:
         self.served += len(batch)
         for j, res in zip(batch, results, strict=True):
             j.future.set_result(res)
-
-    def _transcribe(self, batch: list[Job]) -> list[Transcription]:
-        return self.transcriber.transcribe_batch(
-            [j.audio for j in batch],
-            [j.language for j in batch],
-            adapter=[j.adapter for j in batch],
-            timestamps=batch[0].timestamps,
-            options=batch[0].options,
-            decisions=[j.decision for j in batch],
-        )

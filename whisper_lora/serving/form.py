@@ -1,0 +1,152 @@
+"""The transcription form (OpenAI's ``POST /v1/audio/transcriptions`` fields) turned into one ``Request``.
+
+``parse_form`` is the one place that reads the form: a form field named like a ``Request`` field fills it (converted
+by the field's type), and three OpenAI fields map onto others: ``file`` (the audio, read by ``read_upload`` within the
+limits), ``model`` (the adapter, ``model_adapter``) and ``timestamp_granularities[]`` (``word_timestamps``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import fields
+
+import numpy as np
+from starlette.datastructures import FormData, UploadFile
+
+from whisper_lora.data.audio import SAMPLE_RATE, AudioError, check_signal, load_audio
+from whisper_lora.errors import AdapterError, BrokenAdapterError, ConfigError
+from whisper_lora.inference.request import ROUTE, Request, RequestError
+from whisper_lora.serving.config import ServerConfig
+from whisper_lora.serving.errors import ApiError
+from whisper_lora.serving.limits import audio_seconds
+
+ROUTER_MODELS = ("auto", "whisper-1")  # model names that route by language
+GRANULARITIES = ("segment", "word")
+FORM_OVERHEAD = 64 * 2**10  # multipart boundaries and the small form fields, on top of the file
+MAX_FIELDS = 32  # form fields accepted in one request
+REQUIRED = ("file", "model")
+# Request fields a client never sets by name: filled from ``file``, ``model``, ``timestamp_granularities[]``, or
+# by the server itself
+NOT_FROM_FORM = ("audio", "adapter", "timestamps", "word_timestamps", "num_beams", "options", "decision")
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+def _convert(name: str, annotation: str, value: str):
+    """A form field's text as its ``Request`` field's type."""
+    if "bool" in annotation:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{name}={value!r} must be true or false")
+        return value.lower() in ("true", "1")
+    for kind, word in ((int, "a whole number"), (float, "a number")):
+        if kind.__name__ in annotation.replace("None", ""):
+            try:
+                return kind(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} must be {word}") from None
+    return value or None if "None" in annotation else value
+
+
+def parse_form(form: FormData, request_type: type[Request] = Request) -> Request:
+    """The ``Request`` of a transcription form, without its audio and adapter (``read_upload``, ``model_adapter``);
+    a ``RequestError`` names every bad field at once."""
+    problems: list[tuple[str, str]] = [(k, f"{k} is required") for k in REQUIRED if k not in form]
+    if "file" in form and not isinstance(form["file"], UploadFile):
+        problems.append(("file", "file must be an uploaded file (multipart/form-data), not a text field"))
+    if "model" in form and not isinstance(form["model"], str):
+        problems.append(("model", "model must be a text field, not a file"))
+    kwargs = {}
+    for f in fields(request_type):
+        if f.name in NOT_FROM_FORM or f.name not in form:
+            continue
+        value = form[f.name]
+        if not isinstance(value, str):
+            problems.append((f.name, f"{f.name} must be a text field, not a file"))
+            continue
+        try:
+            kwargs[f.name] = _convert(f.name, str(f.type), value)
+        except ValueError as e:
+            problems.append((f.name, str(e)))
+    granularities = [g for g in form.getlist("timestamp_granularities[]") if isinstance(g, str)]
+    if not set(granularities) <= set(GRANULARITIES):
+        bad = sorted(set(granularities) - set(GRANULARITIES))
+        problems.append(
+            ("timestamp_granularities", f"unknown timestamp_granularities {bad}; valid: {', '.join(GRANULARITIES)}")
+        )
+    if granularities and form.get("response_format", "json") != "verbose_json":
+        problems.append(("timestamp_granularities", "timestamp_granularities needs response_format=verbose_json"))
+    try:
+        request = request_type(audio=None, word_timestamps="word" in granularities, **kwargs)
+    except RequestError as e:
+        problems += e.problems
+    if problems:
+        order = [f.name for f in fields(request_type)]
+        raise RequestError(sorted(problems, key=lambda p: order.index(p[0]) if p[0] in order else len(order)))
+    return request
+
+
+def model_adapter(model: str, registry, base_names: tuple[str, ...], adapters: list[str]) -> str | None:
+    """The adapter choice a ``model`` name asks for: ``ROUTE`` (the router models), None (the base's name) or an
+    adapter's name (an adapter or language name: ``sw``, ``swa``, ``darija``); unknown names are 404s."""
+    if model in ROUTER_MODELS:
+        return ROUTE
+    if model in base_names:
+        return None
+    try:
+        entry = registry.find(model)
+    except BrokenAdapterError:
+        raise
+    except (ConfigError, AdapterError):
+        entry = None
+    if entry is None:
+        valid = ", ".join([base_names[0], *ROUTER_MODELS, *adapters])
+        raise ApiError(404, f"unknown model {model!r}; valid models: {valid}", "model", "model_not_found")
+    return entry.name
+
+
+def upload_suffix(filename: str) -> str:
+    """The extension decoders go by: the upload's own when it is a plain short one, else ``.bin``."""
+    suffix = os.path.splitext(filename or "")[1]
+    return suffix if _SUFFIX.match(suffix) else ".bin"
+
+
+def decode_upload(data: bytes, filename: str) -> np.ndarray:
+    """Decode uploaded bytes to 16 kHz mono with the library's one decoder (``data.audio.load_audio``)."""
+    if not data:
+        raise ApiError(400, "the uploaded file is empty", "file")
+    with tempfile.NamedTemporaryFile(suffix=upload_suffix(filename)) as f:  # librosa's backends use the extension
+        f.write(data)
+        f.flush()
+        try:
+            audio = load_audio(f.name, validate=False)
+        except AudioError:
+            shown = (filename or "the upload")[:80]
+            raise ApiError(400, f"could not decode {shown!r} as audio; send wav, flac, ogg or mp3", "file") from None
+    try:
+        return check_signal(audio, filename or "the upload")  # no samples, NaN or inf
+    except AudioError as e:
+        raise ApiError(400, str(e), "file") from None
+
+
+def check_duration(seconds: float, config: ServerConfig) -> None:
+    limit = config.max_audio_seconds
+    if limit is not None and seconds > limit:
+        raise ApiError(
+            413,
+            f"the audio is {seconds:.1f} s long; this server accepts at most {limit:g} s (--max-audio-seconds)",
+            "file",
+        )
+
+
+async def read_upload(file: UploadFile, config: ServerConfig, run_in_thread) -> np.ndarray:
+    """The uploaded audio as samples, within the size and duration limits (checked before decoding)."""
+    data = await file.read(config.max_upload_bytes + 1)
+    if len(data) > config.max_upload_bytes:
+        raise ApiError(413, f"file is larger than the limit of {config.max_upload_bytes} bytes", "file")
+    declared = audio_seconds(data)  # from the container header: nothing decoded yet
+    if declared is not None:
+        check_duration(declared, config)
+    audio = await run_in_thread(decode_upload, data, file.filename or "")
+    check_duration(len(audio) / SAMPLE_RATE, config)  # containers without a readable header
+    return audio
