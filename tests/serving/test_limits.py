@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from whisper_lora.errors import ConfigError
-from whisper_lora.serving.demo import DemoConfig
+from whisper_lora.serving.config import DemoConfig
 from whisper_lora.serving.limits import api_key_ok, audio_seconds, public
 from whisper_lora.serving.server import ServerConfig, upload_suffix
 
@@ -63,14 +63,14 @@ def test_upload_suffixes_are_short_and_plain():
 
 
 def test_demo_config(monkeypatch):
-    cfg = DemoConfig.from_args(["ana:correct-horse"], 5)
+    cfg = DemoConfig(DemoConfig.logins(["ana:correct-horse"]), max_upload_mb=5)
     assert cfg.launch_kwargs() == {"max_file_size": 5 * 2**20, "auth": [("ana", "correct-horse")]}
     assert "correct-horse" not in repr(cfg)
     monkeypatch.setenv("WHISPER_LORA_DEMO_AUTH", "a:password1,b:password2")
-    assert [u for u, _ in DemoConfig.from_args(None, 25).auth] == ["a", "b"]
+    assert [u for u, _ in DemoConfig.logins(None)] == ["a", "b"]
     monkeypatch.delenv("WHISPER_LORA_DEMO_AUTH")
-    assert "auth" not in DemoConfig.from_args(None, 25).launch_kwargs()
+    assert "auth" not in DemoConfig(DemoConfig.logins(None)).launch_kwargs()
     with pytest.raises(ConfigError, match="USER:PASSWORD"):
-        DemoConfig.from_args(["nopassword"], 25)
+        DemoConfig.logins(["nopassword"])
     with pytest.raises(ConfigError, match="8\\+ characters"):
-        DemoConfig.from_args(["ana:short"], 25)
+        DemoConfig(DemoConfig.logins(["ana:short"]))

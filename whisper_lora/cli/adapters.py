@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from whisper_lora.cli.options import add_registry
+from whisper_lora.cli.options import add_registry, parse_languages
 from whisper_lora.registry.language_profile import PROFILE_FILE
 
 
@@ -90,7 +90,7 @@ def run_vllm_args(a) -> int:
     from whisper_lora.registry.catalog import AdapterRegistry
     from whisper_lora.serving.vllm.export import plan_vllm
 
-    langs = [x.strip() for x in a.languages.split(",") if x.strip()] if a.languages else None
+    langs = parse_languages(a.languages)
     plan = plan_vllm(AdapterRegistry(a.adapters), langs, base=a.base, base_adapter=a.base_adapter)
     print(plan.command() if a.command else " ".join(plan.serve_args()))
     return 0

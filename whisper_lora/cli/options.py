@@ -80,7 +80,10 @@ _KINDS: dict[str, dict] = {
 
 def add_dataclass_flags(p, cls, skip=(), prefix: str = "", required=(), help_overrides=None) -> list[str]:
     """One ``--flag`` per field of ``cls`` (``prefix`` + name, underscores as dashes), its help the field's comment
-    and its default ``None`` (not given: the config's own default, or the YAML value). Returns the dest names."""
+    and its default ``None`` (not given: the config's own default, or the YAML value). Returns the dest names
+    (``prefix`` + field name). A field's ``metadata`` may say more (serving/config.py uses it): ``flag``, the flag's
+    name instead; ``repeat``, a tuple filled one value per use of the flag; ``none``, what None means (given as 0);
+    ``choices``, the valid values."""
     docs, dests = field_help(cls), []
     help_overrides = help_overrides or {}
     for f in dataclasses.fields(cls):
@@ -93,11 +96,26 @@ def add_dataclass_flags(p, cls, skip=(), prefix: str = "", required=(), help_ove
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         text = help_overrides.get(f.name) or docs.get(f.name) or f.name.replace("_", " ")
+        notes = []
         if default not in (None, ()) and f.name not in help_overrides:
-            text += f" (default: {default if not isinstance(default, tuple) else ' '.join(map(str, default))})"
+            notes.append(f"default: {default if not isinstance(default, tuple) else ' '.join(map(str, default))}")
+        meta = f.metadata
+        if meta.get("none"):
+            notes.append(f"0: {meta['none']}")
+        if meta.get("repeat"):
+            kind = {"type": kind["type"], "action": "append"}
+            notes.append("repeatable")
+        if meta.get("choices"):
+            kind = {**kind, "choices": meta["choices"]}
+        elif "flag" in meta and "metavar" not in kind:
+            kind = {**kind, "metavar": meta["flag"].upper().replace("-", "_")}
+        if notes:
+            text += f" ({'; '.join(notes)})"
         dest = prefix.replace("-", "_") + f.name
+        if any(a.dest == dest for a in p._actions):
+            raise TypeError(f"{cls.__name__}.{f.name}: the parser already has a flag for {dest!r}")
         p.add_argument(
-            f"--{prefix}{f.name.replace('_', '-')}",
+            "--" + meta.get("flag", prefix + f.name.replace("_", "-")),
             dest=dest,
             default=None,
             help=text.replace("%", "%%"),
@@ -105,6 +123,27 @@ def add_dataclass_flags(p, cls, skip=(), prefix: str = "", required=(), help_ove
         )
         dests.append(dest)
     return dests
+
+
+def config_from_args(cls, args: argparse.Namespace, skip=(), prefix: str = "", **fallbacks):
+    """``cls`` from the flags ``add_dataclass_flags`` made for it: each field's flag where given, else
+    ``fallbacks``, else the field's default; ``cls`` validates them (one error listing every problem)."""
+    kw = dict(fallbacks)
+    for f in dataclasses.fields(cls):
+        value = None if f.name in skip else getattr(args, prefix.replace("-", "_") + f.name)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        kw[f.name] = None if f.metadata.get("none") and value == 0 else value
+    return cls(**kw)
+
+
+def parse_languages(text: str | None) -> tuple[str, ...] | None:
+    """``--languages sw,cs,en``: the codes, or None when the flag was not given (every language)."""
+    if not text:
+        return None
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def add_registry(p: argparse.ArgumentParser) -> None:
@@ -126,9 +165,10 @@ def run_precision(a, default: str) -> str:
     return default if a.precision in (None, "auto") else a.precision
 
 
-def add_decoding(p: argparse.ArgumentParser) -> None:
-    """The decoding flags of commands that decode (``transcribe``'s defaults)."""
-    p.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
+def add_decoding(p: argparse.ArgumentParser, beams: bool = True) -> None:
+    """The decoding flags of commands that decode (``transcribe``'s defaults); ``beams=False``: greedy only."""
+    if beams:
+        p.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
     p.add_argument(
         "--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help=f"tokens per 30 s window (default {MAX_NEW_TOKENS})"
     )
@@ -158,8 +198,9 @@ def add_routing(p: argparse.ArgumentParser) -> None:
 def transcriber(a, **kw):
     from whisper_lora.inference.transcriber import Transcriber
 
-    if getattr(a, "languages", None):
-        kw["languages"] = [x.strip() for x in a.languages.split(",") if x.strip()]
+    languages = parse_languages(getattr(a, "languages", None))
+    if languages is not None:
+        kw["languages"] = languages
     if getattr(a, "threshold", None) is not None:
         kw["detect_threshold"] = a.threshold
     return Transcriber(a.base, a.adapters, precision=run_precision(a, "int8"), device=a.device or "auto", **kw)

@@ -1,10 +1,27 @@
-"""``whisper-lora serve`` (OpenAI-compatible HTTP API) and ``whisper-lora demo`` (gradio page)."""
+"""``whisper-lora serve`` (OpenAI-compatible HTTP API) and ``whisper-lora demo`` (gradio page); their settings' flags
+are generated from ``ServerConfig``, ``RayConfig`` and ``DemoConfig`` (serving/config.py)."""
 
 from __future__ import annotations
 
-from whisper_lora.cli.options import add_base, add_registry, add_routing, run_precision, transcriber
+from whisper_lora.cli.options import (
+    add_base,
+    add_dataclass_flags,
+    add_decoding,
+    add_registry,
+    add_routing,
+    config_from_args,
+    parse_languages,
+    run_precision,
+    transcriber,
+)
 from whisper_lora.errors import ConfigError
-from whisper_lora.serving import AUTH_ENV, KEY_ENV
+from whisper_lora.serving import AUTH_ENV
+from whisper_lora.serving.config import DemoConfig, RayConfig, ServerConfig
+
+# fields that are no flags: the scheduler's tuning (bench/ measures it), the retry policy and the application's name
+SERVER_SKIP = ("slice_ms", "quantum_ms")
+RAY_SKIP = ("retries", "app_name")
+DEMO_SKIP = ("auth",)  # --auth USER:PASSWORD, parsed by DemoConfig.logins
 
 
 def _add_server(p, port: int) -> None:
@@ -13,53 +30,21 @@ def _add_server(p, port: int) -> None:
     add_registry(p)
     add_base(p)
     add_routing(p)
-    p.add_argument(
-        "--max-new-tokens", type=int, default=224, help="tokens decoded per 30 s window at most (default 224)"
-    )
 
 
 def add_parser(sub) -> None:
     sv = sub.add_parser("serve", help="OpenAI-compatible /v1/audio/transcriptions server")
     _add_server(sv, port=8000)
-    sv.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
-    sv.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25 MB)")
-    sv.add_argument(
-        "--max-audio-seconds",
-        type=_limit,
-        default=1800.0,
-        help="longest recording accepted, read from its header before decoding (default 1800; 0: no limit)",
-    )
-    sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
-    sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company (default 10)")
-    sv.add_argument(
-        "--max-queue", type=int, default=64, help="requests in flight before 503 + Retry-After (default 64)"
-    )
-    sv.add_argument(
-        "--max-connections", type=int, default=128, help="HTTP requests in progress before 503 (default 128)"
-    )
-    sv.add_argument(
-        "--request-timeout",
-        type=_limit,
-        default=900.0,
-        help="seconds from upload to answer before 504; the work is cancelled (default 900; 0: none)",
-    )
-    sv.add_argument(
-        "--api-key",
-        action="append",
-        default=None,
-        help=f"require 'Authorization: Bearer KEY' on /v1/ (repeatable; default ${KEY_ENV}, comma-separated)",
-    )
-    sv.add_argument(
-        "--cors-origin",
-        action="append",
-        default=[],
-        help="browser origin allowed to call the API, e.g. https://app.example.org (repeatable; default: CORS off)",
-    )
-    _add_ray(sv)
+    add_decoding(sv)
+    add_dataclass_flags(sv, ServerConfig, skip=SERVER_SKIP)
+    g = sv.add_argument_group("Ray Serve (--ray; pip install 'whisper-lora[ray]'; docs/scaling-out.md)")
+    g.add_argument("--ray", action="store_true", help="serve on Ray Serve: replicas across a cluster, same API")
+    add_dataclass_flags(g, RayConfig, skip=RAY_SKIP)
     sv.set_defaults(fn=run_serve)
 
     dm = sub.add_parser("demo", help="gradio demo: adapter and base transcripts side by side")
     _add_server(dm, port=7860)
+    add_decoding(dm, beams=False)
     dm.add_argument(
         "--auth",
         action="append",
@@ -67,62 +52,24 @@ def add_parser(sub) -> None:
         metavar="USER:PASSWORD",
         help=f"require a login (repeatable; default ${AUTH_ENV}, comma-separated; none: open)",
     )
-    dm.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25 MB)")
+    add_dataclass_flags(dm, DemoConfig, skip=DEMO_SKIP)
     dm.set_defaults(fn=run_demo)
 
 
-def _add_ray(p) -> None:
-    g = p.add_argument_group("Ray Serve (--ray; pip install 'whisper-lora[ray]'; docs/scaling-out.md)")
-    g.add_argument("--ray", action="store_true", help="serve on Ray Serve: replicas across a cluster, same API")
-    g.add_argument(
-        "--ray-address",
-        default=None,
-        help="cluster to join: auto (the one `ray start` runs here) or HOST:6379 (default: a local cluster)",
-    )
-    g.add_argument("--replicas", type=int, default=1, help="replicas (default 1)")
-    g.add_argument("--min-replicas", type=int, default=None, help="autoscaling: fewest replicas (with --max-replicas)")
-    g.add_argument("--max-replicas", type=int, default=None, help="autoscaling: most replicas (with --min-replicas)")
-    g.add_argument(
-        "--target-ongoing", type=float, default=4.0, help="autoscaling: requests per replica it aims at (default 4)"
-    )
-    g.add_argument(
-        "--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves, also its threads (default 1)"
-    )
-    g.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs each replica reserves (default 0; 1: cuda)")
-    g.add_argument("--max-loaded", type=int, default=8, help="adapters one replica holds at once (default 8)")
-    g.add_argument(
-        "--multiplex",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="send each request to a replica holding its adapter (auto: when adapters > --max-loaded)",
-    )
-    g.add_argument("--ray-adapters", default=None, metavar="DIR", help="the registry as the nodes see it")
-    g.add_argument(
-        "--ship-adapters", action="store_true", help="send the registry to every node (Ray runtime_env working_dir)"
-    )
+def server_config(a) -> ServerConfig:
+    """``ServerConfig`` from the flags given; keys from ``--api-key``, else ``$WHISPER_LORA_API_KEY``."""
+    return config_from_args(ServerConfig, a, SERVER_SKIP, api_keys=ServerConfig.keys_from_env())
 
 
-def _limit(text: str) -> float | None:
-    value = float(text)
-    if value < 0:
-        raise ValueError(text)
-    return value or None  # 0: no limit
+def ray_config(a) -> RayConfig:
+    """``RayConfig`` from the flags given."""
+    return config_from_args(RayConfig, a, RAY_SKIP)
 
 
 def run_serve(a) -> int:
-    from whisper_lora.serving.server import ServerConfig, serve
+    from whisper_lora.serving.server import serve
 
-    cfg = ServerConfig(  # validated before the model loads
-        max_upload_bytes=int(a.max_upload_mb * 2**20),
-        max_audio_seconds=a.max_audio_seconds,
-        max_batch=a.max_batch,
-        max_wait_ms=a.max_wait_ms,
-        max_queue=a.max_queue,
-        max_connections=a.max_connections,
-        request_timeout=a.request_timeout,
-        api_keys=tuple(a.api_key) if a.api_key else ServerConfig.keys_from_env(),
-        cors_origins=tuple(a.cors_origin),
-    )
+    cfg = server_config(a)  # validated before the model loads
     if a.ray:
         return _run_ray(a, cfg)
     t = transcriber(a, num_beams=a.beams, max_new_tokens=a.max_new_tokens)
@@ -130,33 +77,19 @@ def run_serve(a) -> int:
     return 0
 
 
-def _run_ray(a, cfg) -> int:
+def _run_ray(a, cfg: ServerConfig) -> int:
     import socket
     from pathlib import Path
 
     from whisper_lora.registry.catalog import AdapterRegistry
-    from whisper_lora.serving.config import RayConfig
 
-    rc = RayConfig(  # validated before Ray starts
-        address=a.ray_address,
-        replicas=a.replicas,
-        min_replicas=a.min_replicas,
-        max_replicas=a.max_replicas,
-        target_ongoing_requests=a.target_ongoing,
-        cpus_per_replica=a.replica_cpus,
-        gpus_per_replica=a.replica_gpus,
-        multiplex=a.multiplex,
-        max_loaded=a.max_loaded,
-        registry_path=a.ray_adapters,
-        ship_adapters=a.ship_adapters,
-    )
+    rc = ray_config(a)  # validated before Ray starts
     registry = AdapterRegistry(a.adapters)  # the driver's view: what every replica must see too
     try:
         from whisper_lora.serving.ray_front import run
         from whisper_lora.serving.ray_replica import SHIPPED, ReplicaSpec
     except ImportError as e:
         raise ConfigError(f"serve --ray needs Ray Serve ({e}); install it: pip install 'whisper-lora[ray]'") from None
-    languages = tuple(x.strip() for x in a.languages.split(",") if x.strip()) if a.languages else None
     spec = ReplicaSpec(
         registry=SHIPPED if rc.ship_adapters else str(Path(rc.registry_path or registry.root).absolute()),
         digest=registry.digest(),
@@ -168,7 +101,7 @@ def _run_ray(a, cfg) -> int:
         detect_threshold=a.threshold,
         num_beams=a.beams,
         max_new_tokens=a.max_new_tokens,
-        languages=languages,
+        languages=parse_languages(a.languages),
         multiplexed=rc.multiplexed(len(registry.names())),
         origin=f"{socket.gethostname()} (where serve --ray ran)",
         local_registry=str(registry.root),
@@ -177,10 +110,15 @@ def _run_ray(a, cfg) -> int:
     return 0
 
 
-def run_demo(a) -> int:
-    from whisper_lora.serving.demo import DemoConfig, build_demo
+def demo_config(a) -> DemoConfig:
+    """``DemoConfig`` from the flags given; logins from ``--auth``, else ``$WHISPER_LORA_DEMO_AUTH``."""
+    return config_from_args(DemoConfig, a, DEMO_SKIP, auth=DemoConfig.logins(a.auth))
 
-    cfg = DemoConfig.from_args(a.auth, a.max_upload_mb)
+
+def run_demo(a) -> int:
+    from whisper_lora.serving.demo import build_demo
+
+    cfg = demo_config(a)  # validated before the model loads
     t = transcriber(a, max_new_tokens=a.max_new_tokens)
     build_demo(t).launch(server_name=a.host, server_port=a.port, share=False, **cfg.launch_kwargs())
     return 0

@@ -1,5 +1,6 @@
-"""The serving settings, each validated in one place: ``ServerConfig`` (the HTTP API: limits, keys, batching) and
-``RayConfig`` (where and how many replicas on Ray Serve). Nothing here imports the ``serve`` or ``ray`` extras."""
+"""The serving settings, each validated in one place: ``ServerConfig`` (the HTTP API: limits, keys, batching),
+``RayConfig`` (where and how many replicas on Ray Serve) and ``DemoConfig`` (the gradio page). Each field is also a
+command-line flag (generated). Nothing here imports the ``serve``, ``ray`` or ``demo`` extras."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ import os
 from dataclasses import dataclass, field
 
 from whisper_lora.errors import ConfigError
-from whisper_lora.serving import KEY_ENV
+from whisper_lora.serving import AUTH_ENV, KEY_ENV
 
 MULTIPLEX = ("auto", "always", "never")
+MAX_UPLOAD_MB = 25.0  # OpenAI's limit on an upload
+
+# ``field`` metadata that the command line reads (cli/options.py ``add_dataclass_flags``): "flag", the flag's name
+# where it is not the field's; "repeat", a tuple filled one value per use of the flag; "none", what None means
+# (given as 0 on the command line); "choices", the valid values.
+_NO_LIMIT = {"none": "no limit"}
+
+
+def _flag(name: str, repeat: bool = False) -> dict:
+    return {"flag": name, "repeat": repeat}
 
 
 def _fail(what: str, problems: list[str]) -> None:
@@ -19,27 +30,35 @@ def _fail(what: str, problems: list[str]) -> None:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Limits, keys and batching of the HTTP server (``whisper-lora serve`` flags in brackets)."""
+    """Limits, keys and batching of the HTTP server; each field is also a ``whisper-lora serve`` flag."""
 
-    max_upload_bytes: int = 25 * 2**20  # [--max-upload-mb] larger uploads get 413 (OpenAI's limit is 25 MB)
-    max_audio_seconds: float | None = 1800.0  # [--max-audio-seconds] longer recordings get 413; None: no limit
-    max_batch: int = 8  # [--max-batch] short requests decoded together
-    max_wait_ms: float = 10.0  # [--max-wait-ms] how long the first short request waits for company
-    max_queue: int = 64  # [--max-queue] requests in flight (queued or decoding); past it 503 + Retry-After
-    max_connections: int = 128  # [--max-connections] HTTP requests in progress (uploads included); past it 503
-    request_timeout: float | None = 900.0  # [--request-timeout] seconds from upload to answer; past it 504
+    max_upload_mb: float = MAX_UPLOAD_MB  # larger uploads get 413 (OpenAI's limit is 25 MB)
+    max_audio_seconds: float | None = field(default=1800.0, metadata=_NO_LIMIT)  # longer recordings get 413
+    # (their length read from the header, before decoding)
+    max_batch: int = 8  # short requests decoded together
+    max_wait_ms: float = 10.0  # how long the first short request waits for company
+    max_queue: int = 64  # requests in flight (queued or decoding); past it 503 + Retry-After
+    max_connections: int = 128  # HTTP requests in progress (uploads included); past it 503
+    request_timeout: float | None = field(default=900.0, metadata=_NO_LIMIT)  # seconds from upload to answer;
+    # past it 504 and the work is cancelled
     slice_ms: float = 200.0  # a long recording keeps the model at least this long before short ones go
     quantum_ms: float = 2000.0  # long recordings take turns this often
-    reload_seconds: float | None = 2.0  # look for adapters changed on disk at most this often; None: never
-    api_keys: tuple[str, ...] = field(default=(), repr=False)  # [--api-key] empty: no key needed
-    cors_origins: tuple[str, ...] = ()  # [--cors-origin] browser origins allowed; empty: CORS off
+    reload_seconds: float | None = field(default=2.0, metadata={"none": "never"})  # look for adapters changed
+    # on disk at most this often
+    api_keys: tuple[str, ...] = field(default=(), repr=False, metadata=_flag("api-key", repeat=True))  # keys
+    # accepted as 'Authorization: Bearer KEY' on /v1/; empty: no key needed (serve reads $WHISPER_LORA_API_KEY,
+    # comma-separated, when none is given)
+    cors_origins: tuple[str, ...] = field(default=(), metadata=_flag("cors-origin", repeat=True))  # browser
+    # origins allowed to call the API, e.g. https://app.example.org; empty: CORS off
     keep_alive_seconds: float = 5.0  # idle keep-alive connections are closed after this
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_keys", tuple(k for k in self.api_keys if k))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         problems = []
-        for name in ("max_upload_bytes", "max_batch", "max_queue", "max_connections"):
+        if not self.max_upload_mb * 2**20 >= 1:
+            problems.append(f"max_upload_mb={self.max_upload_mb!r} must be > 0")
+        for name in ("max_batch", "max_queue", "max_connections"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)!r} must be >= 1")
         for name in ("max_audio_seconds", "request_timeout", "reload_seconds"):
@@ -52,6 +71,11 @@ class ServerConfig:
         if any(len(k) < 8 or k.strip() != k for k in self.api_keys):
             problems.append("every API key must be at least 8 characters, without surrounding spaces")
         _fail("server settings", problems)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
+        return int(self.max_upload_mb * 2**20)
 
     @staticmethod
     def keys_from_env() -> tuple[str, ...]:
@@ -72,23 +96,27 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Where ``whisper-lora serve --ray`` runs its replicas (flags in brackets); see docs/scaling-out.md."""
+    """Where ``whisper-lora serve --ray`` runs its replicas (each field also a flag); see docs/scaling-out.md."""
 
-    address: str | None = (
-        None  # [--ray-address] None: a local cluster on this machine; "auto": the one `ray start` runs
-    )
-    replicas: int = 1  # [--replicas] fixed replica count (when not autoscaling)
-    min_replicas: int | None = None  # [--min-replicas] autoscaling bounds: both set, or neither
-    max_replicas: int | None = None  # [--max-replicas]
-    target_ongoing_requests: float = 4.0  # [--target-ongoing] autoscaling aims at this many requests per replica
-    cpus_per_replica: float = 1.0  # [--replica-cpus] Ray CPUs each replica reserves (also its torch threads)
-    gpus_per_replica: float = 0.0  # [--replica-gpus] 1: each replica on its own GPU (device cuda)
-    multiplex: str = "auto"  # [--multiplex] auto: when the registry holds more adapters than --max-loaded
-    max_loaded: int = 8  # [--max-loaded] adapters one replica holds at once (Ray's multiplexing LRU)
-    registry_path: str | None = None  # [--ray-adapters] the registry as the nodes see it (default: --adapters)
-    ship_adapters: bool = False  # [--ship-adapters] send the registry to every node (runtime_env working_dir)
+    address: str | None = field(default=None, metadata=_flag("ray-address"))  # cluster to join: auto (the one
+    # `ray start` runs here) or HOST:6379; unset: a local cluster on this machine
+    replicas: int = 1  # fixed replica count (when not autoscaling)
+    min_replicas: int | None = None  # autoscaling: fewest replicas (with max_replicas; both set, or neither)
+    max_replicas: int | None = None  # autoscaling: most replicas (with min_replicas)
+    target_ongoing_requests: float = field(default=4.0, metadata=_flag("target-ongoing"))  # autoscaling aims
+    # at this many requests per replica
+    cpus_per_replica: float = field(default=1.0, metadata=_flag("replica-cpus"))  # Ray CPUs each replica
+    # reserves (also its torch threads)
+    gpus_per_replica: float = field(default=0.0, metadata=_flag("replica-gpus"))  # GPUs each replica reserves
+    # (1: each on its own GPU, device cuda)
+    multiplex: str = field(default="auto", metadata={"choices": MULTIPLEX})  # send each request to a replica
+    # holding its adapter (auto: when the registry holds more adapters than max_loaded)
+    max_loaded: int = 8  # adapters one replica holds at once (Ray's multiplexing LRU)
+    registry_path: str | None = field(default=None, metadata=_flag("ray-adapters"))  # the registry as the
+    # nodes see it (unset: the driver's, --adapters)
+    ship_adapters: bool = False  # send the registry to every node (Ray runtime_env working_dir)
     retries: int = 1  # a request whose replica died is sent to another this many times, then 503
-    app_name: str = "whisper-lora"
+    app_name: str = "whisper-lora"  # the Ray Serve application's name
 
     def __post_init__(self) -> None:
         problems = []
@@ -137,3 +165,44 @@ class RayConfig:
     def threads(self) -> int:
         """torch threads of one replica."""
         return max(1, round(self.cpus_per_replica))
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Who may use ``whisper-lora demo`` and how large an upload it takes."""
+
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (user, password) logins; empty: open
+    max_upload_mb: float = MAX_UPLOAD_MB  # largest upload accepted
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.max_upload_mb * 2**20 >= 1:
+            problems.append(f"max_upload_mb={self.max_upload_mb!r} must be > 0")
+        for user, password in self.auth:
+            if not user or len(password) < 8:
+                problems.append(f"demo login for user {user!r}: give USER:PASSWORD with a password of 8+ characters")
+        _fail("demo settings", problems)
+
+    @staticmethod
+    def logins(given: list[str] | None) -> tuple[tuple[str, str], ...]:
+        """``--auth USER:PASSWORD`` values (repeatable), else those in ``$WHISPER_LORA_DEMO_AUTH`` (comma-separated)."""
+        given = given or [x for x in os.environ.get(AUTH_ENV, "").split(",") if x.strip()]
+        pairs = []
+        for item in given:
+            user, sep, password = item.strip().partition(":")
+            if not sep:
+                raise ConfigError(f"--auth {item.split(':')[0]!r}...: expected USER:PASSWORD")
+            pairs.append((user, password))
+        return tuple(pairs)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
+        return int(self.max_upload_mb * 2**20)
+
+    def launch_kwargs(self) -> dict:
+        """Arguments of gradio's ``launch``."""
+        kw = {"max_file_size": self.max_upload_bytes}
+        if self.auth:
+            kw["auth"] = list(self.auth)
+        return kw

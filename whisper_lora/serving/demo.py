@@ -1,47 +1,9 @@
 """Gradio demo: upload or record audio, pick a language or auto, compare adapter and base side by side."""
 
-import os
 import time
-from dataclasses import dataclass, field
 
-from whisper_lora.errors import ConfigError
 from whisper_lora.inference.transcriber import AUTO, Transcriber
 from whisper_lora.languages import WHISPER_LANGUAGES
-from whisper_lora.serving import AUTH_ENV
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Who may use the demo and how large an upload it takes."""
-
-    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (user, password); empty: open
-    max_upload_bytes: int = 25 * 2**20
-
-    def __post_init__(self) -> None:
-        if self.max_upload_bytes < 1:
-            raise ConfigError(f"max_upload_bytes={self.max_upload_bytes!r} must be >= 1")
-        for user, password in self.auth:
-            if not user or len(password) < 8:
-                raise ConfigError(f"demo login for user {user!r}: give USER:PASSWORD with a password of 8+ characters")
-
-    @classmethod
-    def from_args(cls, auth: list[str] | None, max_upload_mb: float) -> "DemoConfig":
-        """``--auth USER:PASSWORD`` (repeatable; default ``$WHISPER_LORA_DEMO_AUTH``) and ``--max-upload-mb``."""
-        given = auth if auth else [x for x in os.environ.get(AUTH_ENV, "").split(",") if x.strip()]
-        pairs = []
-        for item in given:
-            user, sep, password = item.strip().partition(":")
-            if not sep:
-                raise ConfigError(f"--auth {item.split(':')[0]!r}...: expected USER:PASSWORD")
-            pairs.append((user, password))
-        return cls(tuple(pairs), int(max_upload_mb * 2**20))
-
-    def launch_kwargs(self) -> dict:
-        """Arguments of gradio's ``launch``."""
-        kw = {"max_file_size": self.max_upload_bytes}
-        if self.auth:
-            kw["auth"] = list(self.auth)
-        return kw
 
 
 def language_choices(transcriber: Transcriber) -> list[str]:
