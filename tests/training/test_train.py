@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from whisper_lora.errors import CheckpointError, ConfigError
 from whisper_lora.registry.adapter_io import METADATA_FILE, load_adapter, read_metadata, validate_adapter
 from whisper_lora.registry.language_profile import read_profile
 from whisper_lora.training.checkpoint import LEGACY_FILE, STATE_FILE, TENSORS_FILE, read_checkpoint
+from whisper_lora.training.config import TrainConfig
 from whisper_lora.training.lora import LoraSpec
 from whisper_lora.training.train import train_adapter
 
@@ -329,7 +331,21 @@ def test_spec_augment_masks_training_input_and_resumes_identically(tiny_dir, sw_
 def test_spec_augment_with_a_cached_encoder_prefix_is_refused(tiny_dir, sw_corpus, tmp_path):
     decoder_only = LoraSpec(r=4, alpha=8, stacks=("decoder_self", "decoder_cross"))
     with pytest.raises(ConfigError, match="set cache_encoder: false or spec_augment: false"):
-        train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "x", lora=decoder_only, spec_augment=True), progress=False)
+        _cfg(tiny_dir, sw_corpus, tmp_path / "x", lora=decoder_only, spec_augment=True)  # by the config itself
+
+
+def test_a_conflict_that_needs_the_base_depth_is_refused_before_anything_is_loaded(tmp_path):
+    from transformers import WhisperConfig
+
+    base = tmp_path / "base"  # a config.json and weights that cannot be loaded: only the depth can be read
+    WhisperConfig(encoder_layers=2, decoder_layers=2).save_pretrained(base)
+    (base / "model.safetensors").write_bytes(b"")
+    top1 = LoraSpec(r=4, alpha=8, encoder_top=1)  # on 2 encoder layers: the lower one is cached
+    cfg = TrainConfig(language="sw", data=str(tmp_path / "no-corpus"), base=str(base), out=str(tmp_path / "sw"))
+    for conflict in (dict(spec_augment=True), dict(trim_padding=1.0)):
+        with pytest.raises(ConfigError, match="set cache_encoder: false or"):
+            train_adapter(replace(cfg, lora=top1, **conflict), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # no lock taken, nothing written
 
 
 def _fake_clock(monkeypatch):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from whisper_lora.base.model import PRECISIONS
+from whisper_lora.base.model import PRECISIONS, pick_device
 from whisper_lora.base.resolve import DEFAULT_BASE
 from whisper_lora.data.perturb import SNR_RANGE, SPEED_RANGE
 from whisper_lora.data.readers import FORMATS, describe_source
 from whisper_lora.errors import ConfigError, format_choices
+from whisper_lora.inference.decode import MAX_NEW_TOKENS
 from whisper_lora.languages import resolve_language
 from whisper_lora.training.encoder_cache import CACHE_PRECISIONS, CACHE_STORAGES
 from whisper_lora.training.lora import LoraSpec
@@ -17,6 +18,7 @@ from whisper_lora.training.schedule import LR_DECAYS
 
 MIXED_PRECISIONS = ("no", "bf16", "auto")
 DEFAULT_MAX_STEPS = 300  # the step budget when neither max_steps nor max_minutes is given
+_INVALID = "invalid training config:\n  - "
 
 
 @dataclass
@@ -52,7 +54,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # bf16 autocast of the training forward: auto (where bf16 is fast), bf16, no
     eval_every: int = 100  # steps between dev evaluations (0: only at the end); each costs time from max_minutes
     eval_samples: int = 32  # dev utterances decoded per evaluation
-    max_new_tokens: int = 224  # scoring decodes as transcribe does (decode.py), at most this many tokens a window
+    max_new_tokens: int = MAX_NEW_TOKENS  # scoring decodes as transcribe does (decode.py): tokens a window at most
     timestamp_share: float = 0.0  # share of training utterances with timestamped labels spanning the clip
     trim_padding: float | str | None = "auto"  # encode the audio + this many seconds, not the 30 s window
     # (trim.py); None: 30 s windows; auto: 1 s where every encoder layer is adapted (profile.py)
@@ -126,8 +128,39 @@ class TrainConfig:
                 problems.append(f"noise_snr_db value {n!r} must be a signal-to-noise ratio in [{lo:g}, {hi:g}] dB")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes={self.max_minutes!r} must be > 0")
+        try:
+            pick_device(self.device)
+        except ConfigError as e:
+            problems.append(str(e))
+        # a base of one encoder layer: what is frozen there is frozen at every depth (check_base_depth does the rest)
+        problems += self._cache_conflicts(self.lora.frozen_encoder_layers(1))
         if problems:
-            raise ConfigError("invalid training config:\n  - " + "\n  - ".join(problems))
+            raise ConfigError(_INVALID + "\n  - ".join(problems))
+
+    def _cache_conflicts(self, frozen: int) -> list[str]:
+        """What the encoder cache cannot serve, where ``frozen`` encoder layers (0: none) are below the first
+        adapter: it holds one state per utterance, computed from the unmasked 30 s window."""
+        if not (self.cache_encoder and frozen > 0):
+            return []
+        problems = []
+        if self.trim_padding not in (None, "auto"):  # auto chooses 30 s windows under a cache (profile.py)
+            problems.append(
+                f"trim_padding={self.trim_padding} encodes each batch at its own length, which the encoder cache "
+                "(of the frozen encoder layers below the first adapter) cannot serve; set cache_encoder: false or trim_padding: null"
+            )
+        if self.spec_augment:
+            problems.append(
+                "spec_augment masks the log-mel input, which a cached encoder prefix never sees; "
+                "set cache_encoder: false or spec_augment: false"
+            )
+        return problems
+
+    def check_base_depth(self, encoder_layers: int) -> None:
+        """Raise ``ConfigError`` for what validation cannot tell without the base: ``lora.encoder_top`` leaves
+        frozen (cached) encoder layers only on a base with more than ``encoder_top`` of them."""
+        problems = self._cache_conflicts(self.lora.frozen_encoder_layers(encoder_layers))
+        if problems:
+            raise ConfigError(_INVALID + "\n  - ".join(problems))
 
     @property
     def out_dir(self) -> Path:

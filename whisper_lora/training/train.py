@@ -1,13 +1,14 @@
-"""Train one LoRA adapter for one language: seeded, resumable, runs under ``accelerate launch``."""
+"""Train one LoRA adapter for one language: seeded, resumable, runs under ``accelerate launch``.
+
+The set-up, the step, the checkpoints and the loop; what the run reports (scores, metadata) is report.py's."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +26,13 @@ from whisper_lora.base.profile import (
 )
 from whisper_lora.base.resolve import resolve_base
 from whisper_lora.base.trim import allow_short_inputs
-from whisper_lora.data.features import Example, collate
+from whisper_lora.data.features import collate
 from whisper_lora.data.perturb import perturbed_copies
 from whisper_lora.data.prepare import prepare_splits
-from whisper_lora.data.readers import describe_source
 from whisper_lora.data.sampler import batch_indices
 from whisper_lora.errors import ConfigError
-from whisper_lora.inference.decode import Decoding
-from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
-from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples, scored_with
 from whisper_lora.languages import resolve_language
-from whisper_lora.registry.adapter_io import AdapterMetadata, data_fingerprint, save_adapter
+from whisper_lora.registry.adapter_io import AdapterMetadata, save_adapter
 from whisper_lora.training.checkpoint import (
     Checkpoint,
     checkpoint_dir,
@@ -49,20 +46,11 @@ from whisper_lora.training.config import TrainConfig
 from whisper_lora.training.encoder_cache import EncoderCache, encode_upper
 from whisper_lora.training.lean_backward import make_backward_lean
 from whisper_lora.training.lora import apply_lora, count_parameters
+from whisper_lora.training.report import adapter_metadata, language_profile, score_dev, score_test
+from whisper_lora.training.run import Run, TrainState, load_trainable, trainable_state
 from whisper_lora.training.schedule import BudgetSchedule
 
 log = logging.getLogger("whisper_lora")
-
-
-@dataclass
-class TrainState:
-    """Progress of a run, saved in every checkpoint."""
-
-    step: int = 0
-    best_cer: float = math.inf
-    best_step: int = 0
-    history: list[dict] = field(default_factory=list)  # {"step", "loss"} and {"step", "dev": {...}}
-    minutes: float = 0.0  # wall-clock training minutes spent (a resume continues the max_minutes budget)
 
 
 @dataclass
@@ -73,39 +61,6 @@ class TrainResult:
     metadata: AdapterMetadata
     state: TrainState
     resumed_from: int | None = None  # the checkpoint's step when the run resumed from one
-
-
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-
-
-def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
-
-
-@dataclass
-class _Run:
-    """Everything a training run sets up before its first step."""
-
-    model: object  # the PeftModel being trained (accelerate-prepared)
-    raw: object  # the same model unwrapped
-    processor: object
-    base_info: object  # BaseModelInfo
-    train: list[Example]
-    dev: list[Example]
-    test: list[Example]
-    opt: torch.optim.Optimizer
-    sched: object  # LambdaLR over ``schedule``
-    schedule: BudgetSchedule
-    params: list[torch.Tensor]
-    enc_cache: EncoderCache | None
-    bf16: bool  # autocast the forward
-    hidden_dtype: torch.dtype  # cached encoder states enter the model in this dtype
-    encoder: torch.nn.Module  # the (LoRA-injected) encoder of the model being trained
-    durations: tuple[float, ...]  # of the training utterances, for the batch sampler
 
 
 def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = False) -> TrainConfig:
@@ -134,7 +89,16 @@ def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = F
     return replace(cfg, **{k: getattr(profile, k) for k in auto})
 
 
-def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
+def _check_base_depth(cfg: TrainConfig) -> None:
+    """``TrainConfig``'s check that needs the base's encoder depth, which ``lora.encoder_top`` makes matter (every
+    other spec is checked by the config alone); reads the base's config.json, not its weights."""
+    if cfg.lora.encoder_top:
+        from transformers import WhisperConfig
+
+        cfg.check_base_depth(WhisperConfig.from_pretrained(resolve_base(cfg.base)).encoder_layers)
+
+
+def _set_up(cfg: TrainConfig, acc, show: bool) -> Run:
     """Load the base, featurise the corpus, inject LoRA, build the optimizer."""
     if show:
         log.info("device: %s", device_summary(acc.device))
@@ -163,19 +127,10 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
     if cfg.lean_backward:
         make_backward_lean(model)
     frozen = cfg.lora.frozen_encoder_layers(base.model.config.encoder_layers)
+    # trimmed and masked inputs, which a cache of frozen layers cannot serve (TrainConfig refuses that)
     if cfg.trim_padding is not None:
         allow_short_inputs(model)
-        if cfg.cache_encoder and frozen > 0:
-            raise ConfigError(
-                f"trim_padding={cfg.trim_padding} encodes each batch at its own length, which the encoder cache "
-                f"({frozen} frozen encoder layers) cannot serve; set cache_encoder: false or trim_padding: null"
-            )
     if cfg.spec_augment:
-        if cfg.cache_encoder and frozen > 0:
-            raise ConfigError(
-                "spec_augment masks the log-mel input, which a cached encoder prefix never sees; "
-                "set cache_encoder: false or spec_augment: false"
-            )
         base.model.config.apply_spec_augment = True  # transformers masks input features in training mode only
     enc_cache = None
     if cfg.cache_encoder and frozen > 0:
@@ -199,26 +154,23 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> _Run:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = BudgetSchedule(cfg.warmup_steps, cfg.max_steps, cfg.max_minutes, cfg.lr_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device))
-    dev = data["dev"][: cfg.eval_samples] if cfg.eval_samples else data["dev"]
-    return _Run(
-        model,
-        model,
-        base.processor,
-        base.info,
-        data["train"],
-        dev,
-        data["test"],
-        opt,
-        sched,
-        schedule,
-        params,
-        enc_cache,
-        bf16,
-        model.get_base_model().dtype,
-        model.get_base_model().model.encoder,
-        tuple(e.duration for e in data["train"]),
+    return Run(
+        model=model,
+        raw=model,
+        processor=base.processor,
+        base_info=base.info,
+        train=data["train"],
+        dev=data["dev"][: cfg.eval_samples] if cfg.eval_samples else data["dev"],
+        test=data["test"],
+        opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        schedule=schedule,
+        params=params,
+        enc_cache=enc_cache,
+        bf16=cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and fast_bf16(acc.device)),
+        hidden_dtype=model.get_base_model().dtype,
+        encoder=model.get_base_model().model.encoder,
+        durations=tuple(e.duration for e in data["train"]),
     )
 
 
@@ -242,24 +194,24 @@ def _checkpoint_to_resume(cfg: TrainConfig, ckpt_dir: Path, resume: bool, main: 
     return saved
 
 
-def _restore(run: _Run, saved: Checkpoint) -> tuple[TrainState, dict]:
+def _restore(run: Run, saved: Checkpoint) -> tuple[TrainState, dict]:
     """Put the checkpoint's weights, optimizer and scheduler state into the run: (state, best weights)."""
-    _load_trainable(run.raw, saved.model)
+    load_trainable(run.raw, saved.model)
     restore_optimizer(run.opt, saved.optimizer)
     run.sched.load_state_dict(saved.scheduler)
     return TrainState(**saved.state), saved.best
 
 
-def _save_checkpoint(run: _Run, cfg: TrainConfig, ckpt_dir: Path, state: TrainState, best: dict) -> None:
+def _save_checkpoint(run: Run, cfg: TrainConfig, ckpt_dir: Path, state: TrainState, best: dict) -> None:
     """Write everything a resume needs, atomically (checkpoint.py)."""
-    model = _trainable_state(run.raw)
+    model = trainable_state(run.raw)
     write_checkpoint(
         ckpt_dir,
         Checkpoint(cfg.to_dict(), dict(state.__dict__), model, best, run.opt.state_dict(), run.sched.state_dict()),
     )
 
 
-def _train_step(run: _Run, cfg: TrainConfig, acc, step: int) -> float:
+def _train_step(run: Run, cfg: TrainConfig, acc, step: int) -> float:
     """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
     idx = batch_indices(run.durations, cfg.batch_size, cfg.seed, step, cfg.batch_by_duration)
     idx = idx[acc.process_index :: acc.num_processes]
@@ -295,78 +247,6 @@ def _minutes_since(started: float, acc) -> float:
     return float(broadcast(torch.tensor([minutes], dtype=torch.float64, device=acc.device), from_process=0)[0])
 
 
-def scoring_decoding(cfg: TrainConfig) -> Decoding:
-    """How training scores dev and test: as ``transcribe`` decodes (decode.py), with the config's token cap."""
-    return Decoding(max_new_tokens=cfg.max_new_tokens)
-
-
-def score_test(run: _Run, cfg: TrainConfig, language: str, progress: bool) -> dict:
-    """The ``metrics`` record: base and adapter on the test split; the base's scores cached (score_cache.py)."""
-    decoding = scoring_decoding(cfg)
-    cache = ScoreCache()
-    key = ScoreKey.for_run(run.base_info, run.raw, run.test, "test", language, decoding)
-    kw = dict(decoding=decoding, progress=progress)
-    result = compare_base_and_adapter(run.raw, run.processor, run.test, language, "test", cache.get(key), **kw)
-    cache.put(key, result.base)
-    return {**result.to_dict(), **scored_with(run.base_info.precision, decoding)}
-
-
-def _evaluate_dev(run: _Run, cfg: TrainConfig, language: str, state: TrainState, best: dict) -> None:
-    """Score the dev subset; keep the weights when dev CER is the best so far."""
-    scores, _ = evaluate_examples(run.raw, run.processor, run.dev, language, decoding=scoring_decoding(cfg))
-    state.history.append({"step": state.step, "dev": scores.to_dict()})
-    if scores.cer < state.best_cer:
-        state.best_cer, state.best_step = scores.cer, state.step
-        best.update(_trainable_state(run.raw))
-    log.info("step %d: dev WER %.3f CER %.3f", state.step, scores.wer, scores.cer)
-
-
-def _metadata(run: _Run, cfg: TrainConfig, acc, state: TrainState, minutes: float) -> AdapterMetadata:
-    """What ``whisper_lora.json`` records about this run."""
-    lang = resolve_language(cfg.language)
-    originals = [e for e in run.train if e.perturbation is None]
-    return AdapterMetadata(
-        language=lang.code,
-        whisper_language=lang.whisper,
-        base={k: v for k, v in run.base_info.__dict__.items() if k != "path"},
-        lora=cfg.lora.to_dict(),
-        data={
-            "fingerprint": data_fingerprint(originals),
-            "train_utterances": len(originals),
-            "train_seconds": round(sum(e.duration for e in originals), 1),
-            "augmented_copies": len(run.train) - len(originals),
-            "source": describe_source(cfg.data),
-        },
-        training={
-            **{k: v for k, v in cfg.to_dict().items() if k not in ("lora", "data", "out")},
-            "steps": state.step,
-            "best_step": state.best_step,
-            "processes": acc.num_processes,
-            "minutes": round(minutes, 2),
-            "cached_encoder": run.enc_cache.precision if run.enc_cache else None,
-            "cached_encoder_layers": run.enc_cache.frozen_layers if run.enc_cache else 0,
-            "cache_encoded": run.enc_cache.encoded if run.enc_cache else 0,  # 0: every state came from the store
-            "autocast_bf16": run.bf16,
-            "loss_history": [h["loss"] for h in state.history if "loss" in h],
-        },
-    )
-
-
-def _language_profile(run: _Run, progress: bool):
-    """What the training speech looks like to the untouched base (``inference/routing.py``); None for an
-    English-only base, which has no language ID to route with."""
-    from whisper_lora.inference.language_id import language_tokens, profile_utterances
-
-    try:
-        language_tokens(run.raw, run.processor)
-    except ConfigError:
-        return None
-    run.raw.eval()
-    with torch.no_grad(), run.raw.disable_adapter():
-        paths = [e.audio for e in run.train if e.perturbation is None]
-        return profile_utterances(run.raw, run.processor, paths, run.base_info, progress)
-
-
 def train_adapter(
     cfg: TrainConfig,
     resume: bool = False,
@@ -384,6 +264,7 @@ def train_adapter(
     """
     from accelerate import Accelerator
 
+    _check_base_depth(cfg)  # before anything is locked or loaded
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     acc = Accelerator(cpu=cfg.device == "cpu")
@@ -411,7 +292,7 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     # set up (and resume)
     saved = _checkpoint_to_resume(cfg, ckpt_dir, resume, main)
     run = _set_up(cfg, acc, show=progress and main)
-    state, best = _restore(run, saved) if saved else (TrainState(), _trainable_state(run.raw))
+    state, best = _restore(run, saved) if saved else (TrainState(), trainable_state(run.raw))
     resumed_from = state.step if saved else None
     if saved and main:
         log.info("resumed from %s at step %d", ckpt_dir, state.step)
@@ -420,7 +301,7 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
 
     def evaluate_dev() -> None:
         if main and run.dev:
-            _evaluate_dev(run, cfg, lang, state, best)
+            score_dev(run, cfg, lang, state, best)
         acc.wait_for_everyone()
 
     # training loop
@@ -458,14 +339,14 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     if not state.history or "dev" not in state.history[-1]:
         evaluate_dev()
     if not run.dev:  # nothing to select on: keep the last weights
-        best = _trainable_state(run.raw)
-    _load_trainable(run.raw, best)
-    metadata = _metadata(run, cfg, acc, state, (time.monotonic() - started) / 60)
+        best = trainable_state(run.raw)
+    load_trainable(run.raw, best)
+    metadata = adapter_metadata(run, cfg, acc.num_processes, state, (time.monotonic() - started) / 60)
     if main:
         if run.test and cfg.final_eval:
             metadata.metrics = score_test(run, cfg, lang, progress)
         metadata.metrics["dev_history"] = [h for h in state.history if "dev" in h]
-        profile = _language_profile(run, progress) if cfg.language_profile else None
+        profile = language_profile(run, progress) if cfg.language_profile else None
         save_adapter(run.raw, cfg.out_dir, metadata, profile=profile)
         remove_directory(ckpt_dir)
     acc.wait_for_everyone()

@@ -1,0 +1,92 @@
+"""What a training run reports about its adapter: dev scores while it trains, then the test scores, the metadata
+(``whisper_lora.json``) and the language profile saved with the adapter."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from whisper_lora.data.readers import describe_source
+from whisper_lora.errors import ConfigError
+from whisper_lora.inference.decode import Decoding
+from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
+from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples, scored_with
+from whisper_lora.languages import resolve_language
+from whisper_lora.registry.adapter_io import AdapterMetadata, data_fingerprint
+from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.run import Run, TrainState, trainable_state
+
+log = logging.getLogger("whisper_lora")
+
+
+def scoring_decoding(cfg: TrainConfig) -> Decoding:
+    """How training scores dev and test: as ``transcribe`` decodes (decode.py), with the config's token cap."""
+    return Decoding(max_new_tokens=cfg.max_new_tokens)
+
+
+def score_dev(run: Run, cfg: TrainConfig, language: str, state: TrainState, best: dict) -> None:
+    """Score the dev subset into ``state``; keep the weights in ``best`` when dev CER is the best so far."""
+    scores, _ = evaluate_examples(run.raw, run.processor, run.dev, language, decoding=scoring_decoding(cfg))
+    state.history.append({"step": state.step, "dev": scores.to_dict()})
+    if scores.cer < state.best_cer:
+        state.best_cer, state.best_step = scores.cer, state.step
+        best.update(trainable_state(run.raw))
+    log.info("step %d: dev WER %.3f CER %.3f", state.step, scores.wer, scores.cer)
+
+
+def score_test(run: Run, cfg: TrainConfig, language: str, progress: bool) -> dict:
+    """The ``metrics`` record: base and adapter on the test split; the base's scores cached (score_cache.py)."""
+    decoding = scoring_decoding(cfg)
+    cache = ScoreCache()
+    key = ScoreKey.for_run(run.base_info, run.raw, run.test, "test", language, decoding)
+    kw = dict(decoding=decoding, progress=progress)
+    result = compare_base_and_adapter(run.raw, run.processor, run.test, language, "test", cache.get(key), **kw)
+    cache.put(key, result.base)
+    return {**result.to_dict(), **scored_with(run.base_info.precision, decoding)}
+
+
+def adapter_metadata(run: Run, cfg: TrainConfig, processes: int, state: TrainState, minutes: float) -> AdapterMetadata:
+    """What ``whisper_lora.json`` records about this run (``processes``: how many trained it)."""
+    lang = resolve_language(cfg.language)
+    originals = [e for e in run.train if e.perturbation is None]
+    return AdapterMetadata(
+        language=lang.code,
+        whisper_language=lang.whisper,
+        base={k: v for k, v in run.base_info.__dict__.items() if k != "path"},
+        lora=cfg.lora.to_dict(),
+        data={
+            "fingerprint": data_fingerprint(originals),
+            "train_utterances": len(originals),
+            "train_seconds": round(sum(e.duration for e in originals), 1),
+            "augmented_copies": len(run.train) - len(originals),
+            "source": describe_source(cfg.data),
+        },
+        training={
+            **{k: v for k, v in cfg.to_dict().items() if k not in ("lora", "data", "out")},
+            "steps": state.step,
+            "best_step": state.best_step,
+            "processes": processes,
+            "minutes": round(minutes, 2),
+            "cached_encoder": run.enc_cache.precision if run.enc_cache else None,
+            "cached_encoder_layers": run.enc_cache.frozen_layers if run.enc_cache else 0,
+            "cache_encoded": run.enc_cache.encoded if run.enc_cache else 0,  # 0: every state came from the store
+            "autocast_bf16": run.bf16,
+            "loss_history": [h["loss"] for h in state.history if "loss" in h],
+        },
+    )
+
+
+def language_profile(run: Run, progress: bool):
+    """What the training speech looks like to the untouched base (``inference/routing.py``); None for an
+    English-only base, which has no language ID to route with."""
+    from whisper_lora.inference.language_id import language_tokens, profile_utterances
+
+    try:
+        language_tokens(run.raw, run.processor)
+    except ConfigError:
+        return None
+    run.raw.eval()
+    with torch.no_grad(), run.raw.disable_adapter():
+        paths = [e.audio for e in run.train if e.perturbation is None]
+        return profile_utterances(run.raw, run.processor, paths, run.base_info, progress)
