@@ -28,23 +28,34 @@ def needs_routing(request: Request) -> bool:
     return request.language == AUTO and request.adapter in (None, ROUTE) and request.decision is None
 
 
-def choose_adapter(
-    registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None
-) -> tuple[AdapterEntry | None, str]:
-    """The adapter ``request`` decodes with (None: the base) and how it was chosen (``routing`` route names).
+def adapter_name(registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None) -> str | None:
+    """The name of the adapter ``request`` decodes with (None: the base): the one home of that choice.
 
-    ``decision`` is the route of an ``auto`` request (``request.decision`` when it carries one). A broken or unknown
-    adapter raises the registry's ``AdapterError`` with the reason."""
+    ``decision`` is the route of an ``auto`` request (``request.decision`` when it carries one). Only a given language
+    is looked up here (``registry.for_language``); a named or routed adapter is taken by its name, so the Ray
+    ingress, whose view of the registry may lag a replica's, never refuses what a replica would decode."""
     if request.adapter is None:
-        return None, FORCED
+        return None
     if request.adapter != ROUTE:
-        return registry.get(request.adapter), FORCED
+        return request.adapter
     if request.language != AUTO:
-        return registry.for_language(resolve_language(request.language).code), FORCED
+        entry = registry.for_language(resolve_language(request.language).code)
+        return entry.name if entry else None
     decision = decision or request.decision
     if decision is None:
         raise ConfigError("a request with language 'auto' must be routed before its adapter is chosen")
-    return (registry.get(decision.adapter) if decision.adapter else None), decision.route
+    return decision.adapter
+
+
+def choose_adapter(
+    registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None
+) -> tuple[AdapterEntry | None, str]:
+    """The adapter ``request`` decodes with (None: the base) and how it was chosen (``routing`` route names); a broken
+    or unknown adapter raises the registry's ``AdapterError`` with the reason."""
+    name = adapter_name(registry, request, decision)
+    routed = request.language == AUTO and request.adapter == ROUTE
+    route = (decision or request.decision).route if routed else FORCED
+    return (registry.get(name) if name else None), route
 
 
 def plan(registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None) -> PlannedInput:

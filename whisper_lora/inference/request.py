@@ -1,6 +1,6 @@
 """What one transcription asks for (``Request``; what it gives back: ``transcription.Transcription``).
 
-A ``Request`` is built once, where a request enters (the HTTP form in ``serving/server.py``, the CLI in
+A ``Request`` is built once, where a request enters (the HTTP form in ``serving/form.py``, the CLI in
 ``cli/transcribe.py``, ``Transcriber.transcribe`` in Python), validated there in one place, and carried unchanged
 through the engine, the scheduler, the Ray hand-off and ``Transcriber.transcribe_requests``. Adding a request
 parameter means adding a field here and reading it where it is used (docs/architecture.md).

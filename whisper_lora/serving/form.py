@@ -34,7 +34,9 @@ _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
 
 def _convert(name: str, annotation: str, value: str):
-    """A form field's text as its ``Request`` field's type."""
+    """A form field's text as its ``Request`` field's type (an empty value: None where the field allows it)."""
+    if value == "" and "None" in annotation:
+        return None
     if "bool" in annotation:
         if value.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{name}={value!r} must be true or false")
@@ -45,20 +47,20 @@ def _convert(name: str, annotation: str, value: str):
                 return kind(value)
             except ValueError:
                 raise ValueError(f"{name}={value!r} must be {word}") from None
-    return value or None if "None" in annotation else value
+    return value
 
 
 def parse_form(form: FormData, request_type: type[Request] = Request) -> Request:
     """The ``Request`` of a transcription form, without its audio and adapter (``read_upload``, ``model_adapter``);
     a ``RequestError`` names every bad field at once."""
-    problems: list[tuple[str, str]] = [(k, f"{k} is required") for k in REQUIRED if k not in form]
-    if "file" in form and not isinstance(form["file"], UploadFile):
+    problems: list[tuple[str, str]] = [(k, f"{k} is required") for k in REQUIRED if form.get(k) in (None, "")]
+    if form.get("file") not in (None, "") and not isinstance(form["file"], UploadFile):
         problems.append(("file", "file must be an uploaded file (multipart/form-data), not a text field"))
-    if "model" in form and not isinstance(form["model"], str):
+    if form.get("model") is not None and not isinstance(form["model"], str):
         problems.append(("model", "model must be a text field, not a file"))
     kwargs = {}
     for f in fields(request_type):
-        if f.name in NOT_FROM_FORM or f.name not in form:
+        if f.name in NOT_FROM_FORM or form.get(f.name) in (None, ""):  # an empty field is an absent one
             continue
         value = form[f.name]
         if not isinstance(value, str):
@@ -74,7 +76,7 @@ def parse_form(form: FormData, request_type: type[Request] = Request) -> Request
         problems.append(
             ("timestamp_granularities", f"unknown timestamp_granularities {bad}; valid: {', '.join(GRANULARITIES)}")
         )
-    if granularities and form.get("response_format", "json") != "verbose_json":
+    if granularities and form.get("response_format") != "verbose_json":
         problems.append(("timestamp_granularities", "timestamp_granularities needs response_format=verbose_json"))
     try:
         request = request_type(audio=None, word_timestamps="word" in granularities, **kwargs)

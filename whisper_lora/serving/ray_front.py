@@ -25,7 +25,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from whisper_lora.data.audio import N_SAMPLES
 from whisper_lora.errors import ConfigError
-from whisper_lora.inference.plan import choose_adapter, needs_routing
+from whisper_lora.inference.plan import adapter_name, needs_routing
 from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
 from whisper_lora.serving.engine import Unavailable
@@ -49,8 +49,7 @@ class _RayPending:
             if needs_routing(request):  # routing first, on any replica
                 decision = await self._call("route", None, request.audio[:N_SAMPLES])
                 request = replace(request, decision=decision)
-            entry, _ = choose_adapter(self.engine.registry, request)
-            name = entry.name if entry else None
+            name = adapter_name(self.engine.registry, request)
         return await self._call("transcribe", name, request)
 
     async def _call(self, method: str, adapter: str | None, *args):
