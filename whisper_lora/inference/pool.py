@@ -258,7 +258,11 @@ class HotSwapPool(_PeftHolder):
             self.peft = load_adapter(self.model, entry.path, adapter_name=HOTSWAP_SLOT)
         else:
             check_hotswap_configs_compatible(self.peft.peft_config[HOTSWAP_SLOT], config)
+            # from here the slot holds no adapter until the swap is whole: a swap that fails part-way leaves it
+            # claiming nothing, so the next use of any adapter writes every weight again (never mixed weights)
+            self._active = None
             if not self._copy_into_slot(config, state):
+                self._slot_config = None  # peft's swap may also rescale: the slot's shape is unknown until it is done
                 hotswap_adapter_from_state_dict(self.peft, state, HOTSWAP_SLOT, config)
         self._slot_config, self._active = config, (entry.name, entry.version)
 
