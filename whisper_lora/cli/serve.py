@@ -19,7 +19,7 @@ from whisper_lora.serving import AUTH_ENV
 from whisper_lora.serving.config import DemoConfig, RayConfig, ServerConfig
 
 # fields that are no flags: the scheduler's tuning (bench/ measures it), the retry policy and the application's name
-SERVER_SKIP = ("slice_ms", "quantum_ms")
+SERVER_SKIP = ("slice_ms",)
 RAY_SKIP = ("retries", "app_name")
 DEMO_SKIP = ("auth",)  # --auth USER:PASSWORD, parsed by DemoConfig.logins
 

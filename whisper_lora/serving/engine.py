@@ -117,6 +117,5 @@ def scheduler_for(transcriber: Transcriber, config: ServerConfig) -> Scheduler:
         config.max_wait_ms,
         config.max_queue,
         config.slice_ms,
-        config.quantum_ms,
         config.reload_seconds,
     )

@@ -8,7 +8,9 @@
 - **Long recordings** (past 30 s) are decoded window by window (Whisper's long-form algorithm) in a thread
   of their own, and give the model up between decoding steps (``Transcriber``'s ``StepGate``) whenever
   short requests are waiting, once they have had it as long as a short batch takes (a running estimate, at
-  least ``slice_ms``); several long recordings take turns every ``quantum_ms``. Turns alternate while both
+  least ``slice_ms``). Long recordings go in the order they arrived (the earliest deadline first: they share one
+  ``--request-timeout``), so the earliest finishes in its own time instead of all of them timing out together when
+  they are many; a later one waits while it decodes, short requests never do. Turns alternate while both
   kinds wait, so neither starves: under a steady stream of short requests each kind gets about half.
 - **Bounds**: at most ``max_queue`` requests in flight (``QueueFull`` past it, with a retry hint); every job
   can be cancelled (the client went away, the request timed out): a waiting job is dropped, a long
@@ -97,15 +99,14 @@ class Scheduler:
         max_wait_ms: float = 10.0,
         max_queue: int = 64,
         slice_ms: float = 200.0,
-        quantum_ms: float = 2000.0,
         reload_seconds: float | None = 2.0,
     ):
         self.transcriber = transcriber
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
-        self.slice, self.quantum, self.reload = slice_ms / 1000, quantum_ms / 1000, reload_seconds
+        self.slice, self.reload = slice_ms / 1000, reload_seconds
         self._cv = threading.Condition()
         self._short: deque[Job] = deque()  # short jobs waiting for a batch
-        self._long_waiting: deque[Job] = deque()  # long jobs waiting for their turn
+        self._long_waiting: list[Job] = []  # long jobs waiting for their turn, earliest submitted first
         self._owner: Job | str | None = None  # who uses the model now: SHORT, a long Job, or nobody
         self._last: str = SHORT  # kind of the last turn (turns alternate while both kinds wait)
         self._turn_started = time.monotonic()
@@ -180,10 +181,7 @@ class Scheduler:
         held = time.monotonic() - self._turn_started
         # waiting short requests get the model once this decode has had as long as a short batch takes (at least
         # ``slice``): under a steady stream both kinds then get about half, short latency stays about twice alone
-        return bool(
-            (self._short and held >= max(self.slice, self._batch_seconds))
-            or (self._long_waiting and held >= self.quantum)
-        )
+        return bool(self._short and held >= max(self.slice, self._batch_seconds))
 
     def yield_turn(self, job: Job) -> None:
         """Long ``job`` gives the model up, and returns once it is its turn again."""
@@ -224,7 +222,7 @@ class Scheduler:
                     return
                 self._cv.wait(0.05)  # a timeout, so cancelled jobs notice
             if isinstance(who, Job):
-                self._long_waiting.popleft()
+                self._long_waiting.pop(0)
             self._owner, self._turn_started = who, time.monotonic()
             self._last = SHORT if who == SHORT else "long"
         if self.reload is not None:  # what decodes next is what is on disk (and what /health shows)
@@ -233,18 +231,23 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - a registry that cannot be read must not stop serving
                 log.exception("re-reading the adapter registry failed")
 
+    def _wait_long(self, job: Job) -> None:
+        """Queue long ``job`` for its turn, by arrival (call with ``_cv`` held)."""
+        self._long_waiting.append(job)
+        self._long_waiting.sort(key=lambda j: j.submitted)
+
     def _release(self, who: Job | str, again: bool = False) -> None:
         with self._cv:
             if self._owner is who:
                 self._owner = None
             if again and isinstance(who, Job):
-                self._long_waiting.append(who)  # to the back: others take their turn first
+                self._wait_long(who)  # in order of arrival: an earlier one keeps its place ahead
             self._cv.notify_all()
 
     # ------------------------------------------------------------------ work
     def _run_long(self, job: Job) -> None:
         with self._cv:
-            self._long_waiting.append(job)
+            self._wait_long(job)
             self._cv.notify_all()
         try:
             self._take(job)
