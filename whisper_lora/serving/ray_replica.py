@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,21 +130,31 @@ def publish_digest(spec: ReplicaSpec, digest: dict[str, str]) -> None:
         _internal_kv_put(digest_key(spec.ray.app_name), json.dumps(digest), overwrite=True)
 
 
-def visible_registry(spec: ReplicaSpec) -> Path:
+def visible_registry(spec: ReplicaSpec, wait: float | None = None) -> Path:
     """The registry directory as this process sees it, refused with the fix when it is missing or differs from what
-    is served now (``current_digest``)."""
+    is served now (``current_digest``).
+
+    The ingress publishes what is served now at most ``reload_seconds`` after the disk changed, so a replica started in
+    between (a crash, the autoscaler) reads a newer disk than the published digest: a difference is looked at again
+    until ``wait`` seconds have passed (default: three reload intervals) before it is refused."""
     path = Path(os.getcwd()) if spec.registry == SHIPPED else Path(spec.registry)
     where = f"the replica on node {node_name()}"
     if not path.is_dir():
         raise ConfigError(f"{where} cannot see the adapter registry {path}; {HOW}")
-    digest = AdapterRegistry(path).digest()
-    expected = current_digest(spec)
-    if digest != expected:
-        differ = sorted(n for n in set(digest) | set(expected) if digest.get(n) != expected.get(n))
-        raise ConfigError(
-            f"{where} reads different adapters at {path} than {spec.origin} (differ: {', '.join(differ)}); {HOW}"
-        )
-    return path
+    reload = spec.server.reload_seconds
+    wait = (3 * reload if reload is not None else 0.0) if wait is None else wait
+    deadline = time.monotonic() + wait
+    while True:
+        digest, expected = AdapterRegistry(path).digest(), current_digest(spec)
+        if digest == expected:
+            return path
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(0.5, max(0.05, wait / 10)))
+    differ = sorted(n for n in set(digest) | set(expected) if digest.get(n) != expected.get(n))
+    raise ConfigError(
+        f"{where} reads different adapters at {path} than {spec.origin} (differ: {', '.join(differ)}); {HOW}"
+    )
 
 
 class _Resident:
