@@ -83,3 +83,21 @@ def test_auth_and_upload_limit(tiny_dir, tiny_registry):
             assert client.post("/gradio_api/upload", files=small).status_code == 200
             big = {"files": ("big.wav", b"\0" * (2**20))}  # over --max-upload-mb 0.5
             assert client.post("/gradio_api/upload", files=big).status_code == 413
+
+
+def test_the_demo_decodes_once_within_its_limits(tiny_dir, tiny_registry, tmp_path):
+    from tests.data.test_audio_limits import silent_flac
+    from whisper_lora.data.audio import AudioLimits
+    from whisper_lora.inference.transcriber import Transcriber
+    from whisper_lora.serving.config import DemoConfig
+    from whisper_lora.serving.demo import run_demo_request
+
+    t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8)
+    assert DemoConfig().audio_limits == AudioLimits(max_seconds=1800)  # the server's default
+    adapted, base, details = run_demo_request(t, str(CLIP), "sw", AudioLimits(max_seconds=1))
+    assert (adapted, base) == ("", "") and "3.0 s long; accepted: at most 1 s" in details
+    bomb = tmp_path / "bomb.flac"  # 60 s at 655,350 Hz x 8: 1.26 GB as float32, refused from its header
+    bomb.write_bytes(silent_flac(655_350, 8, 60))
+    assert "655350 Hz; accepted: at most 192000 Hz" in run_demo_request(t, str(bomb), "sw")[2]
+    adapted, base, details = run_demo_request(t, str(CLIP), "sw")
+    assert adapted == t.transcribe(str(CLIP), "sw").text and "adapter: sw" in details

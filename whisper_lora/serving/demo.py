@@ -2,8 +2,10 @@
 
 import time
 
+from whisper_lora.data.audio import AudioError, AudioLimits, load_audio
 from whisper_lora.inference.transcriber import AUTO, Transcriber
 from whisper_lora.languages import WHISPER_LANGUAGES
+from whisper_lora.serving.config import DemoConfig
 
 
 def language_choices(transcriber: Transcriber) -> list[str]:
@@ -12,14 +14,21 @@ def language_choices(transcriber: Transcriber) -> list[str]:
     return [AUTO, *have, *(c for c in WHISPER_LANGUAGES if c not in have)]
 
 
-def run_demo_request(transcriber: Transcriber, audio_path: str | None, language: str) -> tuple[str, str, str]:
-    """Adapter transcript, base transcript and a details line for one request."""
+def run_demo_request(
+    transcriber: Transcriber, audio_path: str | None, language: str, limits: AudioLimits | None = None
+) -> tuple[str, str, str]:
+    """Adapter transcript, base transcript and a details line for one request; the recording is decoded once,
+    within ``limits`` (default: ``DemoConfig``'s)."""
     if not audio_path:
         return "", "", "Upload or record some audio first."
+    try:
+        audio = load_audio(audio_path, limits=limits or DemoConfig().audio_limits)
+    except AudioError as e:
+        return "", "", f"This recording cannot be transcribed: {e}"
     started = time.perf_counter()
-    adapted = transcriber.transcribe(audio_path, language or AUTO)
+    adapted = transcriber.transcribe(audio, language or AUTO)
     mid = time.perf_counter()
-    base = transcriber.transcribe(audio_path, adapted.language, adapter=None)
+    base = transcriber.transcribe(audio, adapted.language, adapter=None)
     done = time.perf_counter()
     prob = f" (p={adapted.language_probability:.2f})" if adapted.language_probability is not None else ""
     details = (
@@ -30,9 +39,11 @@ def run_demo_request(transcriber: Transcriber, audio_path: str | None, language:
     return adapted.text, base.text, details
 
 
-def build_demo(transcriber: Transcriber):
-    """The gradio Blocks app."""
+def build_demo(transcriber: Transcriber, config: DemoConfig | None = None):
+    """The gradio Blocks app (``config``: its audio limits)."""
     import gradio as gr
+
+    limits = (config or DemoConfig()).audio_limits
 
     with gr.Blocks(title="whisper-lora") as demo:
         gr.Markdown(
@@ -48,6 +59,6 @@ def build_demo(transcriber: Transcriber):
             base = gr.Textbox(label="Base model", lines=3, elem_id="base-text")
         details = gr.Textbox(label="Details", elem_id="details")
         button.click(
-            lambda a, lang: run_demo_request(transcriber, a, lang), [audio, language], [adapted, base, details]
+            lambda a, lang: run_demo_request(transcriber, a, lang, limits), [audio, language], [adapted, base, details]
         )
     return demo

@@ -10,17 +10,25 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from dataclasses import fields
 
 import numpy as np
 from starlette.datastructures import FormData, UploadFile
 
-from whisper_lora.data.audio import SAMPLE_RATE, AudioError, check_signal, load_audio
+from whisper_lora.data.audio import (
+    AudioError,
+    AudioLimits,
+    AudioTooLarge,
+    AudioUnsupported,
+    check_signal,
+    load_audio,
+    readable_formats,
+)
 from whisper_lora.errors import AdapterError, BrokenAdapterError, ConfigError
 from whisper_lora.inference.request import ROUTE, Request, RequestError
 from whisper_lora.serving.config import ServerConfig
 from whisper_lora.serving.errors import ApiError
-from whisper_lora.serving.limits import audio_seconds
 
 ROUTER_MODELS = ("auto", "whisper-1")  # model names that route by language
 GRANULARITIES = ("segment", "word")
@@ -30,7 +38,10 @@ REQUIRED = ("file", "model")
 # Request fields a client never sets by name: filled from ``file``, ``model``, ``timestamp_granularities[]``, or
 # by the server itself
 NOT_FROM_FORM = ("audio", "adapter", "timestamps", "word_timestamps", "num_beams", "options", "decision")
+# uploads decoded at once: more wait their turn (each decode holds up to its recording's samples, and CPU)
+_DECODING = threading.BoundedSemaphore(max(2, os.cpu_count() or 1))
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+LIMIT_FIELDS = {"max_seconds": "max_audio_seconds"}  # ``AudioLimits`` fields that ``ServerConfig`` names otherwise
 
 
 def _convert(name: str, annotation: str, value: str):
@@ -113,42 +124,39 @@ def upload_suffix(filename: str) -> str:
     return suffix if _SUFFIX.match(suffix) else ".bin"
 
 
-def decode_upload(data: bytes, filename: str) -> np.ndarray:
-    """Decode uploaded bytes to 16 kHz mono with the library's one decoder (``data.audio.load_audio``)."""
+def decode_upload(data: bytes, filename: str, limits: AudioLimits) -> np.ndarray:
+    """Decode uploaded bytes to 16 kHz mono within ``limits`` with the library's one decoder
+    (``data.audio.load_audio``): over a limit 413 (header checked before decoding), undecodable 400."""
     if not data:
         raise ApiError(400, "the uploaded file is empty", "file")
-    with tempfile.NamedTemporaryFile(suffix=upload_suffix(filename)) as f:  # librosa's backends use the extension
+    shown = (filename or "the upload")[:80]
+    with (
+        _DECODING,
+        tempfile.NamedTemporaryFile(suffix=upload_suffix(filename)) as f,
+    ):  # ffmpeg goes by the extension too
         f.write(data)
         f.flush()
         try:
-            audio = load_audio(f.name, validate=False)
-        except AudioError:
-            shown = (filename or "the upload")[:80]
-            raise ApiError(400, f"could not decode {shown!r} as audio; send wav, flac, ogg or mp3", "file") from None
+            audio = load_audio(f.name, validate=False, limits=limits)
+        except AudioTooLarge as e:
+            flag = "--" + LIMIT_FIELDS.get(e.limit, e.limit).replace("_", "-")
+            raise ApiError(413, f"{e} ({flag})", "file") from None
+        except AudioUnsupported:
+            raise ApiError(400, f"could not decode {shown!r} as audio; send {readable_formats()}", "file") from None
+        except AudioError as e:  # a decoder's failure part-way, or a header no recording has
+            temp = os.path.basename(f.name)
+            why = str(e).removeprefix(f"cannot decode {temp}: ").replace(temp, repr(shown))
+            raise ApiError(400, f"could not decode {shown!r} as audio: {why}", "file") from None
     try:
         return check_signal(audio, filename or "the upload")  # no samples, NaN or inf
     except AudioError as e:
         raise ApiError(400, str(e), "file") from None
 
 
-def check_duration(seconds: float, config: ServerConfig) -> None:
-    limit = config.max_audio_seconds
-    if limit is not None and seconds > limit:
-        raise ApiError(
-            413,
-            f"the audio is {seconds:.1f} s long; this server accepts at most {limit:g} s (--max-audio-seconds)",
-            "file",
-        )
-
-
 async def read_upload(file: UploadFile, config: ServerConfig, run_in_thread) -> np.ndarray:
-    """The uploaded audio as samples, within the size and duration limits (checked before decoding)."""
+    """The uploaded audio as samples, within the size limit and ``config.audio_limits`` (sample rate, channels and
+    length refused from the header before decoding; decoding stops at the limits if the header lied)."""
     data = await file.read(config.max_upload_bytes + 1)
     if len(data) > config.max_upload_bytes:
         raise ApiError(413, f"file is larger than the limit of {config.max_upload_bytes} bytes", "file")
-    declared = audio_seconds(data)  # from the container header: nothing decoded yet
-    if declared is not None:
-        check_duration(declared, config)
-    audio = await run_in_thread(decode_upload, data, file.filename or "")
-    check_duration(len(audio) / SAMPLE_RATE, config)  # containers without a readable header
-    return audio
+    return await run_in_thread(decode_upload, data, file.filename or "", config.audio_limits)
