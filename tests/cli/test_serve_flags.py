@@ -16,6 +16,8 @@ from whisper_lora.serving.config import DemoConfig, RayConfig, ServerConfig
 SERVER_FLAGS = {
     "max_upload_mb": ("--max-upload-mb", "2.5", 2.5),
     "max_audio_seconds": ("--max-audio-seconds", "40", 40.0),
+    "max_sample_rate": ("--max-sample-rate", "48000", 48000),
+    "max_channels": ("--max-channels", "2", 2),
     "max_batch": ("--max-batch", "3", 3),
     "max_wait_ms": ("--max-wait-ms", "7.5", 7.5),
     "max_queue": ("--max-queue", "5", 5),
@@ -25,6 +27,10 @@ SERVER_FLAGS = {
     "api_keys": ("--api-key", "key-aaaa-1111", ("key-aaaa-1111",)),
     "cors_origins": ("--cors-origin", "https://app.example.org", ("https://app.example.org",)),
     "keep_alive_seconds": ("--keep-alive-seconds", "1.5", 1.5),
+    "header_timeout_seconds": ("--header-timeout-seconds", "4", 4.0),
+    "body_timeout_seconds": ("--body-timeout-seconds", "0", None),  # 0: no limit
+    "body_min_rate": ("--body-min-rate", "1000", 1000.0),
+    "max_open_connections": ("--max-open-connections", "64", 64),
 }
 RAY_FLAGS = {
     "address": ("--ray-address", "auto", "auto"),
@@ -97,6 +103,8 @@ def test_the_default_command_line_gives_the_config_defaults(monkeypatch):
 def test_demo_flags():
     d = _parse("demo", "--max-upload-mb", "0.5", "--auth", "ana:correct-horse", "--max-new-tokens", "8")
     assert demo_config(d) == DemoConfig((("ana", "correct-horse"),), max_upload_mb=0.5) and d.max_new_tokens == 8
+    assert demo_config(_parse("demo", "--max-audio-seconds", "60")).audio_limits.max_seconds == 60.0
+    assert demo_config(_parse("demo", "--max-audio-seconds", "0")).max_audio_seconds is None  # 0: no limit
 
 
 def test_bad_values_give_the_configs_error_listing_every_problem(capsys):

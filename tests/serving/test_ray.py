@@ -28,6 +28,7 @@ from whisper_lora.serving.process import free_port, running
 
 pytestmark = pytest.mark.slow
 KEY = "ray-test-key-1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def test_shipped_registry_serves_every_adapter_in_every_replica(ray_cluster, ray_clips, ray_reference, tmp_path):
@@ -157,9 +158,16 @@ def test_health_lists_replicas_and_their_adapters(service, ray_clips):
     assert garbage.status_code == 400 and "could not decode 'notes.wav'" in garbage.json()["error"]["message"]
     unknown = _post(service, ray_clips[0][1], "klingon-xx")
     assert unknown.status_code == 404 and "valid models:" in unknown.json()["error"]["message"]
-    h = httpx.get(f"{service}/health", timeout=60).json()
+    deadline = time.monotonic() + 180  # run alone, this test may find the second replica still starting
+    while len((h := httpx.get(f"{service}/health", headers=AUTH, timeout=60).json())["replicas"]) < 2:
+        assert time.monotonic() < deadline, h
+        time.sleep(1)
+    anonymous = [httpx.get(f"{service}/health", timeout=60) for _ in range(20)]  # one broadcast every 2 s at most
+    for r in anonymous:  # nodes, pids, devices and adapters: for key holders only
+        assert r.status_code == 200 and r.json()["status"] == h["status"]
+        assert set(r.json()) <= {"status", "limits", "in_flight", "served", "replica_failures"}, r.json()
     assert h["limits"]["auth"] is True
-    assert h["engine"] == "ray" and h["status"] == "ok" and h["multiplexed"] is True and h["max_loaded"] == 2
+    assert h["engine"] == "ray" and h["status"] == "ok" and h["multiplexed"] is True and h["max_loaded"] == 2, h
     assert len(h["replicas"]) == 2 and len({r["replica"] for r in h["replicas"]}) == 2
     assert sorted(h["adapters"]) == ["cs", "id", "sw"]
     for r in h["replicas"]:  # each holds at most max_loaded adapters, and says which
@@ -171,7 +179,7 @@ def _busy_replica(url: str) -> str:
     """A replica with requests in flight."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        replicas = httpx.get(f"{url}/health", timeout=60).json()["replicas"]
+        replicas = httpx.get(f"{url}/health", headers=AUTH, timeout=60).json()["replicas"]
         busy = [r["replica"] for r in replicas if r["in_flight"] > 0]
         if busy:
             return busy[0]
@@ -204,11 +212,11 @@ def test_a_replica_killed_under_load_gives_right_answers_or_503_and_recovers(
             assert r.status_code == 503 and r.headers["retry-after"], r.text[:300]
             assert r.json()["error"]["code"] == "server_unavailable"
     assert right >= len(todo) // 2
-    h = httpx.get(f"{service}/health", timeout=60).json()
+    h = httpx.get(f"{service}/health", timeout=60).json()  # a counter: no key needed
     assert h["replica_failures"] >= 1  # the kill hit requests in flight: they were retried or refused, not lost
     deadline = time.monotonic() + 180  # Serve's controller starts a new replica
     while time.monotonic() < deadline:
-        h = httpx.get(f"{service}/health", timeout=60).json()
+        h = httpx.get(f"{service}/health", headers=AUTH, timeout=60).json()
         if len(h["replicas"]) == 2 and h["status"] == "ok" and busy not in {r["replica"] for r in h["replicas"]}:
             break
         time.sleep(2)

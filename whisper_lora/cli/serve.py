@@ -120,5 +120,5 @@ def run_demo(a) -> int:
 
     cfg = demo_config(a)  # validated before the model loads
     t = transcriber(a, max_new_tokens=a.max_new_tokens)
-    build_demo(t).launch(server_name=a.host, server_port=a.port, share=False, **cfg.launch_kwargs())
+    build_demo(t, cfg).launch(server_name=a.host, server_port=a.port, share=False, **cfg.launch_kwargs())
     return 0

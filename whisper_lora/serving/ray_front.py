@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import signal
 import threading
@@ -28,13 +29,16 @@ from whisper_lora.errors import ConfigError
 from whisper_lora.inference.plan import adapter_name, needs_routing
 from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
+from whisper_lora.serving.config import ServerConfig
 from whisper_lora.serving.engine import Unavailable
+from whisper_lora.serving.form import FORM_OVERHEAD
 from whisper_lora.serving.ray_replica import Decoder, ReplicaInfo, ReplicaSpec, publish_digest, visible_registry
 from whisper_lora.serving.scheduler import Cancelled, QueueFull
 
 log = logging.getLogger("whisper_lora")
 
 DESCRIBE_TIMEOUT = 10.0  # seconds /health waits for the replicas' answers
+DESCRIBE_CACHE = 2.0  # seconds the replicas' answers serve /health before they are asked again (one broadcast)
 
 
 class _RayPending:
@@ -66,6 +70,8 @@ class _RayPending:
                 return await self._response
             except (ActorDiedError, ActorUnavailableError) as err:
                 e.replica_failures += 1
+                # an unreachable replica may still be decoding it: cancel that before another replica decodes it too
+                self._response.cancel()
                 log.warning("a replica failed during %s (attempt %d of %d): %s", method, attempt + 1, attempts, err)
             except RayTaskError as err:  # the replica raised: the request gets the replica's own error
                 cause = getattr(err, "cause", None)
@@ -95,6 +101,8 @@ class RayEngine:
         self.registry = AdapterRegistry(root, self.base_info)
         self.replica_failures = 0
         self._looked = time.monotonic()
+        self._described: tuple[float, list] | None = None  # (when, the replicas' answers to describe)
+        self._describing: asyncio.Future | None = None  # the broadcast under way, shared by /health calls
 
     def adapters(self) -> list[str]:
         return self.registry.names()
@@ -117,7 +125,16 @@ class RayEngine:
     def submit(self, request: Request) -> _RayPending:
         return _RayPending(self, request)
 
-    async def status(self) -> dict:
+    async def _descriptions(self) -> list:
+        """The replicas' answers to ``describe``: at most one broadcast every ``DESCRIBE_CACHE`` s, shared by the
+        /health calls that arrive while it is under way, each waiting at most ``DESCRIBE_TIMEOUT`` s."""
+        if self._described is not None and time.monotonic() - self._described[0] < DESCRIBE_CACHE:
+            return self._described[1]
+        if self._describing is None:
+            self._describing = asyncio.ensure_future(self._broadcast())
+        return await asyncio.shield(self._describing)  # a caller that goes away leaves it to the others
+
+    async def _broadcast(self) -> list:
         try:
             answers = await self.decoders.broadcast("describe").results_async(
                 timeout_s=DESCRIBE_TIMEOUT, return_exceptions=True
@@ -125,6 +142,11 @@ class RayEngine:
         except Exception as e:  # noqa: BLE001 - no replica, or none answered in time: report it, do not fail
             log.warning("replicas did not describe themselves: %s", e)
             answers = []
+        self._described, self._describing = (time.monotonic(), answers), None
+        return answers
+
+    async def status(self) -> dict:
+        answers = await self._descriptions()
         described = [a for a in answers if isinstance(a, ReplicaInfo)]
         if described:
             self._routing = described[0].routing
@@ -193,10 +215,23 @@ def build_app(spec: ReplicaSpec):
         name="Front",
         num_replicas=1,
         ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=spec.server.max_connections,
+        # every open request, uploads still arriving included: the Guard counts requests in progress itself
+        # (--max-connections, from when their body has arrived), so trickled uploads do not queue good requests here
+        max_ongoing_requests=spec.server.max_open_connections,
     )
     keyless = replace(spec, server=replace(spec.server, api_keys=()))  # only the ingress checks keys
     return front.bind(decoder.bind(keyless), spec)
+
+
+def proxy_options(server: ServerConfig, host: str, port: int) -> dict:
+    """Ray Serve's HTTP proxy settings (``serve.start(http_options=...)``): the keep-alive of ``serve``, and as a
+    backstop an end-to-end timeout that covers the slowest upload the body deadline allows plus
+    ``--request-timeout``. Ray's proxy has no header deadline and no cap on open sockets (docs/serving.md)."""
+    options = {"host": host, "port": port, "keep_alive_timeout_s": max(1, math.ceil(server.keep_alive_seconds))}
+    if server.body_timeout_seconds is not None and server.body_min_rate > 0 and server.request_timeout is not None:
+        upload = server.body_timeout_seconds + (server.max_upload_bytes + FORM_OVERHEAD) / server.body_min_rate
+        options["request_timeout_s"] = math.ceil(upload + server.request_timeout)
+    return options
 
 
 _FAILED = re.compile(r"(?:ConfigError|AdapterError|WhisperLoraError): (.+)")
@@ -212,7 +247,7 @@ def deploy(spec: ReplicaSpec, host: str, port: int) -> None:
             f"ray.init(runtime_env={{'working_dir': {spec.local_registry!r}}}) before deploying"
         )
     publish_digest(spec, spec.digest)  # what this deployment serves (a previous one may have left another)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options=proxy_options(spec.server, host, port))
     try:
         serve.run(build_app(spec), name=spec.ray.app_name, route_prefix="/", blocking=False)
     except Exception as e:  # a replica's constructor error is in the deployments' status messages

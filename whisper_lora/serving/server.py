@@ -5,8 +5,9 @@ uses that adapter; the base's name uses the untouched base; ``auto`` or ``whispe
 ``language`` (or by Whisper's language ID when it is omitted or ``auto``).
 
 The form becomes one ``Request`` (``form.py``), which goes to an ``Engine`` (``engine.py``: this process's
-scheduler, or Ray Serve replicas) behind ``limits.Guard`` (keys, body size, concurrency). Every failure is an
-OpenAI-style JSON error without server paths or tracebacks (``errors.py``).
+scheduler, or Ray Serve replicas) behind ``limits.Guard`` (keys, body size and deadline, concurrency); ``serve``
+runs it on uvicorn with the socket limits of ``connections.py``. Every failure is an OpenAI-style JSON error without
+server paths or tracebacks (``errors.py``).
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ from whisper_lora.serving.form import (
     read_upload,
     upload_suffix,
 )
-from whisper_lora.serving.limits import Guard, public
+from whisper_lora.serving.limits import Guard, api_key_ok, public
 from whisper_lora.serving.scheduler import Cancelled
 
 __all__ = ["ServerConfig", "create_app", "serve", "upload_suffix"]
 
 log = logging.getLogger("whisper_lora")
+
+# what /health tells a caller without a key (when the server has keys): its status, its limits and these counters;
+# adapters, versions, routing, replicas (nodes, pids, devices) only with a key
+PUBLIC_COUNTERS = ("in_flight", "served", "cancelled", "rejected", "batches", "long_yields", "replica_failures")
 
 
 def create_app(engine: Transcriber | Engine, config: ServerConfig | None = None, request_type=Request):
@@ -63,9 +68,10 @@ def create_app(engine: Transcriber | Engine, config: ServerConfig | None = None,
             engine.refresh(config.reload_seconds)
 
     @app.get("/health")
-    async def health():
+    async def health(http: HttpRequest):
         await run_in_threadpool(refresh)
-        return _health(engine, base_name, config, await engine.status())
+        full = not config.api_keys or api_key_ok(http.headers.get("authorization"), config.api_keys)
+        return _health(engine, base_name, config, await engine.status(), full)
 
     @app.get("/v1/models")
     def models():
@@ -99,6 +105,8 @@ def _add_middleware(app: FastAPI, config: ServerConfig) -> None:
         max_body=config.max_upload_bytes + FORM_OVERHEAD,
         keys=config.api_keys,
         max_requests=config.max_connections,
+        body_timeout=config.body_timeout_seconds,
+        body_min_rate=config.body_min_rate,
     )
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -111,19 +119,39 @@ def _add_middleware(app: FastAPI, config: ServerConfig) -> None:
         )
 
 
-def _health(engine: Engine, base_name: str, config: ServerConfig, status: dict) -> dict:
+def _health(engine: Engine, base_name: str, config: ServerConfig, status: dict, full: bool = True) -> dict:
+    """The health document: all of it (``full``: no keys, or a valid one), else the status, limits and
+    ``PUBLIC_COUNTERS``; every text in it without server paths (``limits.public``)."""
     degraded = status.pop("degraded", False) or bool(engine.broken_adapters())
-    return {
-        "status": "degraded" if degraded else "ok",
-        "base": base_name,
-        "precision": engine.base_info.precision,
-        "adapters": engine.adapters(),
-        "adapter_versions": {e.name: e.version for e in engine.registry.entries()},
-        "broken_adapters": [{"name": b.name, "reason": public(b.reason)} for b in engine.broken_adapters()],
-        "routing": engine.routing(),
-        "limits": config.public(),
-        **status,
-    }
+    state = "degraded" if degraded else "ok"
+    if not full:
+        return _without_paths(
+            {"status": state, "limits": config.public(), **{k: status[k] for k in PUBLIC_COUNTERS if k in status}}
+        )
+    return _without_paths(
+        {
+            "status": state,
+            "base": base_name,
+            "precision": engine.base_info.precision,
+            "adapters": engine.adapters(),
+            "adapter_versions": {e.name: e.version for e in engine.registry.entries()},
+            "broken_adapters": [{"name": b.name, "reason": b.reason} for b in engine.broken_adapters()],
+            "routing": engine.routing(),
+            "limits": config.public(),
+            **status,
+        }
+    )
+
+
+def _without_paths(doc):
+    """``doc`` with every text in it, at any depth, through ``limits.public``."""
+    if isinstance(doc, str):
+        return public(doc)
+    if isinstance(doc, dict):
+        return {k: _without_paths(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_without_paths(v) for v in doc]
+    return doc
 
 
 def _models(engine: Engine, base_name: str) -> dict:
@@ -215,11 +243,15 @@ def serve(
     """Run the API with uvicorn (blocking)."""
     import uvicorn
 
+    from whisper_lora.serving.connections import ensure_open_files, protocol
+
     config = config or ServerConfig()
+    ensure_open_files(config.max_open_connections)
     uvicorn.run(
         create_app(transcriber, config),
         host=host,
         port=port,
         log_level="info",
         timeout_keep_alive=config.keep_alive_seconds,
+        http=protocol(config.header_timeout_seconds, config.max_open_connections),  # header deadline, socket cap
     )
