@@ -4,6 +4,7 @@
     python bench/serve_load.py [--requests 50] [--threads 8] [--precision int8] [--max-batch 8] [--engine ...]
     python bench/serve_load.py --scenario mixed [--long-minutes 10] [--shorts 20]
     python bench/serve_load.py --scenario soak [--soak-minutes 10]
+    python bench/serve_load.py --scenario abuse [--abuse-minutes 5]
     python bench/serve_load.py --engine ray --replicas 1 2
 
 `--scenario mixed`: one long recording (LibriVox speech repeated to --long-minutes) and a stream of short clips
@@ -11,7 +12,10 @@ from one client, one after the other: short-request latency (p50/p95) alone and 
 transcribed, their ratio (the goal: p95 at most 3x), the long one's time alone and with the stream, and whether
 every answer equals the isolated one. `--scenario soak`: --soak-minutes of good and bad requests from 4 threads
 against a server with an API key and limits: server RSS over time, wrong answers, lost requests, bad requests
-not answered 4xx.
+not answered 4xx. `--scenario abuse`: --abuse-minutes of good short requests from 2 threads while 2 threads send
+crafted and mutated uploads (tests/serving/hostile.py) and 300 idle plus 150 trickling sockets are held open and
+reopened: good answers wrong or lost (goal 0), 5xx (goal 0), p95 of good requests against their latency alone (goal
+at most 3x), server RSS over time (goal: within 1.5x of warm idle after the run).
 
 Starts `whisper-lora serve` as a real process on a free loopback port with the shipped adapters,
 checks every concurrent answer against an isolated request, and reports requests/s, p50/p95, errors.
@@ -274,6 +278,129 @@ def soak(a, short_cases) -> dict:
     }
 
 
+def _hold_sockets(port: int, idle: int, trickling: int, stop: threading.Event, opened: list) -> None:
+    """Keep ``idle`` sockets that never send a request and ``trickling`` ones that send headers, then a byte a second,
+    open until ``stop``; reopen those the server closes (``opened`` counts every socket opened)."""
+    import socket
+
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    socks: list[tuple[socket.socket, bool]] = []
+
+    def connect(trickle: bool):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if trickle:
+            s.sendall(head)
+        opened.append(1)
+        socks.append((s, trickle))
+
+    while not stop.is_set():
+        alive = []
+        for s, trickle in socks:
+            try:
+                if trickle:
+                    s.sendall(b"x")
+                alive.append((s, trickle))
+            except OSError:
+                s.close()
+        socks[:] = alive
+        try:
+            for _ in range(idle - sum(not t for _, t in socks)):
+                connect(False)
+            for _ in range(trickling - sum(t for _, t in socks)):
+                connect(True)
+        except OSError:
+            pass  # the server refuses connections past its cap: try again next round
+        stop.wait(1.0)
+    for s, _ in socks:
+        s.close()
+
+
+def abuse(a, short_cases) -> dict:
+    """Good requests beside hostile uploads and slow sockets for ``abuse_minutes``: wrong, lost, 5xx, latency, RSS."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tests.serving.hostile import crafted, mutated
+
+    key = "bench-key-0123456789"
+    hostile = [*crafted().values(), *mutated(count=40).values()]
+    args = ["serve", "--precision", a.precision, "--max-new-tokens", "96", "--api-key", key]
+    stats = {"good": 0, "wrong": 0, "lost": 0, "hostile": 0, "hostile_5xx": 0, "hostile_not_json": 0}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    with running(args, timeout=600) as url:
+        port = int(url.rsplit(":", 1)[1])
+        isolated, alone = {}, []
+        for m, d in short_cases * 3:  # warm-up, then latency alone
+            r, s = _post(url, d, m, key=key)
+            isolated[m] = r.json()["text"]
+            alone.append(s)
+        rss = [(0.0, _server_rss_mb(port))]
+        stop, opened = threading.Event(), []
+        holder = threading.Thread(target=_hold_sockets, args=(port, 300, 150, stop, opened))
+        holder.start()
+        started = time.monotonic()
+        end = started + a.abuse_minutes * 60
+
+        def good(seed):
+            rng = random.Random(seed)
+            while time.monotonic() < end:
+                m, d = short_cases[rng.randrange(len(short_cases))]
+                try:
+                    r, s = _post(url, d, m, key=key, timeout=120)
+                except httpx.HTTPError:
+                    with lock:
+                        stats["lost"] += 1
+                    continue
+                with lock:
+                    stats["good"] += 1
+                    stats["wrong"] += not (r.status_code == 200 and r.json()["text"] == isolated[m])
+                    latencies.append(s)
+
+        def bad(seed):
+            rng = random.Random(seed)
+            while time.monotonic() < end:
+                data, filename = hostile[rng.randrange(len(hostile))]
+                try:
+                    r, _ = _post(url, data, "sw", filename, key=key, timeout=120)
+                except httpx.HTTPError:
+                    continue
+                with lock:
+                    stats["hostile"] += 1
+                    stats["hostile_5xx"] += r.status_code >= 500
+                    stats["hostile_not_json"] += "application/json" not in r.headers.get("content-type", "")
+
+        threads = [threading.Thread(target=good, args=(k,)) for k in range(2)]
+        threads += [threading.Thread(target=bad, args=(10 + k,)) for k in range(2)]
+        for th in threads:
+            th.start()
+        while any(th.is_alive() for th in threads):
+            time.sleep(15)
+            rss.append((round((time.monotonic() - started) / 60, 2), _server_rss_mb(port)))
+        stop.set()
+        holder.join()
+        time.sleep(2)
+        rss.append((round((time.monotonic() - started) / 60, 2), _server_rss_mb(port)))
+    return {
+        **stats,
+        "minutes": a.abuse_minutes,
+        "sockets_opened": len(opened),
+        "good_p50_alone_s": _pct(alone, 0.5),
+        "good_p95_alone_s": _pct(alone, 0.95),
+        "good_p95_s": _pct(latencies, 0.95) if latencies else None,
+        "good_worst_s": max(latencies) if latencies else None,
+        "good_p95_ratio": _pct(latencies, 0.95) / _pct(alone, 0.95) if latencies else None,
+        "rss_mb_warm_idle": rss[0][1],
+        "rss_mb_max": max(m for _, m in rss),
+        "rss_mb_end": rss[-1][1],
+        "rss_end_ratio": rss[-1][1] / rss[0][1],
+        "rss_trace": rss,
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=50)
@@ -282,13 +409,16 @@ def main():
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--engine", choices=("whisper-lora", "both", "ray"), default="whisper-lora")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="ray: replica counts to compare")
-    p.add_argument("--scenario", choices=("load", "mixed", "soak"), default="load")
+    p.add_argument("--scenario", choices=("load", "mixed", "soak", "abuse"), default="load")
     p.add_argument("--long-minutes", type=float, default=10.0, help="mixed: length of the long recording")
     p.add_argument("--shorts", type=int, default=20, help="mixed: short requests in the stream measured alone")
     p.add_argument("--soak-minutes", type=float, default=10.0)
+    p.add_argument("--abuse-minutes", type=float, default=5.0)
     p.add_argument("--json", help="default: bench/results/serve_load[_vllm|_mixed|_soak].json")
     a = p.parse_args()
-    suffix = {"mixed": "_mixed", "soak": "_soak"}.get(a.scenario, {"both": "_vllm", "ray": "_ray"}.get(a.engine, ""))
+    suffix = {"mixed": "_mixed", "soak": "_soak", "abuse": "_abuse"}.get(
+        a.scenario, {"both": "_vllm", "ray": "_ray"}.get(a.engine, "")
+    )
     a.json = a.json or f"bench/results/serve_load{suffix}.json"
     print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     en = (ROOT / "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0880.wav").read_bytes()
@@ -296,7 +426,7 @@ def main():
     id_ = wav(synthesize(shipped_sentences("id", "test")[0], "id", "f2"))
     if a.scenario != "load":
         short_cases = [("sw", sw), ("id", id_), ("auto", en)]
-        r = mixed(a, short_cases) if a.scenario == "mixed" else soak(a, short_cases)
+        r = {"mixed": mixed, "soak": soak, "abuse": abuse}[a.scenario](a, short_cases)
         print(f"\n{a.scenario}:")
         print("| measure | value |\n|---|---|")
         for k, v in r.items():
