@@ -186,7 +186,11 @@ def _libsndfile(path: Path) -> _Stream:
         raise _CannotOpen(getattr(e, "error_string", None) or f"{type(e).__name__}: {e}") from None
     frames = f.frames if 0 <= f.frames < UNKNOWN_FRAMES else None
     if frames is not None:
-        f.seek(0)  # as sf.read does: libsndfile's mp3 decoder starts otherwise without it
+        try:
+            f.seek(0)  # as sf.read does: libsndfile's mp3 decoder starts otherwise without it
+        except Exception as e:  # noqa: BLE001 - a stream too damaged to seek in (a flipped byte in a FLAC header)
+            f.close()
+            raise AudioError(f"cannot decode {path.name}: {getattr(e, 'error_string', None) or e}") from None
 
     def blocks() -> Iterator[np.ndarray]:
         size, left = max(1, BLOCK_BYTES // (4 * f.channels)), frames  # left None: to the end of the stream
@@ -342,7 +346,13 @@ def load_audio(
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"missing file {path}")
-    with closing(_open(path)) as stream:
+    try:
+        opened = _open(path)
+    except AudioError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder that fails while opening, whatever its type
+        raise AudioError(f"cannot decode {path.name}: {type(e).__name__}: {e}") from None
+    with closing(opened) as stream:
         try:
             audio, frames, bad = _decode(stream, limits, sr)
         except AudioError:
