@@ -1,5 +1,6 @@
 """Atomic writes survive kill -9 at every step: the target is the old or the new content once recovered, and
-nothing is left beside it. The children that get killed import only atomic.py (``light``), ~0.1 s each."""
+nothing is left beside it. The children that get killed import only atomic.py (``light``), ~0.1 s each. Every rename
+is followed by an fsync of its directory, so a power cut keeps it too."""
 
 import errno
 import json
@@ -165,3 +166,45 @@ def test_a_full_disk_while_writing_a_file_leaves_no_partial_file(tmp_path, monke
     with pytest.raises(DiskFullError, match="while writing entry.npy: 1000 bytes needed"):
         atomic_write_bytes(tmp_path / "entry.npy", b"x" * 1000)
     assert list(tmp_path.iterdir()) == []
+
+
+def _record_syncs_and_renames(monkeypatch, directory) -> list[str]:
+    """From now on: ``os.replace`` calls as ``rename NEW_NAME`` and fsyncs of ``directory`` as ``sync dir``."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    inode = os.stat(directory).st_ino
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino == inode:
+            events.append("sync dir")
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(f"rename {os.path.basename(dst)}")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_the_commit_rename_is_synced_before_the_swap(tmp_path, monkeypatch):
+    """A power cut after the commit must find the committed ``new`` directory: the parent is fsynced right after
+    the rename that commits, before the old content is moved away, and again after the swap."""
+    target = tmp_path / "t"
+    _fill(target, OLD)
+    events = _record_syncs_and_renames(monkeypatch, tmp_path)
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("new a")
+    renames = [e for e in events if e.startswith("rename")]
+    assert [r.split("-")[0] for r in renames] == ["rename .t.new", "rename .t.old", "rename t"]
+    commit, moved, swapped = (events.index(r) for r in renames)
+    assert "sync dir" in events[commit + 1 : moved] and "sync dir" in events[swapped + 1 :], events
+
+
+def test_an_atomic_file_write_syncs_its_directory(tmp_path, monkeypatch):
+    events = _record_syncs_and_renames(monkeypatch, tmp_path)
+    atomic_write_bytes(tmp_path / "f.json", b"{}")
+    assert events == ["rename f.json", "sync dir"]
+    events.clear()
+    atomic_write_bytes(tmp_path / "cache.bin", b"x", durable=False)  # a cache entry: no fsync at all
+    assert events == ["rename cache.bin"]

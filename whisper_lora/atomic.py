@@ -19,9 +19,12 @@ starts) finishes a committed write and undoes an uncommitted one:
     after the swap (4)          new         old             new (old deleted)
 
 ``remove_directory`` deletes the same way (a rename to ``.NAME.del-X``, then the deletion). Files are fsynced
-before the commit and the parent directory after the swap, so a power cut keeps the previous or the new content
-too (where the file system honours fsync). A full disk raises ``DiskFullError`` naming the directory, after the
-partial write is deleted.
+before the commit, and the parent directory after the commit rename and again after the swap (``atomic_write_bytes``:
+after its rename), so a power cut keeps the previous or the new content too (where the file system honours fsync).
+A full disk raises ``DiskFullError`` naming the directory, after the partial write is deleted.
+
+An in-place change of a file inside ``NAME`` (metadata, a model card) holds the same lock (``target_lock``), so it
+is never mixed into, or lost to, a replacement of ``NAME`` that runs at the same time.
 """
 
 from __future__ import annotations
@@ -254,8 +257,20 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         _reached("written", target)
         new = tmp.with_name(f".{target.name}.new-{tmp.name.rsplit('-', 1)[1]}")
         os.replace(tmp, new)  # the commit: from here on the write is finished, now or by the next recover()
+        _fsync(target.parent)  # the commit itself survives a power cut
         _reached("committed", target)
         _swap_in(new, target)
+
+
+@contextlib.contextmanager
+def target_lock(target: str | Path) -> Iterator[Path]:
+    """Hold the lock every writer of ``target`` takes (``atomic_directory``, ``remove_directory``), after finishing
+    or undoing an interrupted write: a read-modify-write of files inside ``target`` sees one version of it, and a
+    replacement waits for it to finish. Yields ``target``."""
+    target = Path(target)
+    with _writer_lock(target):
+        _recover_locked(target)
+        yield target
 
 
 def remove_directory(target: str | Path) -> None:
@@ -286,6 +301,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> N
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared files from other users
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)  # the rename itself survives a power cut
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -1,14 +1,28 @@
 """Saving an adapter survives kill -9 at every write point: the directory then validates as the old adapter or the
-new one, and nothing is left beside it. The killed children import only the registry modules (``light``)."""
+new one, and nothing is left beside it. The killed children import only the registry modules (``light``). In-place
+updates of an adapter's metadata and card take turns with its writers (its lock), and scores of replaced weights are
+refused."""
 
+import json
 import shutil
 import signal
+import threading
+import time
 
 import pytest
 
-from tests.conftest import run_python
-from whisper_lora.atomic import FAULT_ENV, FAULT_POINTS
-from whisper_lora.registry.adapter_io import load_adapter, read_metadata, validate_adapter
+from tests.conftest import REPO_ADAPTERS, make_tiny_adapter, run_python
+from whisper_lora.atomic import FAULT_ENV, FAULT_POINTS, target_lock
+from whisper_lora.errors import AdapterError
+from whisper_lora.registry.adapter_io import (
+    METADATA_FILE,
+    load_adapter,
+    read_metadata,
+    update_metrics,
+    validate_adapter,
+    weights_digest,
+)
+from whisper_lora.registry.card import make_hub_ready
 from whisper_lora.registry.catalog import AdapterRegistry
 
 # saves the adapter in argv[1] into argv[2] with save_adapter; argv[3] says where the child is killed
@@ -95,3 +109,70 @@ def test_the_registry_finishes_an_adapter_killed_between_its_renames(tiny_regist
     registry = AdapterRegistry(root)
     assert registry.names() == ["ary", "cs", "sw"] and registry.get("sw").language == "cs"  # the new one
     assert sorted(p.name for p in root.iterdir()) == ["ary", "cs", "sw"]
+
+
+def _push(adapter):
+    import huggingface_hub
+
+    from whisper_lora.registry.publish import push_adapter
+
+    class Hub:  # nothing reaches the hub
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *args, **kw):
+            pass
+
+        def upload_folder(self, **kw):
+            return "https://huggingface.co/me/sw/commit/abc"
+
+    real, huggingface_hub.HfApi = huggingface_hub.HfApi, Hub
+    try:
+        push_adapter(adapter, "me/sw")
+    finally:
+        huggingface_hub.HfApi = real
+
+
+IN_PLACE = {
+    "update_metrics": lambda d: update_metrics(d, {"split": "test"}),
+    "make_hub_ready (adapters card)": make_hub_ready,
+    "push_adapter (reads one version)": _push,
+}
+
+
+@pytest.mark.parametrize("operation", list(IN_PLACE))
+def test_in_place_updates_wait_for_the_adapters_writer(tmp_path, operation):
+    """A writer (``save_adapter``, ``remove_directory``) holds the adapter's lock: a metadata or card update waits
+    for it instead of writing into the adapter that is being replaced."""
+    adapter = shutil.copytree(REPO_ADAPTERS / "sw", tmp_path / "sw")
+    done = threading.Event()
+    errors = []
+
+    def update():
+        try:
+            IN_PLACE[operation](adapter)
+        except BaseException as e:  # noqa: B036 - reported by the test thread
+            errors.append(e)
+        done.set()
+
+    with target_lock(adapter):  # as save_adapter holds it while it writes and swaps
+        worker = threading.Thread(target=update)
+        worker.start()
+        time.sleep(0.5)
+        assert not done.is_set(), "the update did not wait for the writer's lock"
+    worker.join(30)
+    assert done.is_set() and not errors, errors
+
+
+def test_scores_of_replaced_weights_are_refused(tiny_dir, tmp_path):
+    adapter = make_tiny_adapter(tiny_dir, tmp_path, "sw", seed=1)
+    loaded = weights_digest(adapter)
+    make_hub_ready(adapter)  # metadata and card rewritten: the same weights
+    assert weights_digest(adapter) == loaded
+    update_metrics(adapter, {"split": "test", "note": 1}, scored=loaded)
+    assert read_metadata(adapter).metrics == {"split": "test", "note": 1}
+    make_tiny_adapter(tiny_dir, tmp_path, "sw", seed=2)  # retrained and saved meanwhile
+    before = (adapter / METADATA_FILE).read_text()
+    with pytest.raises(AdapterError, match="was replaced after its weights were loaded .* not written; evaluate it"):
+        update_metrics(adapter, {"split": "test", "note": 2}, scored=loaded)
+    assert (adapter / METADATA_FILE).read_text() == before and json.loads(before)["metrics"] == {}

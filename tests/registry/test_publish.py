@@ -1,6 +1,9 @@
 """Publishing: push over huggingface_hub.upload_folder (stubbed: nothing here reaches the hub), cards the hub
-parses, and adapters used through transformers.pipeline."""
+parses, and adapters used through transformers.pipeline. What is pushed is a checked copy: regular files only, a
+profile that reads as one, and no local path in its metadata, config or card."""
 
+import json
+import os
 import shutil
 
 import numpy as np
@@ -14,6 +17,7 @@ from whisper_lora.registry.publish import UPLOADED, asr_pipeline, push_adapter
 
 class FakeApi:
     calls: list = []
+    uploaded: dict = {}  # name -> bytes of the last upload_folder
 
     def __init__(self, token=None):
         self.token = token
@@ -26,6 +30,7 @@ class FakeApi:
 
         files = sorted(p.name for p in Path(kw["folder_path"]).iterdir() if p.is_file())
         FakeApi.calls.append(("upload_folder", kw, files))
+        FakeApi.uploaded = {p.name: p.read_bytes() if p.is_file() else None for p in Path(kw["folder_path"]).iterdir()}
         return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kw['repo_id']}/commit/abc"})()
 
 
@@ -33,7 +38,7 @@ class FakeApi:
 def fake_hub(monkeypatch):
     import huggingface_hub
 
-    FakeApi.calls = []
+    FakeApi.calls, FakeApi.uploaded = [], {}
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     return FakeApi
 
@@ -57,6 +62,78 @@ def test_push_refuses_bad_repo_ids_and_broken_adapters(fake_hub, tmp_path):
     with pytest.raises(AdapterError):
         push_adapter(broken, "me/sw")
     assert fake_hub.calls == []  # nothing uploaded
+
+
+def _profile_symlinked_to_a_private_file(adapter, tmp_path):
+    private = tmp_path / "id_rsa"
+    private.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    (adapter / "language_profile.safetensors").unlink()
+    (adapter / "language_profile.safetensors").symlink_to(private)
+
+
+def _weights_symlinked_to_another_adapter(adapter, tmp_path):
+    (adapter / "adapter_model.safetensors").unlink()
+    (adapter / "adapter_model.safetensors").symlink_to(REPO_ADAPTERS / "sw" / "adapter_model.safetensors")
+
+
+def _profile_is_other_safetensors(adapter, tmp_path):
+    shutil.copy(adapter / "adapter_model.safetensors", adapter / "language_profile.safetensors")
+
+
+def _profile_is_a_directory(adapter, tmp_path):
+    (adapter / "language_profile.safetensors").unlink()
+    (adapter / "language_profile.safetensors").mkdir()
+
+
+def _profile_is_a_fifo(adapter, tmp_path):
+    (adapter / "language_profile.safetensors").unlink()
+    os.mkfifo(adapter / "language_profile.safetensors")
+
+
+UNPUBLISHABLE = {
+    "profile symlinked to a private file": (_profile_symlinked_to_a_private_file, "is a symlink .*regular files"),
+    "weights symlinked to another adapter": (_weights_symlinked_to_another_adapter, "is a symlink .*regular files"),
+    "profile that is other safetensors": (_profile_is_other_safetensors, "is not a language profile"),
+    "profile that is a directory": (_profile_is_a_directory, "not a regular file"),
+    "profile that is a fifo": (_profile_is_a_fifo, "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("fault", list(UNPUBLISHABLE))
+def test_push_refuses_what_is_not_a_regular_adapter_file(fake_hub, tmp_path, fault):
+    adapter = shutil.copytree(REPO_ADAPTERS / "id", tmp_path / "id")
+    damage, message = UNPUBLISHABLE[fault]
+    damage(adapter, tmp_path)
+    with pytest.raises(AdapterError, match=message):
+        push_adapter(adapter, "me/whisper-base-id")
+    assert fake_hub.calls == []  # nothing uploaded, not even the repo created
+
+
+def test_push_publishes_no_local_paths_and_leaves_the_local_adapter_alone(fake_hub, tmp_path):
+    adapter = shutil.copytree(REPO_ADAPTERS / "sw", tmp_path / "sw")
+    home = "/home/alice"
+    meta = json.loads((adapter / "whisper_lora.json").read_text())
+    meta["data"]["source"] = f"{home}/corpora/dvoice-sw"
+    meta["base"]["name"] = f"{home}/.cache/whisper-lora/models/whisper-base"  # the offline conversion
+    meta["training"] |= {"base": meta["base"]["name"], "cache_dir": f"{home}/.cache/enc", "note": "../../secret/x"}
+    (adapter / "whisper_lora.json").write_text(json.dumps(meta))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = meta["base"]["name"]
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    local = {p.name: p.read_bytes() for p in adapter.iterdir()}
+    push_adapter(adapter, "me/whisper-base-sw")
+    up = fake_hub.uploaded
+    assert sorted(up) == sorted(UPLOADED)
+    for name, data in up.items():
+        assert home.encode() not in data and b"secret" not in data, name
+    published = json.loads(up["whisper_lora.json"])
+    assert published["data"]["source"] == "<local>/dvoice-sw" and published["training"]["cache_dir"] == "<local>/enc"
+    assert published["base"]["name"] == published["training"]["base"] == "openai/whisper-base"
+    assert json.loads(up["adapter_config.json"])["base_model_name_or_path"] == "openai/whisper-base"
+    assert "`<local>/dvoice-sw`" in up["README.md"].decode()
+    assert up["adapter_model.safetensors"] == local["adapter_model.safetensors"]
+    assert up["language_profile.safetensors"] == local["language_profile.safetensors"]
+    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == local  # the local files are as they were
 
 
 def test_cli_adapters_push(fake_hub, tmp_path, capsys):

@@ -100,3 +100,33 @@ def test_incompatible_base_is_refused(tiny_registry, tiny_dir, tmp_path):
 def test_missing_adapter_lists_available(tiny_registry):
     with pytest.raises(AdapterError, match="no adapter 'de'.*available: ary, cs, sw"):
         AdapterRegistry(tiny_registry).get("de")
+
+
+def test_a_repointed_root_symlink_is_a_change_and_a_vanished_one_is_empty(tiny_registry, tmp_path, caplog):
+    """``adapters -> v1`` repointed to ``v2`` and ``v1`` deleted: the next look sees v2's adapters; a root whose
+    target is gone is an empty registry with a warning, never an exception."""
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    shutil.copytree(tiny_registry, v1)
+    v2.mkdir()
+    shutil.copytree(tiny_registry / "sw", v2 / "sw")
+    shutil.copytree(tiny_registry / "sw", v2 / "id")  # a name v1 lacks
+    link = tmp_path / "adapters"
+    link.symlink_to(v1)
+    reg = AdapterRegistry(link)
+    assert reg.names() == ["ary", "cs", "sw"] and not reg.changed()
+    tmp = tmp_path / "adapters.tmp"
+    tmp.symlink_to(v2)
+    tmp.replace(link)  # atomic repoint, as a deployment does it
+    shutil.rmtree(v1)
+    assert reg.changed()
+    reg.refresh()
+    assert reg.names() == ["id", "sw"] and reg.broken() == []
+    assert reg.get("sw").path == v2 / "sw" and reg.digest().keys() == {"id", "sw"} and not reg.changed()
+    shutil.rmtree(v2)  # the target is gone
+    assert reg.changed()
+    with caplog.at_level("WARNING", logger="whisper_lora"):
+        reg.refresh()
+    assert reg.scan() == ([], []) and reg.digest() == {} and not reg.changed()
+    assert f"adapter registry {link} is gone" in caplog.text
+    shutil.copytree(tiny_registry, v2)  # and back
+    assert reg.changed() and reg.refresh().names() == ["ary", "cs", "sw"]

@@ -1,5 +1,5 @@
 """Checkpoints: safetensors + JSON round trip, clear errors for unusable ones, old torch.save checkpoints read with
-weights_only=True (and pickled code refused), and the output lock."""
+weights_only=True (and pickled code refused, on a torch where that holds), and the output lock."""
 
 import json
 import os
@@ -145,6 +145,24 @@ def test_an_old_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=f"{LEGACY_FILE}: it cannot be read as plain tensors"):
         read_checkpoint(old)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_torch_is_required_where_weights_only_loading_holds():
+    """torch < 2.6 lets a crafted file run code through ``torch.load(weights_only=True)`` (CVE-2025-32434): the
+    package requires 2.6, and the torch that the README and CI install meets it."""
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from tests.conftest import ROOT
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(Requirement(d).specifier for d in deps if Requirement(d).name == "torch")
+    assert "2.6.0" in pin and "2.5.1" not in pin and "2.4.1" not in pin, pin
+    installed = [v for f in ("README.md", ".ci/run") for v in re.findall(r"torch==([\d.]+)", (ROOT / f).read_text())]
+    assert installed and all(v in pin for v in installed), installed
+    assert torch.__version__.split("+")[0] in pin
 
 
 def test_a_second_run_on_one_out_is_refused_with_the_holders_pid(tmp_path):

@@ -2,6 +2,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,10 +92,45 @@ def test_resume_says_what_it_found_and_never_restarts_silently(tiny_dir, sw_corp
     assert f"{ckpt_dir} holds a checkpoint; starting at step 0 without --resume" in caplog.text
     assert not ckpt_dir.exists()
     caplog.clear()
+    shutil.rmtree(tmp_path / "sw")  # no finished adapter either (one is left alone: the test below)
     with caplog.at_level(logging.WARNING, logger="whisper_lora"):
         result = train_adapter(cfg, resume=True, progress=False)
     assert f"resume: no checkpoint at {ckpt_dir}; starting at step 0" in caplog.text
     assert result.resumed_from is None and result.state.step == 1
+
+
+def test_resume_of_a_finished_run_leaves_its_adapter_alone(tiny_dir, sw_corpus, tmp_path, caplog, capsys):
+    """A finished run keeps no checkpoint: ``--resume`` then says there is nothing to do and writes nothing (it used
+    to train again from step 0 over the finished adapter); with another config it refuses and says how to go on."""
+    from whisper_lora.cli import build_parser, main
+    from whisper_lora.cli.train import train_config
+
+    out = tmp_path / "sw"
+    args = ["train", "--language", "sw", "--data", str(sw_corpus), "--out", str(out), "--base", str(tiny_dir)]
+    args += ["--precision", "fp32", "--device", "cpu", "--max-steps", "2", "--batch-size", "2", "--eval-every", "0"]
+    args += ["--max-new-tokens", "4", "--no-final-eval", "--no-language-profile", "--cache-dir", str(tmp_path / "c")]
+    cfg = train_config(build_parser().parse_args(args))  # what `whisper-lora train ARGS` trains
+    train_adapter(cfg, progress=False)
+    assert not (tmp_path / "sw.checkpoint").exists()
+
+    def on_disk():
+        return out.stat().st_ino, {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+
+    finished = on_disk()
+    with caplog.at_level(logging.WARNING, logger="whisper_lora"):
+        result = train_adapter(cfg, resume=True, progress=False)
+    assert on_disk() == finished, "the finished adapter was replaced"
+    assert result.already_finished and result.state.step == 2 and result.resumed_from is None
+    assert result.metadata.training["steps"] == 2 and "nothing to resume, nothing written" in caplog.text
+    with pytest.raises(
+        ConfigError, match=r"holds a finished adapter of another config \(max_steps\).*without --resume"
+    ):
+        train_adapter(replace(cfg, max_steps=3), resume=True, progress=False)
+    assert on_disk() == finished
+    assert main([*args, "--resume", "-q"]) == 0  # the command says so
+    said = capsys.readouterr().out
+    assert f"nothing to resume: the run finished (2 steps) and its adapter is in {out}, left as it is" in said
+    assert "run without --resume to train again" in said and on_disk() == finished
 
 
 # a training run in a child process (kill -9 tests): _CFG into argv[3], the lora spec as a dict

@@ -60,6 +60,7 @@ def run_push(a) -> int:
 
 
 def run_profile(a) -> int:
+    from whisper_lora.atomic import target_lock
     from whisper_lora.base.model import load_base_model
     from whisper_lora.data.readers import load_corpus
     from whisper_lora.inference.language_id import profile_utterances
@@ -70,7 +71,8 @@ def run_profile(a) -> int:
     records, _ = load_corpus(a.data, meta.language, a.format, splits=[a.split])
     base = load_base_model(meta.base.get("name") or "whisper-base", "int8", "auto", 0.0)  # as Transcriber loads it
     profile = profile_utterances(base.model, base.processor, [r.audio for r in records[a.split]], base.info, True)
-    print(f"{write_profile(a.adapter, profile)}: {profile.utterances} utterances of {a.split}")
+    with target_lock(a.adapter):  # never into a replacement written meanwhile
+        print(f"{write_profile(a.adapter, profile)}: {profile.utterances} utterances of {a.split}")
     return 0
 
 

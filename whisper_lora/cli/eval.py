@@ -7,8 +7,10 @@ int8 outlier threshold 0, decoding settings and loop guard); the base's scores a
 
 from __future__ import annotations
 
+import contextlib
 import json
 
+from whisper_lora.atomic import target_lock
 from whisper_lora.cli.options import add_base, add_decoding, decoding_from, run_precision
 from whisper_lora.cli.report import metrics_table
 from whisper_lora.errors import WhisperLoraError
@@ -29,7 +31,11 @@ def add_parser(sub) -> None:
         "--int8-threshold", type=float, default=0.0, help="LLM.int8 outlier threshold (default 0, as transcribe)"
     )
     e.add_argument("--no-cache", action="store_true", help="decode the base again instead of reusing cached scores")
-    e.add_argument("--write-metadata", action="store_true", help="store the result in the adapter's metadata and card")
+    e.add_argument(
+        "--write-metadata",
+        action="store_true",
+        help="store the result in the adapter's metadata and card (refused when the adapter was replaced meanwhile)",
+    )
     e.set_defaults(fn=run)
 
 
@@ -48,11 +54,12 @@ def run(a) -> int:
     from whisper_lora.base.model import load_base_model
     from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
     from whisper_lora.inference.scoring import Comparison, compare_base_and_adapter, evaluate_examples, scored_with
-    from whisper_lora.registry.adapter_io import load_adapter, read_metadata, update_metrics
+    from whisper_lora.registry.adapter_io import load_adapter, read_metadata, update_metrics, weights_digest
 
     if a.write_metadata and not a.adapter:
         raise WhisperLoraError("--write-metadata needs --adapter")
-    base = a.base or (read_metadata(a.adapter).base.get("name") if a.adapter else None) or "whisper-base"
+    meta = read_metadata(a.adapter) if a.adapter else None  # a missing or broken adapter fails before any loading
+    base = a.base or (meta.base.get("name") if meta else None) or "whisper-base"
     loaded = load_base_model(base, run_precision(a, "int8"), a.device or "auto", a.int8_threshold)
     decoding = decoding_from(a)
     ex = examples(a, a.language, loaded.processor, a.split)
@@ -61,18 +68,20 @@ def run(a) -> int:
     key = ScoreKey.for_run(loaded.info, loaded.model, ex, a.split, a.language, decoding)
     known = None if a.no_cache else cache.get(key)
     if a.adapter:
-        model = load_adapter(loaded.model, a.adapter)
+        with target_lock(a.adapter) if a.write_metadata else contextlib.nullcontext():
+            scored = weights_digest(a.adapter) if a.write_metadata else None  # of the very weights loaded
+            model = load_adapter(loaded.model, a.adapter)
         result = compare_base_and_adapter(model, loaded.processor, ex, a.language, a.split, known, **kw)
     else:
         base_scores = known or evaluate_examples(loaded.model, loaded.processor, ex, a.language, desc="base", **kw)[0]
         result = Comparison(base_scores, None, a.split)
     cache.put(key, result.base)
-    if a.write_metadata:
-        update_metrics(a.adapter, {**result.to_dict(), **scored_with(loaded.info.precision, decoding)})
     if a.json:
         print(json.dumps({"language": a.language, **result.to_dict(), **scored_with(loaded.info.precision, decoding)}))
     elif result.adapter is None:
         print(f"base on {a.split} ({result.n}): WER {result.base.wer:.3f} CER {result.base.cer:.3f}")
     else:
         print(metrics_table(a.language, result))
+    if a.write_metadata:  # after the scores are shown: a refusal (the adapter was replaced) does not lose them
+        update_metrics(a.adapter, {**result.to_dict(), **scored_with(loaded.info.precision, decoding)}, scored)
     return 0

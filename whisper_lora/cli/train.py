@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue from <out>.checkpoint (says what it found; an unusable checkpoint is an error)",
+        help="continue from <out>.checkpoint (says what it found; an unusable checkpoint is an error; "
+        "a finished run is left as it is)",
     )
     t.set_defaults(fn=run)
 
@@ -63,6 +64,12 @@ def run(a) -> int:
     cfg = train_config(a)
     result = train_adapter(cfg, resume=a.resume, progress=not a.quiet)
     t = result.metadata.training
+    if result.already_finished:
+        print(
+            f"nothing to resume: the run finished ({t['steps']} steps) and its adapter is in {result.adapter_dir}, "
+            "left as it is; run without --resume to train again from step 0"
+        )
+        return 0
     of = f" of {cfg.max_steps}" if cfg.max_steps else ""
     timed = cfg.max_minutes and (not cfg.max_steps or t["steps"] < cfg.max_steps)
     cut = f", stopped by the {cfg.max_minutes}-minute cap" if timed else ""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from whisper_lora.atomic import atomic_directory, atomic_write_text, recover
+from whisper_lora.atomic import atomic_directory, atomic_write_text, recover, target_lock
 from whisper_lora.errors import AdapterError
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.card import write_hub_files
@@ -43,14 +44,38 @@ def save_adapter(
     return out_dir
 
 
-def update_metrics(adapter_dir: str | Path, metrics: dict) -> AdapterMetadata:
-    """Replace an adapter's held-out ``metrics`` (its training's dev history kept) and regenerate its card."""
+def weights_digest(adapter_dir: str | Path) -> str:
+    """A hash of what an adapter computes: its weights and ``adapter_config.json`` (but the base id that
+    ``write_hub_files`` sets), so rewriting its metadata or card keeps it, and a retrained adapter changes it."""
     adapter_dir = Path(adapter_dir)
-    meta = validate_adapter(adapter_dir)
-    history = meta.metrics.get("dev_history")
-    meta.metrics = {**metrics, **({"dev_history": history} if history else {})}
-    atomic_write_text(adapter_dir / METADATA_FILE, meta.to_json())
-    write_hub_files(adapter_dir, meta)
+    config = json.loads((adapter_dir / PEFT_FILES[0]).read_text(encoding="utf-8"))
+    config.pop("base_model_name_or_path", None)
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    with open(adapter_dir / PEFT_FILES[1], "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def update_metrics(adapter_dir: str | Path, metrics: dict, scored: str | None = None) -> AdapterMetadata:
+    """Replace an adapter's held-out ``metrics`` (its training's dev history kept) and regenerate its card.
+
+    Holds the adapter's lock (``atomic.target_lock``) from reading the metadata to writing it. ``scored``: the
+    ``weights_digest`` of the weights the metrics are of; an adapter on disk that has other weights now (replaced
+    since it was loaded) raises ``AdapterError`` and nothing is written.
+    """
+    adapter_dir = Path(adapter_dir)
+    with target_lock(adapter_dir):
+        meta = validate_adapter(adapter_dir)
+        if scored is not None and (now := weights_digest(adapter_dir)) != scored:
+            raise AdapterError(
+                f"the adapter in {adapter_dir} was replaced after its weights were loaded (weights {scored}, now "
+                f"{now}): these scores are not its scores, so they were not written; evaluate it again"
+            )
+        history = meta.metrics.get("dev_history")
+        meta.metrics = {**metrics, **({"dev_history": history} if history else {})}
+        atomic_write_text(adapter_dir / METADATA_FILE, meta.to_json())
+        write_hub_files(adapter_dir, meta)
     return meta
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from whisper_lora.atomic import atomic_write_text
+from whisper_lora.atomic import atomic_write_text, target_lock
 from whisper_lora.base.resolve import HUB_IDS
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.metadata import PEFT_FILES, AdapterMetadata, read_metadata
@@ -152,5 +152,7 @@ def write_hub_files(adapter_dir: str | Path, meta: AdapterMetadata) -> str:
 
 
 def make_hub_ready(adapter_dir: str | Path) -> str:
-    """Regenerate an existing adapter directory's base id and card from its metadata; returns the base id."""
-    return write_hub_files(adapter_dir, read_metadata(adapter_dir))
+    """Regenerate an existing adapter directory's base id and card from its metadata, holding the adapter's lock
+    (``atomic.target_lock``: never into a replacement written meanwhile); returns the base id."""
+    with target_lock(adapter_dir):
+        return write_hub_files(adapter_dir, read_metadata(adapter_dir))

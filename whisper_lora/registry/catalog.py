@@ -8,11 +8,17 @@ for a broken one raises an ``AdapterError`` that says what is wrong with it.
 Where the registry is: the directory given (``--adapters``), else ``$WHISPER_LORA_ADAPTERS``, else
 ``./adapters``. A registry is a snapshot: the directories are read and validated once, when it is
 created, and again only on ``refresh()`` (nothing re-reads safetensors headers per request).
+
+The root is kept as given: a root that is a symlink (``adapters -> v2``) is followed again by every ``refresh()``
+and ``changed()``, so repointing it is a change like any other; a root that has gone away (its target deleted) is
+an empty registry, with a warning, until it is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ from whisper_lora.registry.adapter_io import METADATA_FILE, PEFT_FILES, AdapterM
 ENV_VAR = "WHISPER_LORA_ADAPTERS"
 DEFAULT_DIR = "adapters"  # relative to the working directory
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+log = logging.getLogger("whisper_lora")
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ class AdapterRegistry:
 
     def __init__(self, root: str | Path | None = None, base=None):
         path, source = registry_root(root)
-        self.root = path.resolve()
+        self.root = path.absolute()  # not resolved: a symlinked root is followed anew by every look (module doc)
         self.base = base
         if not self.root.is_dir():
             raise AdapterError(
@@ -115,26 +122,42 @@ class AdapterRegistry:
             )
         self._good: dict[str, AdapterEntry] = {}
         self._broken: dict[str, BrokenAdapter] = {}
-        self._signature = ""
+        self._signature_seen = ""
         self.refresh()
 
     def refresh(self) -> AdapterRegistry:
         """Read and validate every adapter directory again (after adapters were added, replaced or removed)."""
         good, broken = {}, {}
-        recover_all(self.root)  # an adapter whose write was killed between its two renames is not under its name
-        signature = self.signature()
-        for path in self._candidates():
+        real = self._real_root()  # one target for the whole look, however the root is repointed meanwhile
+        if real is None:
+            log.warning(
+                "adapter registry %s is gone (a symlink to a deleted directory?): no adapters until it is back",
+                self.root,
+            )
+        else:
+            recover_all(real)  # an adapter whose write was killed between its two renames is not under its name
+        signature = self._signature(real)
+        for path in self._candidates(real):
             try:
-                good[path.name] = self._load(path)
+                good[path.name] = self._load(path, real)
             except AdapterError as e:
                 broken[path.name] = BrokenAdapter(path.name, path, str(e))
-        self._good, self._broken, self._signature = good, broken, signature
+        self._good, self._broken, self._signature_seen = good, broken, signature
         return self
 
+    def _real_root(self) -> Path | None:
+        """The directory the root leads to now (a symlink followed); None when there is none."""
+        real = self.root.resolve()
+        return real if real.is_dir() else None
+
     def signature(self) -> str:
-        """What is on disk now: every adapter directory's name and ``dir_version`` (stat calls only)."""
-        parts = []
-        for path in self._candidates():
+        """What is on disk now: where the root leads, and every adapter directory's name and ``dir_version``
+        (stat calls only)."""
+        return self._signature(self._real_root())
+
+    def _signature(self, real: Path | None) -> str:
+        parts = [f"root={real}"]
+        for path in self._candidates(real):
             try:
                 parts.append(f"{path.name}={dir_version(path.resolve())}")
             except OSError:  # removed while we looked
@@ -143,7 +166,7 @@ class AdapterRegistry:
 
     def changed(self) -> bool:
         """True when an adapter directory was added, removed, replaced or rewritten since the last ``refresh()``."""
-        return self.signature() != self._signature
+        return self.signature() != self._signature_seen
 
     def with_base(self, base) -> AdapterRegistry:
         """The same root, checking compatibility with ``base``."""
@@ -157,22 +180,29 @@ class AdapterRegistry:
             )
         return self.root / name
 
-    def _candidates(self) -> list[Path]:
-        """Directories that look like adapters (any adapter file inside), sorted; hidden ones (writes in
-        progress) are skipped."""
-        return sorted(
-            p
-            for p in self.root.iterdir()
-            if not p.name.startswith(".") and p.is_dir() and any((p / f).exists() for f in (*PEFT_FILES, METADATA_FILE))
-        )
+    @staticmethod
+    def _candidates(real_root: Path | None) -> list[Path]:
+        """Directories of ``real_root`` that look like adapters (any adapter file inside), sorted; hidden ones
+        (writes in progress) are skipped. None, or a root removed while we look: none."""
+        if real_root is None:
+            return []
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            return sorted(
+                p
+                for p in real_root.iterdir()
+                if not p.name.startswith(".")
+                and p.is_dir()
+                and any((p / f).exists() for f in (*PEFT_FILES, METADATA_FILE))
+            )
+        return []
 
-    def _load(self, path: Path) -> AdapterEntry:
-        """Validate one directory; ``AdapterError`` says why it cannot be used."""
+    def _load(self, path: Path, real_root: Path) -> AdapterEntry:
+        """Validate one directory of ``real_root``; ``AdapterError`` says why it cannot be used."""
         name = path.name
         if not _SAFE_NAME.match(name):
             raise AdapterError(f"directory name {name!r} is not a language code")
         real = path.resolve()
-        if real.parent != self.root:  # symlinks or odd names must not lead outside the registry
+        if real.parent != real_root:  # symlinks or odd names must not lead outside the registry
             raise AdapterError(f"adapter {name!r} resolves outside the registry ({real})")
         entry = AdapterEntry(name, real, validate_adapter(real), dir_version(real))
         if self.base is not None:
@@ -230,7 +260,7 @@ class AdapterRegistry:
         """Every adapter directory's name and a hash of its files' contents: equal on two machines exactly when
         they hold the same adapters (``dir_version`` is a stat hash, local to one file system)."""
         out = {}
-        for path in self._candidates():
+        for path in self._candidates(self._real_root()):
             h = hashlib.sha256()
             for f in sorted(path.iterdir()):
                 if f.is_file():

@@ -14,6 +14,9 @@ with ``torch.load(weights_only=True)``, which refuses anything but tensors and p
 
 ``<out>.lock`` (``locks.FileLock``) is held by a run's main process from start to end, so a second run on the
 same ``out`` is refused with the pid of the first; the kernel drops the lock when a run dies, kill -9 included.
+
+A run that finished leaves its adapter in ``<out>`` and no checkpoint (``finished_run``): resuming it has nothing
+to do, and must not start again from step 0 over the finished adapter.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from pathlib import Path
 import torch
 
 from whisper_lora.atomic import atomic_directory
-from whisper_lora.errors import CheckpointError, LockedError
+from whisper_lora.errors import AdapterError, CheckpointError, ConfigError, LockedError
 from whisper_lora.locks import FileLock
+from whisper_lora.registry.adapter_io import AdapterMetadata, validate_adapter
 
 FORMAT = "whisper-lora/checkpoint"
 VERSION = 1
@@ -80,6 +84,29 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     """The config keys whose values differ between a checkpoint's config and the current one."""
     saved, current = _json_plain(saved), _json_plain(current)
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+
+
+def finished_run(out_dir: str | Path, config: dict) -> AdapterMetadata | None:
+    """The metadata of the adapter a finished run of ``config`` (``TrainConfig.to_dict()``) left in ``out_dir``;
+    None when there is a checkpoint to resume from or no usable adapter. An adapter of another config raises
+    ``ConfigError`` naming what differs: resuming cannot tell which of the two is wanted."""
+    out_dir = Path(out_dir)
+    if os.path.lexists(checkpoint_dir(out_dir)) or not os.path.lexists(out_dir):
+        return None
+    try:
+        meta = validate_adapter(out_dir)
+    except AdapterError:
+        return None  # nothing usable to keep: the run starts at step 0, as without a checkpoint
+    # the metadata records the run's config: ``lora`` and the corpus apart, the rest among ``training``
+    saved = {k: meta.training.get(k) for k in config if k not in ("lora", "data", "out")}
+    saved |= {"lora": meta.lora, "data": meta.data.get("source")}
+    changed = config_changes(saved, {k: v for k, v in config.items() if k != "out"})
+    if changed:
+        raise ConfigError(
+            f"cannot resume: {out_dir} holds a finished adapter of another config ({', '.join(changed)}) and no "
+            "checkpoint; run without --resume to train from step 0 and replace it, or train into another --out"
+        )
+    return meta
 
 
 def write_checkpoint(ckpt_dir: str | Path, ckpt: Checkpoint) -> None:

@@ -37,6 +37,7 @@ from whisper_lora.training.checkpoint import (
     Checkpoint,
     checkpoint_dir,
     config_changes,
+    finished_run,
     lock_output,
     read_checkpoint,
     restore_optimizer,
@@ -61,6 +62,7 @@ class TrainResult:
     metadata: AdapterMetadata
     state: TrainState
     resumed_from: int | None = None  # the checkpoint's step when the run resumed from one
+    already_finished: bool = False  # resumed a run that had finished: nothing was trained or written
 
 
 def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = False) -> TrainConfig:
@@ -194,6 +196,20 @@ def _checkpoint_to_resume(cfg: TrainConfig, ckpt_dir: Path, resume: bool, main: 
     return saved
 
 
+def _already_finished(cfg: TrainConfig, metadata: AdapterMetadata, main: bool) -> TrainResult:
+    """``--resume`` of a run that finished: its adapter, left as it is."""
+    t = metadata.training
+    state = TrainState(step=int(t.get("steps", 0)), best_step=int(t.get("best_step", 0)), minutes=t.get("minutes", 0.0))
+    if main:
+        log.warning(
+            "resume: the run finished (%d steps) and its adapter is in %s: nothing to resume, nothing written; "
+            "run without --resume to train again from step 0",
+            state.step,
+            cfg.out_dir,
+        )
+    return TrainResult(cfg.out_dir, metadata, state, already_finished=True)
+
+
 def _restore(run: Run, saved: Checkpoint) -> tuple[TrainState, dict]:
     """Put the checkpoint's weights, optimizer and scheduler state into the run: (state, best weights)."""
     load_trainable(run.raw, saved.model)
@@ -290,6 +306,9 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     cfg = resolve_auto_settings(cfg, acc.device, show=progress and main)
 
     # set up (and resume)
+    finished = finished_run(cfg.out_dir, cfg.to_dict()) if resume else None
+    if finished is not None:
+        return _already_finished(cfg, finished, main)
     saved = _checkpoint_to_resume(cfg, ckpt_dir, resume, main)
     run = _set_up(cfg, acc, show=progress and main)
     state, best = _restore(run, saved) if saved else (TrainState(), trainable_state(run.raw))
