@@ -194,7 +194,7 @@ def test_a_replica_killed_under_load_gives_right_answers_or_503_and_recovers(
     # is served now, not refuse it for differing from what the command saw when it started
     with open(registry / "sw" / "README.md", "a", encoding="utf-8") as f:
         f.write("\nEdited while serving.\n")
-    time.sleep(3)  # the ingress looks every 2 s
+    # no wait for the ingress to publish the change (it looks every 2 s): a replica started before it does looks again
     todo = _requests(ray_clips)[:8]
     started = time.monotonic()
     with ThreadPoolExecutor(len(todo)) as pool:
