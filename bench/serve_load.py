@@ -324,11 +324,14 @@ def abuse(a, short_cases) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from tests.serving.hostile import crafted, mutated
+    from whisper_lora.data.audio import load_audio
 
     key = "bench-key-0123456789"
-    hostile = [*crafted().values(), *mutated(count=40).values()]
+    speech = load_audio(ROOT / "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0880.wav")
+    hostile = [*crafted().values(), *mutated(count=40, clip=speech).values()]  # mutated real speech: no loops
     args = ["serve", "--precision", a.precision, "--max-new-tokens", "96", "--api-key", key]
     stats = {"good": 0, "wrong": 0, "lost": 0, "hostile": 0, "hostile_5xx": 0, "hostile_not_json": 0}
+    statuses: dict[str, int] = {}
     latencies: list[float] = []
     lock = threading.Lock()
     with running(args, timeout=600) as url:
@@ -371,6 +374,13 @@ def abuse(a, short_cases) -> dict:
                 with lock:
                     stats["hostile"] += 1
                     stats["hostile_5xx"] += r.status_code >= 500
+                    kind = (
+                        r.json().get("error", {}).get("type", "") if "json" in r.headers.get("content-type", "") else ""
+                    )
+                    key_ = f"{r.status_code} {kind}".strip()
+                    statuses[key_] = statuses.get(key_, 0) + 1
+                    if r.status_code >= 500:
+                        print(f"5xx for a hostile upload ({filename}): {r.text[:200]}", flush=True)
                     stats["hostile_not_json"] += "application/json" not in r.headers.get("content-type", "")
 
         threads = [threading.Thread(target=good, args=(k,)) for k in range(2)]
@@ -388,6 +398,7 @@ def abuse(a, short_cases) -> dict:
         **stats,
         "minutes": a.abuse_minutes,
         "sockets_opened": len(opened),
+        "hostile_statuses": statuses,
         "good_p50_alone_s": _pct(alone, 0.5),
         "good_p95_alone_s": _pct(alone, 0.95),
         "good_p95_s": _pct(latencies, 0.95) if latencies else None,

@@ -29,9 +29,10 @@ def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + rng.normal(0, 0.05, t.size))).astype(np.float32)
 
 
-def valid() -> dict[str, tuple[bytes, str]]:
-    """Small valid uploads in every container libsndfile writes: name -> (bytes, filename)."""
-    clip = _speechlike(2.0)
+def valid(clip: np.ndarray | None = None) -> dict[str, tuple[bytes, str]]:
+    """Small valid uploads in every container libsndfile writes: name -> (bytes, filename); ``clip`` (16 kHz): what
+    they hold (default: 2 s of a tone)."""
+    clip = _speechlike(2.0) if clip is None else clip
     return {
         "wav": (_encode(clip, "WAV", "PCM_16"), "a.wav"),
         "flac": (_encode(clip, "FLAC"), "a.flac"),
@@ -98,11 +99,11 @@ def crafted() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def mutated(seed: int = 0, count: int = 20) -> dict[str, tuple[bytes, str]]:
+def mutated(seed: int = 0, count: int = 20, clip: np.ndarray | None = None) -> dict[str, tuple[bytes, str]]:
     """Valid uploads with bytes flipped or cut at random places, and headers declaring more than the file holds: each
     may decode (what it holds, as a truncated recording) or be refused, never a 5xx."""
     rng = random.Random(seed)
-    ok = list(valid().items())
+    ok = list(valid(clip).items())
     noise = bytes(rng.getrandbits(8) for _ in range(4096))
     out = {
         "wav declaring 2 GB, holding 4 KB": (_wav_header(1, SR, 16, 2**31) + noise, "a.wav"),

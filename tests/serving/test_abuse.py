@@ -65,7 +65,7 @@ def test_hostile_uploads_get_json_4xx_fast_and_the_server_stays_right_and_small(
         if not (400 <= r.status_code < 500 and body and "error" in body and seconds < SECONDS):
             failures.append(f"{name}: {r.status_code} in {seconds:.1f} s: {r.text[:120]}")
         assert _post(server, good, "good.wav")[0].json()["text"] == want, f"wrong answer after {name}"
-    for name, (data, filename) in hostile.mutated(count=60).items():
+    for name, (data, filename) in hostile.mutated(count=60, clip=AUDIO[0][:32000]).items():
         r, seconds = _post(server, data, filename)
         if r.status_code >= 500 or seconds >= SECONDS or "application/json" not in r.headers.get("content-type", ""):
             failures.append(f"{name}: {r.status_code} in {seconds:.1f} s: {r.text[:120]}")

@@ -123,8 +123,10 @@ def long_features(feature_extractor, audios: Sequence[np.ndarray]) -> tuple[torc
     Not padded to 30 s: ``generate`` then stops at each input's own end (as openai-whisper's
     ``content_frames``) instead of decoding the padding of a short input after its last segment.
     """
+    n_fft = feature_extractor.n_fft  # the STFT pads each side by half a window: a shorter input cannot be framed
+    audios = [a if len(a) >= n_fft else np.pad(a, (0, n_fft - len(a))) for a in audios]
     out = feature_extractor(
-        list(audios),
+        audios,
         sampling_rate=SAMPLE_RATE,
         return_tensors="pt",
         truncation=False,
