@@ -29,13 +29,15 @@ def test_short_requests_are_served_between_a_long_recordings_steps(transcriber):
     try:
         finished = {}
         long_job = scheduler.submit(Request(LONG, "sw", "sw"))
-        base_job = scheduler.submit(Request(LONG, "en", None))  # a second long one, on the base: they take turns
+        base_job = scheduler.submit(Request(LONG, "en", None))  # a second long one, on the base: it waits its turn
         long_job.future.add_done_callback(lambda _: finished.setdefault("long", time.monotonic()))
+        base_job.future.add_done_callback(lambda _: finished.setdefault("base", time.monotonic()))
         time.sleep(0.3)  # the long recordings are decoding
         shorts = []
         for k in range(8):
             audio, lang, adapter = SHORT[k % len(SHORT)]
             shorts.append(scheduler.submit(Request(audio, lang, adapter)))
+            shorts[-1].future.add_done_callback(lambda _, k=k: finished.setdefault(k, time.monotonic()))
             time.sleep(0.05)
         short_texts = [j.future.result(120).text for j in shorts]
         short_done = time.monotonic()
@@ -43,7 +45,10 @@ def test_short_requests_are_served_between_a_long_recordings_steps(transcriber):
         assert long_job.future.result().segments == alone_long.segments
         assert base_job.future.result(300).text == alone_base_long.text
         assert short_texts == [alone_short[k % len(SHORT)] for k in range(8)]
-        assert short_done < finished["long"], "the short requests waited for the long recording"
+        # served between the long recordings' decoding steps: the first short answers come before the first long
+        # recording is done, and all of them before the second (long recordings go in order of arrival)
+        assert min(finished[k] for k in range(8)) < finished["long"], "the short requests waited for a recording"
+        assert short_done < finished["base"] and finished["long"] < finished["base"]
         stats = scheduler.stats()
         assert stats["long_yields"] > 0 and stats["served"] == 10 and stats["in_flight"] == 0
     finally:
