@@ -45,7 +45,7 @@ from whisper_lora.base.hardware import device_summary
 from whisper_lora.base.resolve import resolve_base
 from whisper_lora.data.synth import shipped_sentences, synthesize
 from whisper_lora.registry.catalog import AdapterRegistry
-from whisper_lora.serving.process import running
+from whisper_lora.serving.process import memory_bytes, running, server_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 CZECH = Path("/usr/share/games/fillets-ng/sound")
@@ -127,19 +127,8 @@ def _long_recording(minutes: float, fmt: str = "OGG") -> bytes:
 
 
 def _server_rss_mb(port: int) -> float:
-    """Resident memory of the server process listening on ``port`` (found by its command line)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-            if b"--port" in cmd and cmd[cmd.index(b"--port") + 1] == str(port).encode():
-                for line in open(f"/proc/{pid}/status"):
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, IndexError):
-            continue
-    raise RuntimeError(f"no server process on port {port}")
+    """Resident memory of the server process listening on ``port``."""
+    return memory_bytes(server_pid(port)) / 2**20
 
 
 def mixed(a, short_cases) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from tests.inference.test_transcriber import AUDIO
 from tests.serving import hostile
 from tests.serving.conftest import wav_bytes
-from whisper_lora.serving.process import running
+from whisper_lora.serving.process import memory_bytes, running, server_pid
 
 KEY = "abuse-key-0123456789"
 SECONDS = 5.0  # every answer, good or bad, within this
@@ -31,19 +31,9 @@ def _post(url, data, filename, model="sw", key=KEY):
 
 
 def _server_memory_mb(url: str) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of the server process listening at ``url``."""
-    import os
-
-    port = url.rsplit(":", 1)[1].encode()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-            if b"--port" in cmd and cmd[cmd.index(b"--port") + 1] == port:
-                fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
-                return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-        except (OSError, IndexError, KeyError):
-            continue
-    raise RuntimeError(f"no server process at {url}")
+    """(VmRSS, VmHWM) of the server process listening at ``url``, in MiB."""
+    pid = server_pid(url)
+    return memory_bytes(pid, "VmRSS") / 2**20, memory_bytes(pid, "VmHWM") / 2**20
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 import numpy as np
@@ -19,7 +18,7 @@ import soundfile as sf
 
 from tests.data.test_audio_limits import WEBM, declare_frames, silent_flac
 from tests.inference.test_transcriber import AUDIO
-from whisper_lora.serving.process import running
+from whisper_lora.serving.process import memory_bytes, running, server_pid
 
 RSS_BOUND = 200 * 2**20  # the most an upload below may add to the server's peak memory
 FFMPEG = shutil.which("ffmpeg")
@@ -60,35 +59,15 @@ def _post(url: str, data: bytes, filename: str, **form) -> httpx.Response:
     )
 
 
-def _server_pid(url: str) -> int:
-    """The pid of the ``python -m whisper_lora.cli serve ... --port P`` process that answers ``url``."""
-    port = str(urlparse(url).port).encode()
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
-        except OSError:
-            continue
-        if b"whisper_lora.cli" in args and b"serve" in args and args[args.index(b"--port") + 1 :][:1] == [port]:
-            return int(proc.name)
-    raise LookupError(f"no server process on port {port.decode()}")
-
-
-def _status_bytes(pid: int, key: str) -> int:
-    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 @contextlib.contextmanager
 def peak_growth(url: str):
     """Yields a dict whose ``bytes`` is, on exit, how far the server's peak RSS rose above its RSS at entry."""
-    pid = _server_pid(url)
+    pid = server_pid(url)
     (Path("/proc") / str(pid) / "clear_refs").write_text("5")  # peak RSS := RSS now
-    before = _status_bytes(pid, "VmRSS")
+    before = memory_bytes(pid, "VmRSS")
     out = {}
     yield out
-    out["bytes"] = _status_bytes(pid, "VmHWM") - before
+    out["bytes"] = memory_bytes(pid, "VmHWM") - before
 
 
 def _refused(r: httpx.Response, status: int, *words: str) -> None:

@@ -1,6 +1,7 @@
 """Run a server command as a child process on a free loopback port (tests, benchmarks)."""
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -56,3 +57,24 @@ def running(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def server_pid(url_or_port: str | int) -> int:
+    """The pid of the process started by ``running`` (``... --port P``) that answers ``url_or_port``."""
+    port = str(url_or_port).rstrip("/").rsplit(":", 1)[-1].encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"--port" in args and args[args.index(b"--port") + 1 :][:1] == [port]:
+            return int(pid)
+    raise LookupError(f"no server process on port {port.decode()}")
+
+
+def memory_bytes(pid: int, key: str = "VmRSS") -> int:
+    """A field of ``/proc/<pid>/status`` in bytes: ``VmRSS`` (resident now) or ``VmHWM`` (peak resident)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
