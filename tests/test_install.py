@@ -104,10 +104,23 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert _run([cli, "--version"], work, env).startswith("whisper-lora ")
     listed = _run([cli, "adapters", "list", "--adapters", str(REPO_ADAPTERS)], work, env)
     assert all(lang in listed for lang in ("cs", "sw", "id"))
-    # no ./adapters here and no $WHISPER_LORA_ADAPTERS: a clear error, not a path into site-packages
+    # no ./adapters here and no $WHISPER_LORA_ADAPTERS: listing them is a clear error, not a path into site-packages
     r = subprocess.run([cli, "adapters", "list"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "WHISPER_LORA_ADAPTERS" in r.stderr
     clip = sorted((FILLETS / "sound").glob("*/cs/*.ogg"))[0]  # real Czech speech, the shipped cs adapter
+    # ... but transcribing needs no registry: the base serves every language
+    result = json.loads(_run([cli, "transcribe", str(clip), "--language", "cs", "--json"], work, env).splitlines()[-1])
+    assert result["adapter"] is None and result["text"].strip()
+    # a registry that was named and does not exist stays an error
+    r = subprocess.run(
+        [cli, "transcribe", str(clip), "--language", "cs", "--adapters", "nowhere"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "nowhere" in r.stderr and "does not exist" in r.stderr
     env["WHISPER_LORA_ADAPTERS"] = str(REPO_ADAPTERS)  # the registry found through the environment
     result = json.loads(_run([cli, "transcribe", str(clip), "--language", "cs", "--json"], work, env).splitlines()[-1])
     assert result["adapter"] == "cs" and result["text"].strip()

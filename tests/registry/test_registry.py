@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from whisper_lora.base.model import load_base_model
@@ -130,3 +131,28 @@ def test_a_repointed_root_symlink_is_a_change_and_a_vanished_one_is_empty(tiny_r
     assert f"adapter registry {link} is gone" in caplog.text
     shutil.copytree(tiny_registry, v2)  # and back
     assert reg.changed() and reg.refresh().names() == ["ary", "cs", "sw"]
+
+
+def test_a_transcriber_needs_no_registry_unless_one_is_named(tiny_dir, tiny_registry, tmp_path, monkeypatch, caplog):
+    """Outside a checkout (no ./adapters, no $WHISPER_LORA_ADAPTERS) the base serves every language; a registry that
+    was named and does not exist stays an error, and a ./adapters made later is picked up by a refresh."""
+    from whisper_lora.inference.transcriber import Transcriber
+    from whisper_lora.registry.catalog import ENV_VAR, serving_registry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with caplog.at_level("INFO", logger="whisper_lora"):
+        t = Transcriber(str(tiny_dir), precision="fp32", device="cpu", max_new_tokens=4)
+    assert t.adapters() == [] and "the base serves every language" in caplog.text
+    assert "is gone" not in caplog.text
+    clip = np.zeros(16000, dtype=np.float32)
+    clip[::50] = 0.5  # not silent: decoded
+    assert t.transcribe(clip, language="sw").adapter is None
+    for named in ({"root": tmp_path / "nowhere"}, {}):
+        if not named:
+            monkeypatch.setenv(ENV_VAR, str(tmp_path / "elsewhere"))
+        with pytest.raises(AdapterError, match="does not exist"):
+            serving_registry(**named)
+    monkeypatch.delenv(ENV_VAR)
+    shutil.copytree(tiny_registry, tmp_path / "adapters")
+    assert t.refresh_adapters() and t.adapters() == ["ary", "cs", "sw"]

@@ -81,10 +81,13 @@ def _run_ray(a, cfg: ServerConfig) -> int:
     import socket
     from pathlib import Path
 
-    from whisper_lora.registry.catalog import AdapterRegistry
+    from whisper_lora.registry.catalog import serving_registry
 
     rc = ray_config(a)  # validated before Ray starts
-    registry = AdapterRegistry(a.adapters)  # the driver's view: what every replica must see too
+    registry = serving_registry(a.adapters)  # the driver's view: what every replica must see too
+    absent = not registry.root.is_dir() and not rc.registry_path  # none named, no ./adapters: the base alone
+    if absent and rc.ship_adapters:
+        raise ConfigError(f"--ship-adapters sends the adapter registry, but there is none ({registry.root} is absent)")
     try:
         from whisper_lora.serving.ray_front import run
         from whisper_lora.serving.ray_replica import SHIPPED, ReplicaSpec
@@ -105,6 +108,7 @@ def _run_ray(a, cfg: ServerConfig) -> int:
         multiplexed=rc.multiplexed(len(registry.names())),
         origin=f"{socket.gethostname()} (where serve --ray ran)",
         local_registry=str(registry.root),
+        registry_missing_ok=absent,
     )
     run(spec, a.host, a.port)
     return 0

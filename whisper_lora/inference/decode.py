@@ -4,12 +4,14 @@ The steps, in order (``decode_steps`` runs them over two hooks: ``decode_texts``
 ``Transcriber`` its adapter pool):
 
 1. silent inputs give no text (they are not decoded);
-2. inputs of up to 30 s are batched: log-mel features from the raw audio, greedy (or beam)
-   ``generate`` with the language forced, at most ``max_new_tokens`` new tokens;
+2. inputs of up to 30 s are batched: log-mel features from the raw audio, ``generate`` at the
+   ladder's first temperature (greedy, or beam search) with the language forced, at most
+   ``max_new_tokens`` new tokens;
 3. inputs past 30 s are decoded window by window (``longform.decode_segments``);
-4. the loop guard: a short input whose transcript looks like a repetition loop (compression
-   ratio above ``options.compression_ratio_threshold``) is decoded again with the temperature
-   fallback, as Whisper's own ``transcribe`` does.
+4. the loop guard: short inputs whose transcript looks like a repetition loop (compression
+   ratio above ``options.compression_ratio_threshold``) are decoded again together at the next
+   temperature, and so on up the ladder (``fallback.py``), as Whisper's own ``transcribe`` does;
+   a decode plainly stuck in a loop stops early, except at the last temperature.
 
 References are never looked at: what is scored is what users get.
 """
@@ -19,19 +21,21 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
+from whisper_lora.inference.fallback import Attempt, Rows, final_text, needs_fallback
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
-from whisper_lora.inference.longform import DecodeOptions, Segment, compression_ratio, decode_segments
+from whisper_lora.inference.longform import N_FRAMES, DecodeOptions, Segment, compression_ratio, decode_segments
 
 log = logging.getLogger("whisper_lora")
 
-__all__ = ["MAX_NEW_TOKENS", "Decoding", "decode_steps", "decode_texts"]
+__all__ = ["MAX_NEW_TOKENS", "Attempt", "Decoding", "decode_steps", "decode_texts"]
 
 
 @dataclass(frozen=True)
@@ -67,30 +71,76 @@ def features(model, processor, audios: Sequence[np.ndarray]) -> torch.Tensor:
     return feats.to(model.device, model_dtype(model))
 
 
-def generate_texts(
+class EncoderStates:
+    """Encoder outputs of rows the ladder already decoded once: its next temperatures reuse them."""
+
+    def __init__(self, states: torch.Tensor):
+        self.states = states
+
+    def __getitem__(self, rows) -> EncoderStates:  # the adapter pools take the rows of each group
+        return EncoderStates(self.states[rows])
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+
+def generate_attempts(
     model,
     processor,
-    feats: torch.Tensor,
+    feats: torch.Tensor | EncoderStates,
     whisper_languages: list[str],
     decoding: Decoding,
     adapter_names: list[str] | None = None,
-) -> list[str]:
-    """Step 2: one ``generate`` call over a batch of 30 s windows, row i in ``whisper_languages[i]``."""
-    gen = decoding_config(model, decoding.num_beams, decoding.max_new_tokens)
+    temperature: float = 0.0,
+    cut_loops: bool = False,
+) -> list[Attempt]:
+    """One ``generate`` call over a batch of 30 s windows at one temperature, row i in ``whisper_languages[i]``.
+
+    Temperature 0 is greedy (or beam search with ``decoding.num_beams``); above 0 each row samples from its own
+    random stream (``fallback.Rows``). ``cut_loops`` stops rows stuck in a repetition loop (not under beam search).
+    ``feats``: log-mel features, or the ``EncoderStates`` an earlier call returned in ``Attempt.states``.
+    """
+    beams = decoding.num_beams if temperature <= 0 else 1
+    gen = decoding_config(model, beams, decoding.max_new_tokens)
+    gen.do_sample = False  # ``Rows`` samples, row by row
     kw = dict(generation_config=gen, task="transcribe", language=whisper_languages)
+    rows = None
+    if beams == 1:
+        limit = decoding.options.compression_ratio_threshold
+        rows = Rows(len(feats), temperature, processor.tokenizer, gen.eos_token_id, limit if cut_loops else None)
+        kw["logits_processor"] = LogitsProcessorList([rows.processor()])
+        kw["stopping_criteria"] = StoppingCriteriaList([rows.criterion()])
     if adapter_names is not None:
         kw["adapter_names"] = adapter_names
-        if decoding.num_beams > 1:
-            kw["num_beams"] = decoding.num_beams  # peft repeats adapter_names per beam from this argument
-    mask = torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long, device=feats.device)  # every frame counts
-    ids = model.generate(input_features=feats, attention_mask=mask, **kw)
-    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+        if beams > 1:
+            kw["num_beams"] = beams  # peft repeats adapter_names per beam from this argument
+    encoder = model.get_encoder()
+    if isinstance(feats, EncoderStates):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        states = feats.states
+        mask = torch.ones(len(states), N_FRAMES, dtype=torch.long, device=states.device)  # as for the features
+        ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **kw)
+    else:
+        captured = []
+        hook = encoder.register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state))
+        mask = torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long, device=feats.device)  # every frame
+        try:
+            ids = model.generate(input_features=feats, attention_mask=mask, **kw)
+        finally:
+            hook.remove()
+        states = captured[0][: len(feats)] if len(captured) == 1 else None  # beam search may expand after encoding
+    texts = [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+    attempts = rows.attempts(texts) if rows else [Attempt(t, None) for t in texts]
+    if states is None:
+        return attempts
+    return [replace(a, states=states[r]) for r, a in enumerate(attempts)]
 
 
 def long_segments(
     model, processor, audio: np.ndarray, whisper_language: str, decoding: Decoding, pause=None
 ) -> list[Segment]:
-    """Step 3 (and the loop guard's second try): window-by-window decoding with the temperature fallback.
+    """Step 3: window-by-window decoding with the temperature fallback.
 
     ``pause`` (optional) is called at every decoding step; it may block while the model does other work.
     """
@@ -107,15 +157,44 @@ def long_segments(
 
 
 def looped(texts: Sequence[str], decoding: Decoding) -> list[int]:
-    """Step 4: indices of transcripts that look like a repetition loop."""
+    """Indices of transcripts that look like a repetition loop (the loop guard's test)."""
     limit = decoding.options.compression_ratio_threshold
     return [i for i, t in enumerate(texts) if limit and compression_ratio(t) > limit]
 
 
-# rows of a batch -> their texts (step 2: one ``generate`` call over up-to-30 s windows)
-Batch = Callable[[list[int]], list[str]]
-# one row -> its segments (step 3 and the loop guard: window by window with the temperature fallback)
+# (rows of a batch, temperature, cut loops) -> what each row gave (one ``generate`` call over up-to-30 s windows)
+Batch = Callable[[list[int], float, bool], list[Attempt]]
+# one row -> its segments (step 3: window by window with the temperature fallback)
 Windows = Callable[[int], list[Segment]]
+
+
+def ladder(rows: list[int], decoding: Decoding, batch: Batch) -> list[str]:
+    """Steps 2 and 4 for inputs of up to 30 s: the rows decoded together at the ladder's first temperature, then
+    the rows that fail (``fallback.needs_fallback``) together again at each next temperature. A row that fails at
+    every temperature keeps ``fallback.final_text``. Texts in the order of ``rows``."""
+    options = decoding.options
+    temperatures = options.temperature if options.compression_ratio_threshold else options.temperature[:1]
+    tried: dict[int, list[Attempt]] = {i: [] for i in rows}
+    texts: dict[int, str] = {}
+    pending = list(rows)
+    for step, temperature in enumerate(temperatures):
+        last = step == len(temperatures) - 1
+        attempts = batch(pending, temperature, options.stop_loops_early and not last)
+        retry = []
+        for i, a in zip(pending, attempts, strict=True):
+            tried[i].append(a)
+            if len(temperatures) > 1 and needs_fallback(a, options, step):
+                retry.append(i)
+            else:
+                texts[i] = a.text
+        if retry and not last:
+            log.info("%d transcript(s) fall back to temperature %s", len(retry), temperatures[step + 1])
+        pending = retry
+        if not pending:
+            break
+    for i in pending:  # failed at every temperature
+        texts[i] = final_text(tried[i], options)
+    return [texts[i] for i in rows]
 
 
 def decode_steps(
@@ -131,13 +210,9 @@ def decode_steps(
     speech = [i for i, a in enumerate(audios) if not is_silent(a)]  # step 1
     timed = speech if timestamps else [i for i in speech if len(audios[i]) > N_SAMPLES]
     short = [i for i in speech if i not in set(timed)]
-    if short:
-        for i, t in zip(short, batch(short), strict=True):  # step 2
-            texts[i] = t
-    again = [short[k] for k in looped([texts[i] for i in short], decoding)]  # step 4
-    if again:
-        log.info("%d transcript(s) look like a repetition loop; decoding them again with fallback", len(again))
-    for i in sorted(timed + again):  # step 3, and step 4's second try
+    for i, t in zip(short, ladder(short, decoding, batch) if short else [], strict=True):  # steps 2 and 4
+        texts[i] = t
+    for i in timed:  # step 3
         segs = tuple(windows(i))
         texts[i] = " ".join(s.text for s in segs)
         if timestamps:
@@ -145,14 +220,38 @@ def decode_steps(
     return texts, segments
 
 
+class Inputs:
+    """What the ladder feeds ``generate`` for each row: its log-mel features the first time, then the encoder output
+    that first decode returned (``Attempt.states``), so no row is encoded twice."""
+
+    def __init__(self, compute: Callable[[list[int]], torch.Tensor]):
+        self.compute, self.states = compute, {}
+
+    def __call__(self, rows: list[int]) -> torch.Tensor | EncoderStates:
+        if all(i in self.states for i in rows):
+            return EncoderStates(torch.stack([self.states[i] for i in rows]))
+        return self.compute(rows)
+
+    def keep(self, rows: list[int], attempts: Sequence[Attempt]) -> list[Attempt]:
+        """Remember the rows' encoder outputs; returns ``attempts``."""
+        for i, a in zip(rows, attempts, strict=True):
+            if a.states is not None:
+                self.states[i] = a.states
+        return attempts
+
+
 def decode_texts(
     model, processor, audios: Sequence[np.ndarray], whisper_language: str, decoding: Decoding
 ) -> list[str]:
     """Transcripts of ``audios`` with ``model`` as it is (one adapter active or none), in input order."""
 
-    def batch(rows: list[int]) -> list[str]:
-        feats = features(model, processor, [audios[i] for i in rows])
-        return generate_texts(model, processor, feats, [whisper_language] * len(rows), decoding)
+    inputs = Inputs(lambda rows: features(model, processor, [audios[i] for i in rows]))
+
+    def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
+        langs = [whisper_language] * len(rows)
+        return inputs.keep(
+            rows, generate_attempts(model, processor, inputs(rows), langs, decoding, None, temperature, cut)
+        )
 
     def windows(i: int) -> list[Segment]:
         return long_segments(model, processor, audios[i], whisper_language, decoding)

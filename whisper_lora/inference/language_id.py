@@ -33,6 +33,12 @@ class LanguageEvidence:
     logprobs: np.ndarray  # (inputs, languages) float32
     encoder_mean: np.ndarray  # (inputs, d_model) float32
 
+    @staticmethod
+    def concat(parts: Sequence[LanguageEvidence]) -> LanguageEvidence:
+        """The evidence of several batches, in order (at least one)."""
+        logprobs = np.concatenate([e.logprobs for e in parts])
+        return LanguageEvidence(parts[0].languages, logprobs, np.concatenate([e.encoder_mean for e in parts]))
+
     def detected(self, allowed: Sequence[str] | None = None) -> list[tuple[str, float]]:
         """Whisper's pick per input (code, probability), among ``allowed`` languages only when given
         (probabilities renormalised over them)."""
@@ -64,21 +70,35 @@ def language_evidence(model, processor, audios: Sequence[np.ndarray], progress: 
     untouched base (a PeftModel inside ``disable_adapter()``)."""
     from tqdm.auto import tqdm
 
+    whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not len(audios):
+        codes = tuple(language_tokens(model, processor))
+        empty = np.zeros((0, len(codes)), np.float32), np.zeros((0, whisper.config.d_model), np.float32)
+        return LanguageEvidence(codes, *empty)
+    parts = []
+    for start in tqdm(range(0, len(audios), BATCH), desc="language evidence", disable=not progress, unit="batch"):
+        chunk = [np.asarray(a)[:N_SAMPLES] for a in audios[start : start + BATCH]]
+        states = whisper.model.encoder(features(model, processor, chunk)).last_hidden_state
+        parts.append(evidence_of_states(model, processor, states, [len(a) for a in chunk]))
+    return LanguageEvidence.concat(parts)
+
+
+@torch.no_grad()
+def evidence_of_states(model, processor, states: torch.Tensor, samples: Sequence[int]) -> LanguageEvidence:
+    """``LanguageEvidence`` from encoder outputs ``states`` ``(inputs, frames, d_model)`` of 30 s windows whose audio
+    was ``samples`` long: one decoder step after ``<|startoftranscript|>``, and the mean over the frames that hold
+    audio. Used on a fresh encoder pass, and on the states training already cached (``training/report.py``)."""
     tokens = language_tokens(model, processor)
     codes, ids = list(tokens), list(tokens.values())
     sot = processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
     whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
-    logprobs, pooled = [], []
-    for start in tqdm(range(0, len(audios), BATCH), desc="language evidence", disable=not progress, unit="batch"):
-        chunk = [np.asarray(a)[:N_SAMPLES] for a in audios[start : start + BATCH]]
-        enc = whisper.model.encoder(features(model, processor, chunk)).last_hidden_state
-        dec = torch.full((len(chunk), 1), sot, dtype=torch.long, device=enc.device)
-        logits = whisper(encoder_outputs=(enc,), decoder_input_ids=dec).logits[:, -1]
-        logprobs.append(logits[:, ids].float().log_softmax(-1).cpu().numpy())
-        for j, a in enumerate(chunk):
-            frames = max(1, min(ENCODER_FRAMES, len(a) // SAMPLES_PER_FRAME))
-            pooled.append(enc[j, :frames].float().mean(0).cpu().numpy())
-    return LanguageEvidence(tuple(codes), np.concatenate(logprobs), np.stack(pooled))
+    dec = torch.full((len(states), 1), sot, dtype=torch.long, device=states.device)
+    logits = whisper(encoder_outputs=(states,), decoder_input_ids=dec).logits[:, -1]
+    pooled = []
+    for j, n in enumerate(samples):
+        frames = max(1, min(ENCODER_FRAMES, n // SAMPLES_PER_FRAME))
+        pooled.append(states[j, :frames].float().mean(0).cpu().numpy())
+    return LanguageEvidence(tuple(codes), logits[:, ids].float().log_softmax(-1).cpu().numpy(), np.stack(pooled))
 
 
 def spread(items: Sequence, n: int) -> list:

@@ -40,6 +40,9 @@ class DecodeOptions:
     condition_on_previous_text: bool = True  # previous window's text as the prompt of the next
     prompt: str | None = None  # initial prompt: spelling, names, style
     word_timestamps: bool = False  # word times from the alignment heads; they also bound each segment
+    # a short clip's decode plainly stuck in a repetition loop stops there and goes to the next temperature (it
+    # would be rejected anyway); never at the last temperature, whose text is kept. False: every decode runs to its end
+    stop_loops_early: bool = True
 
     def __post_init__(self) -> None:
         temps = (self.temperature,) if isinstance(self.temperature, int | float) else tuple(self.temperature)

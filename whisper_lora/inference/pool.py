@@ -27,8 +27,8 @@ from whisper_lora.registry.catalog import AdapterEntry
 BASE = "__base__"  # peft's name for "no adapter" in mixed batches
 HOTSWAP_SLOT = "active"
 
-# (model to call, features, Whisper language per row, peft adapter name per row or None) -> texts
-Generate = Callable[[object, torch.Tensor, list[str], list[str] | None], list[str]]
+# (model to call, features, Whisper language per row, peft adapter name per row or None) -> one result per row
+Generate = Callable[[object, torch.Tensor, list[str], list[str] | None], list]
 # (model with one adapter or none active, rows of the batch) -> one result per row
 RunGroup = Callable[[object, list[int]], list]
 
@@ -36,8 +36,8 @@ RunGroup = Callable[[object, list[int]], list]
 class AdapterPool(Protocol):
     def decode(
         self, feats: torch.Tensor, langs: list[str], entries: Sequence[AdapterEntry | None], generate: Generate
-    ) -> list[str]:
-        """Texts of the rows of ``feats``, row i decoded in ``langs[i]`` with ``entries[i]`` (None: the base)."""
+    ) -> list:
+        """Results of the rows of ``feats`` (``generate``'s), row i decoded in ``langs[i]`` with ``entries[i]`` (None: the base)."""
 
     def attach(self, entry: AdapterEntry) -> None:
         """Make ``entry`` ready to decode with (routed: attached; hot-swap: in the slot)."""
@@ -105,7 +105,7 @@ class _PeftHolder:
         else:
             self._activate(entry)
 
-    def _generate_base(self, feats, langs, generate: Generate) -> list[str]:
+    def _generate_base(self, feats, langs, generate: Generate) -> list:
         with self.base_model() as m:
             return generate(m, feats, langs, None)
 
@@ -174,7 +174,7 @@ class RoutedPool(_PeftHolder):
         self.peft.set_adapter(self._names[entry.name])
         return self.peft
 
-    def decode(self, feats, langs, entries, generate: Generate) -> list[str]:
+    def decode(self, feats, langs, entries, generate: Generate) -> list:
         needed = {e.name: e for e in entries if e is not None}
         if len(needed) > self.max_loaded:
             raise ConfigError(
@@ -298,7 +298,7 @@ class HotSwapPool(_PeftHolder):
         self.peft.set_adapter(HOTSWAP_SLOT)
         return self.peft
 
-    def decode(self, feats, langs, entries, generate: Generate) -> list[str]:
+    def decode(self, feats, langs, entries, generate: Generate) -> list:
         return self.decode_groups(entries, lambda m, rows: generate(m, feats[rows], [langs[i] for i in rows], None))
 
 

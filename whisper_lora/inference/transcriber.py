@@ -15,7 +15,15 @@ import torch
 from whisper_lora.base.model import load_base_model
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, load_audio
 from whisper_lora.errors import ConfigError, format_choices
-from whisper_lora.inference.decode import Decoding, decode_steps, features, generate_texts, long_segments
+from whisper_lora.inference.decode import (
+    Attempt,
+    Decoding,
+    Inputs,
+    decode_steps,
+    features,
+    generate_attempts,
+    long_segments,
+)
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
 from whisper_lora.inference.language_id import LanguageEvidence, language_evidence, language_tokens
 from whisper_lora.inference.longform import DecodeOptions, Segment
@@ -24,7 +32,7 @@ from whisper_lora.inference.pool import check_pool, make_pool
 from whisper_lora.inference.request import AUTO, ROUTE, Request, Transcription
 from whisper_lora.inference.routing import DEFAULT_THRESHOLD, RouteDecision, Router
 from whisper_lora.languages import resolve_language
-from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry, BrokenAdapter
+from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry, BrokenAdapter, serving_registry
 
 __all__ = ["AUTO", "ROUTE", "Request", "StepGate", "Transcriber", "Transcription"]
 
@@ -100,7 +108,7 @@ class Transcriber:
             problems.append(str(e))
         if problems:
             raise ConfigError("invalid Transcriber settings:\n  - " + "\n  - ".join(problems))
-        registry = adapters if isinstance(adapters, AdapterRegistry) else AdapterRegistry(adapters)
+        registry = adapters if isinstance(adapters, AdapterRegistry) else serving_registry(adapters)
         if base is None:  # the base the shipped adapters were trained on
             names = {e.metadata.base.get("name") for e in registry.entries()} or {"whisper-base"}
             base = sorted(names)[0]
@@ -309,13 +317,18 @@ class Transcriber:
     def _decode(self, arrays, plans, decoding: Decoding, timed: bool, gate: StepGate | None):
         """Step 2: ``decode.decode_steps`` with the pool as its hooks (a mixed batch, or one input's windows)."""
 
-        def batch(rows: list[int]) -> list[str]:
-            return self._pool.decode(
-                self.features([arrays[i] for i in rows]),
+        inputs = Inputs(lambda rows: self.features([arrays[i] for i in rows]))
+
+        def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
+            attempts = self._pool.decode(
+                inputs(rows),
                 [plans[i].whisper for i in rows],
                 [plans[i].entry for i in rows],
-                lambda m, f, langs, names: generate_texts(m, self.processor, f, langs, decoding, names),
+                lambda m, f, langs, names: generate_attempts(
+                    m, self.processor, f, langs, decoding, names, temperature, cut
+                ),
             )
+            return inputs.keep(rows, attempts)
 
         def windows(i: int) -> list[Segment]:
             p = plans[i]

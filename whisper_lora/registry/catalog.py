@@ -96,26 +96,42 @@ def check_compatible(entry: AdapterEntry, base_info) -> None:
         raise AdapterError(f"adapter {entry.name!r} is incompatible with the loaded base: " + "; ".join(problems))
 
 
+DEFAULT_SOURCE = "the default ./adapters"
+
+
 def registry_root(root: str | Path | None = None) -> tuple[Path, str]:
     """The registry directory and where it came from: ``root``, else ``$WHISPER_LORA_ADAPTERS``, else ``./adapters``."""
     if root:
         return Path(root), "given"
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
-    return Path(DEFAULT_DIR), "the default ./adapters"
+    return Path(DEFAULT_DIR), DEFAULT_SOURCE
+
+
+def serving_registry(root: str | Path | None = None, base=None) -> AdapterRegistry:
+    """The registry a ``Transcriber`` (``transcribe``, ``serve``, ``demo``) decodes with: one that was named
+    (``root``, ``$WHISPER_LORA_ADAPTERS``) must exist; without either, a missing ``./adapters`` is an empty registry
+    and the base serves every language (logged once)."""
+    path, source = registry_root(root)
+    missing_ok = source == DEFAULT_SOURCE
+    if missing_ok and not path.is_dir():
+        log.info("no adapter registry (no --adapters, no $%s, no ./adapters): the base serves every language", ENV_VAR)
+    return AdapterRegistry(path, base, missing_ok=missing_ok)
 
 
 class AdapterRegistry:
     """Adapters by language under one root directory (``registry_root``), read once: ``refresh()`` re-reads.
 
-    ``base`` (a ``BaseModelInfo``) makes adapters trained on another base count as broken.
+    ``base`` (a ``BaseModelInfo``) makes adapters trained on another base count as broken. ``missing_ok``: a root
+    that does not exist is an empty registry (``serving_registry``) until it appears, instead of an error.
     """
 
-    def __init__(self, root: str | Path | None = None, base=None):
+    def __init__(self, root: str | Path | None = None, base=None, missing_ok: bool = False):
         path, source = registry_root(root)
         self.root = path.absolute()  # not resolved: a symlinked root is followed anew by every look (module doc)
         self.base = base
-        if not self.root.is_dir():
+        self.missing_ok = missing_ok
+        if not missing_ok and not self.root.is_dir():
             raise AdapterError(
                 f"adapter registry {self.root} does not exist ({source}); "
                 f"pass --adapters DIR (Python: adapters=...) or set ${ENV_VAR}"
@@ -129,12 +145,12 @@ class AdapterRegistry:
         """Read and validate every adapter directory again (after adapters were added, replaced or removed)."""
         good, broken = {}, {}
         real = self._real_root()  # one target for the whole look, however the root is repointed meanwhile
-        if real is None:
+        if real is None and not (self.missing_ok and not self.root.is_symlink()):
             log.warning(
                 "adapter registry %s is gone (a symlink to a deleted directory?): no adapters until it is back",
                 self.root,
             )
-        else:
+        if real is not None:
             recover_all(real)  # an adapter whose write was killed between its two renames is not under its name
         signature = self._signature(real)
         for path in self._candidates(real):
@@ -170,7 +186,7 @@ class AdapterRegistry:
 
     def with_base(self, base) -> AdapterRegistry:
         """The same root, checking compatibility with ``base``."""
-        return AdapterRegistry(self.root, base)
+        return AdapterRegistry(self.root, base, self.missing_ok)
 
     def _dir(self, name: str) -> Path:
         if not isinstance(name, str) or not _SAFE_NAME.match(name):

@@ -98,7 +98,7 @@ class RayEngine:
     def __init__(self, decoders, spec: ReplicaSpec, root, info: dict):
         self.decoders, self.spec = decoders, spec
         self.base_info, self._routing = info.base_info, info.routing
-        self.registry = AdapterRegistry(root, self.base_info)
+        self.registry = AdapterRegistry(root, self.base_info, missing_ok=spec.registry_missing_ok)
         self.replica_failures = 0
         self._looked = time.monotonic()
         self._described: tuple[float, list] | None = None  # (when, the replicas' answers to describe)

@@ -61,6 +61,7 @@ class ReplicaSpec:
     multiplexed: bool = False
     origin: str = "the driver"  # the machine the command ran on, for messages
     local_registry: str = ""  # the registry on the driver (``--ship-adapters`` sends it)
+    registry_missing_ok: bool = False  # none named and no ./adapters on the driver: the base serves every language
 
     def transcriber_kwargs(self) -> dict:
         kw = dict(
@@ -139,13 +140,13 @@ def visible_registry(spec: ReplicaSpec, wait: float | None = None) -> Path:
     until ``wait`` seconds have passed (default: three reload intervals) before it is refused."""
     path = Path(os.getcwd()) if spec.registry == SHIPPED else Path(spec.registry)
     where = f"the replica on node {node_name()}"
-    if not path.is_dir():
+    if not path.is_dir() and not spec.registry_missing_ok:
         raise ConfigError(f"{where} cannot see the adapter registry {path}; {HOW}")
     reload = spec.server.reload_seconds
     wait = (3 * reload if reload is not None else 0.0) if wait is None else wait
     deadline = time.monotonic() + wait
     while True:
-        digest, expected = AdapterRegistry(path).digest(), current_digest(spec)
+        digest, expected = AdapterRegistry(path, missing_ok=spec.registry_missing_ok).digest(), current_digest(spec)
         if digest == expected:
             return path
         if time.monotonic() >= deadline:
@@ -188,7 +189,8 @@ class Decoder:
         torch.set_num_threads(spec.ray.threads)
         root = visible_registry(spec)  # before the model loads: a node that cannot see the registry fails fast
         self.spec = spec
-        self.transcriber = Transcriber(spec.base, root, **spec.transcriber_kwargs())
+        registry = AdapterRegistry(root, missing_ok=spec.registry_missing_ok)
+        self.transcriber = Transcriber(spec.base, registry, **spec.transcriber_kwargs())
         self.scheduler = scheduler_for(self.transcriber, spec.server)
         self.resident: set[str] = set()
         self._load = _multiplexer(self, spec.ray.max_loaded) if spec.multiplexed else None

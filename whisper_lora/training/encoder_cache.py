@@ -251,6 +251,11 @@ class EncoderCache:
         return self._encoder is not None and self.precision != "base"
 
     @property
+    def holds_output(self) -> bool:
+        """Whether what is cached is the encoder's output (decoder-only adapters), not a lower layer's."""
+        return self._upto is None
+
+    @property
     def complete(self) -> bool:
         return len(self._keys) == len(self.examples)
 

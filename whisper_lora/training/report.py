@@ -79,14 +79,40 @@ def adapter_metadata(run: Run, cfg: TrainConfig, processes: int, state: TrainSta
 
 def language_profile(run: Run, progress: bool):
     """What the training speech looks like to the untouched base (``inference/routing.py``); None for an
-    English-only base, which has no language ID to route with."""
-    from whisper_lora.inference.language_id import language_tokens, profile_utterances
+    English-only base, which has no language ID to route with.
+
+    Training that cached the encoder's output (decoder-only adapters) already holds what the profile needs of the
+    encoder: the profile then takes those states (computing the few not cached yet) and runs one decoder step per
+    utterance; otherwise the base encodes the utterances again."""
+    from tqdm.auto import tqdm
+
+    from whisper_lora.inference.language_id import (
+        BATCH,
+        LanguageEvidence,
+        evidence_of_states,
+        language_tokens,
+        profile_utterances,
+        spread,
+    )
+    from whisper_lora.registry.language_profile import MAX_UTTERANCES, LanguageProfile
 
     try:
         language_tokens(run.raw, run.processor)
     except ConfigError:
         return None
     run.raw.eval()
+    rows = [i for i, e in enumerate(run.train) if e.perturbation is None]
+    cache = run.enc_cache
     with torch.no_grad(), run.raw.disable_adapter():
-        paths = [e.audio for e in run.train if e.perturbation is None]
-        return profile_utterances(run.raw, run.processor, paths, run.base_info, progress)
+        if cache is None or not cache.holds_output:
+            paths = [run.train[i].audio for i in rows]
+            return profile_utterances(run.raw, run.processor, paths, run.base_info, progress)
+        rows = spread(rows, MAX_UTTERANCES)
+        parts = []
+        for k in tqdm(range(0, len(rows), BATCH), desc="language profile", unit="batch", disable=not progress):
+            batch = rows[k : k + BATCH]
+            states = cache.get(batch).to(run.hidden_dtype)
+            parts.append(evidence_of_states(run.raw, run.processor, states, [run.train[i].n_samples for i in batch]))
+    return LanguageProfile.from_evidence(
+        LanguageEvidence.concat(parts), run.base_info.fingerprint, run.base_info.precision
+    )

@@ -1,0 +1,110 @@
+"""fallback.py and the ladder of decode.py: fallbacks batched by temperature, per-row sampling, the loop stop."""
+
+import pytest
+
+from tests.conftest import LIBRIVOX
+from whisper_lora.data.audio import load_audio
+from whisper_lora.inference.decode import Decoding, decode_texts, features, generate_attempts, ladder
+from whisper_lora.inference.fallback import LOOP_SPAN, Attempt, needs_fallback, stuck
+from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.transcriber import Transcriber
+
+
+def test_stuck_needs_a_repeated_tail_and_a_text_far_over_the_threshold():
+    loop = [5, 6, 7] * 10
+    assert stuck(loop, None, 2.4)  # the tokens repeat: worth decoding the text
+    assert stuck(loop, "la la la " * 30, 2.4)
+    assert not stuck(loop, "a text that does not compress much at all", 2.4)
+    assert not stuck(list(range(40)), None, 2.4)  # no repetition
+    assert not stuck([1] * (LOOP_SPAN - 1), None, 2.4)  # too short to call it a loop
+    assert stuck([9, 8] + [1] * LOOP_SPAN, None, 2.4)  # only the tail counts
+
+
+def test_the_ladder_batches_each_temperature_over_the_rows_that_still_fail():
+    calls = []
+    fails = {0.0: {0, 2, 3}, 0.2: {2, 3}, 0.4: {3}}
+
+    def batch(rows, temperature, cut):
+        calls.append((rows, temperature, cut))
+        return [Attempt("la " * 40 if i in fails.get(temperature, ()) else f"row {i}", -0.1) for i in rows]
+
+    options = DecodeOptions(temperature=(0.0, 0.2, 0.4, 0.6))
+    texts = ladder([0, 1, 2, 3], Decoding(options=options), batch)
+    assert calls == [([0, 1, 2, 3], 0.0, True), ([0, 2, 3], 0.2, True), ([2, 3], 0.4, True), ([3], 0.6, False)]
+    assert texts == ["row 0", "row 1", "row 2", "row 3"]
+    calls.clear()  # the loop stop off: no call cuts; the last temperature keeps whatever it gives
+    fails[0.6] = {3}
+    off = DecodeOptions(temperature=(0.0, 0.2, 0.4, 0.6), stop_loops_early=False)
+    assert ladder([0, 1, 2, 3], Decoding(options=off), batch)[3] == "la " * 40
+    assert [c[2] for c in calls] == [False] * 4
+    calls.clear()  # the loop guard off: one greedy pass
+    ladder([0, 1], Decoding(options=DecodeOptions(compression_ratio_threshold=None)), batch)
+    assert calls == [([0, 1], 0.0, False)]
+
+
+def test_fallback_rules():
+    options = DecodeOptions()
+    assert needs_fallback(Attempt("x", -0.1, cut=True), options, 0)
+    assert needs_fallback(Attempt("la " * 40, -0.1), options, 0)
+    assert not needs_fallback(Attempt("fine", -3.0), options, 0)  # the first step: the loop guard alone
+    assert needs_fallback(Attempt("fine", -3.0), options, 1)  # later: a low log-probability too, as Whisper
+    assert not needs_fallback(Attempt("fine", None), options, 1)  # beam search reports none
+
+
+@pytest.fixture(scope="module")
+def looping(tiny_dir):
+    """A random model (it loops) and real speech."""
+    t = Transcriber(str(tiny_dir), precision="fp32", device="cpu", max_new_tokens=48)
+    return t, [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))[:3]]
+
+
+def test_a_sampled_row_does_not_depend_on_its_batch(looping):
+    t, clips = looping
+    feats = features(t.model, t.processor, clips)
+    d = Decoding(max_new_tokens=24)
+    together = generate_attempts(t.model, t.processor, feats, ["sw"] * 3, d, temperature=0.8)
+    alone = [generate_attempts(t.model, t.processor, feats[i : i + 1], ["sw"], d, temperature=0.8)[0] for i in range(3)]
+    assert [a.text for a in together] == [a.text for a in alone]
+    assert together != generate_attempts(t.model, t.processor, feats, ["sw"] * 3, d)  # sampling did sample
+    assert all(a.avg_logprob is not None and a.avg_logprob < 0 for a in together)
+
+
+def test_loops_stop_early_and_the_final_texts_do_not_change(looping):
+    """The random model loops: cut decodes end long before the token cap, and what decode_texts (and so eval and
+    transcribe) returns is the same with the stop on and off."""
+    t, clips = looping
+    feats = features(t.model, t.processor, clips)
+    d = Decoding(max_new_tokens=48)
+    full = generate_attempts(t.model, t.processor, feats, ["sw"] * 3, d)
+    cut = generate_attempts(t.model, t.processor, feats, ["sw"] * 3, d, cut_loops=True)
+    assert any(a.cut for a in cut), "the random model should loop"
+    for f, c in zip(full, cut, strict=True):
+        if c.cut:
+            assert needs_fallback(f, d.options, 0), "a cut decode, run to its end, fails the loop guard"
+            assert len(t.processor.tokenizer(c.text).input_ids) < len(t.processor.tokenizer(f.text).input_ids)
+    on = decode_texts(t.model, t.processor, clips, "sw", d)
+    off = decode_texts(
+        t.model, t.processor, clips, "sw", Decoding(max_new_tokens=48, options=DecodeOptions(stop_loops_early=False))
+    )
+    assert on == off
+    assert on == [r.text for r in t.transcribe_batch(clips, "sw", adapter=None)]
+
+
+@pytest.mark.slow
+def test_real_base_texts_agree_with_the_loop_stop_on_and_off(sw_corpus, caplog):
+    """Real whisper-base: LibriVox English (no loops) and synthetic Swahili (whisper-base loops on most of it)."""
+    import csv
+
+    t = Transcriber("whisper-base", precision="int8")
+    rows = list(csv.DictReader(open(sw_corpus / "texts" / "test.csv", encoding="utf-8"), delimiter="\t"))[:8]
+    corpora = {
+        "en": [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))],
+        "sw": [load_audio(sw_corpus / "wavs" / r["wav"]) for r in rows],
+    }
+    off = Decoding(options=DecodeOptions(stop_loops_early=False))
+    for language, clips in corpora.items():
+        with caplog.at_level("INFO", logger="whisper_lora"):
+            on = decode_texts(t.model, t.processor, clips, language, t.decoding)
+        assert on == decode_texts(t.model, t.processor, clips, language, off), language
+        assert all(on)
+    assert "fall back to temperature" in caplog.text, "whisper-base should loop on synthetic Swahili"
