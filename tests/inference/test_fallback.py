@@ -103,7 +103,7 @@ def test_real_base_texts_agree_with_the_loop_stop_on_and_off(sw_corpus, caplog):
     }
     off = Decoding(options=DecodeOptions(stop_loops_early=False))
     for language, clips in corpora.items():
-        with caplog.at_level("INFO", logger="whisper_lora"):
+        with caplog.at_level("DEBUG", logger="whisper_lora"):
             on = decode_texts(t.model, t.processor, clips, language, t.decoding)
         assert on == decode_texts(t.model, t.processor, clips, language, off), language
         assert all(on)

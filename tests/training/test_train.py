@@ -424,3 +424,23 @@ def test_a_resumed_time_capped_run_continues_its_budget(tiny_dir, sw_corpus, tmp
     a = load_file(full.adapter_dir / "adapter_model.safetensors")
     b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_scores_are_what_eval_gives_for_the_saved_adapter(trained, tiny_dir, sw_corpus, capsys):
+    """On a CPU, training scores with the adapter copied onto an int8 base (score_precision auto): what ``eval`` and
+    ``transcribe`` load by default, so the scores stored in the metadata are theirs, clip for clip."""
+    from whisper_lora.cli import main
+
+    meta = read_metadata(trained.adapter_dir)
+    assert meta.metrics["precision"] == "int8"  # trained in fp32, scored as transcribe loads the base
+    args = ["eval", "--language", "sw", "--data", str(sw_corpus), "--base", str(tiny_dir), "--max-new-tokens", "4"]
+    assert main([*args, "--adapter", str(trained.adapter_dir), "--json", "--no-cache"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["adapter"] == meta.metrics["adapter"] and out["base"] == meta.metrics["base"]
+
+
+def test_score_precision_is_validated_and_train_scores_with_the_training_model(tiny_dir, sw_corpus, tmp_path):
+    with pytest.raises(ConfigError, match="score_precision='int3'"):
+        _cfg(tiny_dir, sw_corpus, tmp_path / "x", score_precision="int3")
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "fp32", score_precision="train", max_steps=2, language_profile=False)
+    assert read_metadata(train_adapter(cfg, progress=False).adapter_dir).metrics["precision"] == "fp32"

@@ -188,7 +188,7 @@ def ladder(rows: list[int], decoding: Decoding, batch: Batch) -> list[str]:
             else:
                 texts[i] = a.text
         if retry and not last:
-            log.info("%d transcript(s) fall back to temperature %s", len(retry), temperatures[step + 1])
+            log.debug("%d transcript(s) fall back to temperature %s", len(retry), temperatures[step + 1])
         pending = retry
         if not pending:
             break

@@ -15,7 +15,7 @@ from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_ex
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import AdapterMetadata, data_fingerprint
 from whisper_lora.training.config import TrainConfig
-from whisper_lora.training.run import Run, TrainState, trainable_state
+from whisper_lora.training.run import Run, TrainState, load_trainable, trainable_state
 
 log = logging.getLogger("whisper_lora")
 
@@ -25,9 +25,49 @@ def scoring_decoding(cfg: TrainConfig) -> Decoding:
     return Decoding(max_new_tokens=cfg.max_new_tokens)
 
 
-def score_dev(run: Run, cfg: TrainConfig, language: str, state: TrainState, best: dict) -> None:
+def score_precision(cfg: TrainConfig, device: torch.device, training: str) -> str:
+    """The base precision scoring decodes with (``TrainConfig.score_precision``); ``training``: the run's own."""
+    if cfg.score_precision == "train":
+        return training
+    if cfg.score_precision == "auto":
+        return "int8" if device.type == "cpu" else training
+    return cfg.score_precision
+
+
+class Scorer:
+    """The model dev and test scoring decode with: the training model itself, or a second base at the scoring
+    precision (``score_precision``) carrying the adapter's current weights, as ``transcribe`` would load them."""
+
+    def __init__(self, run: Run, cfg: TrainConfig, device: torch.device):
+        from whisper_lora.base.model import load_base_model
+        from whisper_lora.training.lora import apply_lora
+
+        self.run = run
+        precision = score_precision(cfg, device, run.base_info.precision)
+        self.model = None
+        self.info = run.base_info
+        if precision != run.base_info.precision:
+            base = load_base_model(run.base_info.path or cfg.base, precision, device, int8_threshold=0.0)
+            self.model, self.info = apply_lora(base.model, cfg.lora), base.info
+            self.model.eval()
+            log.info(
+                "scoring with the adapter on a %s copy of the base (score_precision: %s)",
+                precision,
+                cfg.score_precision,
+            )
+
+    def current(self):
+        """The model to score with, holding the adapter's weights as they are now."""
+        if self.model is None:
+            return self.run.raw
+        load_trainable(self.model, trainable_state(self.run.raw))
+        return self.model
+
+
+def score_dev(run: Run, cfg: TrainConfig, language: str, state: TrainState, best: dict, scorer: Scorer) -> None:
     """Score the dev subset into ``state``; keep the weights in ``best`` when dev CER is the best so far."""
-    scores, _ = evaluate_examples(run.raw, run.processor, run.dev, language, decoding=scoring_decoding(cfg))
+    model = scorer.current()
+    scores, _ = evaluate_examples(model, run.processor, run.dev, language, decoding=scoring_decoding(cfg))
     state.history.append({"step": state.step, "dev": scores.to_dict()})
     if scores.cer < state.best_cer:
         state.best_cer, state.best_step = scores.cer, state.step
@@ -35,15 +75,16 @@ def score_dev(run: Run, cfg: TrainConfig, language: str, state: TrainState, best
     log.info("step %d: dev WER %.3f CER %.3f", state.step, scores.wer, scores.cer)
 
 
-def score_test(run: Run, cfg: TrainConfig, language: str, progress: bool) -> dict:
+def score_test(run: Run, cfg: TrainConfig, language: str, progress: bool, scorer: Scorer) -> dict:
     """The ``metrics`` record: base and adapter on the test split; the base's scores cached (score_cache.py)."""
     decoding = scoring_decoding(cfg)
     cache = ScoreCache()
-    key = ScoreKey.for_run(run.base_info, run.raw, run.test, "test", language, decoding)
+    model = scorer.current()
+    key = ScoreKey.for_run(scorer.info, model, run.test, "test", language, decoding)
     kw = dict(decoding=decoding, progress=progress)
-    result = compare_base_and_adapter(run.raw, run.processor, run.test, language, "test", cache.get(key), **kw)
+    result = compare_base_and_adapter(model, run.processor, run.test, language, "test", cache.get(key), **kw)
     cache.put(key, result.base)
-    return {**result.to_dict(), **scored_with(run.base_info.precision, decoding)}
+    return {**result.to_dict(), **scored_with(scorer.info.precision, decoding)}
 
 
 def adapter_metadata(run: Run, cfg: TrainConfig, processes: int, state: TrainState, minutes: float) -> AdapterMetadata:

@@ -45,9 +45,10 @@ from whisper_lora.training.checkpoint import (
 )
 from whisper_lora.training.config import TrainConfig
 from whisper_lora.training.encoder_cache import EncoderCache, encode_upper
+from whisper_lora.training.estimate import describe, estimate_phases
 from whisper_lora.training.lean_backward import make_backward_lean
 from whisper_lora.training.lora import apply_lora, count_parameters
-from whisper_lora.training.report import adapter_metadata, language_profile, score_dev, score_test
+from whisper_lora.training.report import Scorer, adapter_metadata, language_profile, score_dev, score_test
 from whisper_lora.training.run import Run, TrainState, load_trainable, trainable_state
 from whisper_lora.training.schedule import BudgetSchedule
 
@@ -296,6 +297,28 @@ def train_adapter(
             lock.release()
 
 
+def say_estimate(run: Run, cfg: TrainConfig, device: torch.device, done_steps: int) -> None:
+    """Log roughly how long each phase of this run will take here (``estimate.py``), when rates are known."""
+    from whisper_lora.registry.language_profile import MAX_UTTERANCES
+
+    steps = (cfg.max_steps or 0) - done_steps
+    phases = estimate_phases(
+        device,
+        sum(p.numel() for p in run.raw.get_base_model().parameters()),
+        len(run.enc_cache.examples) - len(run.enc_cache) if run.enc_cache else 0,
+        steps,
+        cfg.batch_size,
+        (steps // cfg.eval_every if cfg.eval_every else 0) + (1 if not cfg.eval_every or steps % cfg.eval_every else 0),
+        len(run.dev),
+        len(run.test) if cfg.final_eval else 0,
+        min(MAX_UTTERANCES, sum(e.perturbation is None for e in run.train)) if cfg.language_profile else 0,
+        cached_decoder_only=run.enc_cache is not None and run.enc_cache.holds_output,
+        max_minutes=cfg.max_minutes,
+    )
+    if phases:
+        log.info("%s", describe(phases, device))
+
+
 def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> TrainResult:
     """``train_adapter`` once the output is locked and recovered."""
     from tqdm.auto import tqdm
@@ -317,10 +340,13 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
         log.info("resumed from %s at step %d", ckpt_dir, state.step)
     run.model, run.opt = acc.prepare(run.model, run.opt)
     run.raw = acc.unwrap_model(run.model)
+    scorer = Scorer(run, cfg, acc.device) if main and (run.dev or (run.test and cfg.final_eval)) else None
+    if progress and main:
+        say_estimate(run, cfg, acc.device, state.step)
 
     def evaluate_dev() -> None:
         if main and run.dev:
-            score_dev(run, cfg, lang, state, best)
+            score_dev(run, cfg, lang, state, best, scorer)
         acc.wait_for_everyone()
 
     # training loop
@@ -363,7 +389,7 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     metadata = adapter_metadata(run, cfg, acc.num_processes, state, (time.monotonic() - started) / 60)
     if main:
         if run.test and cfg.final_eval:
-            metadata.metrics = score_test(run, cfg, lang, progress)
+            metadata.metrics = score_test(run, cfg, lang, progress, scorer)
         metadata.metrics["dev_history"] = [h for h in state.history if "dev" in h]
         profile = language_profile(run, progress) if cfg.language_profile else None
         save_adapter(run.raw, cfg.out_dir, metadata, profile=profile)
