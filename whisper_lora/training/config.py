@@ -56,8 +56,8 @@ class TrainConfig:
     eval_every: int = 100  # steps between dev evaluations (0: only at the end); each costs time from max_minutes
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = MAX_NEW_TOKENS  # scoring decodes as transcribe does (decode.py): tokens a window at most
-    # base weights dev and test scoring decode with: auto (on a CPU int8, transcribe's default and 2.2x faster there
-    # than fp32, the adapter copied onto it; on a GPU the training model), train (the training model), int8, fp32, ...
+    # base dev and test scoring decode with: auto (on a CPU an int8 base loaded as eval and transcribe load it, the
+    # adapter copied onto it; on a GPU the training model), train (the training model), or int8, fp32, ... (a copy)
     score_precision: str = "auto"
     timestamp_share: float = 0.0  # share of training utterances with timestamped labels spanning the clip
     trim_padding: float | str | None = "auto"  # encode the audio + this many seconds, not the 30 s window

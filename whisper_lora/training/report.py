@@ -25,36 +25,31 @@ def scoring_decoding(cfg: TrainConfig) -> Decoding:
     return Decoding(max_new_tokens=cfg.max_new_tokens)
 
 
-def score_precision(cfg: TrainConfig, device: torch.device, training: str) -> str:
-    """The base precision scoring decodes with (``TrainConfig.score_precision``); ``training``: the run's own."""
-    if cfg.score_precision == "train":
-        return training
-    if cfg.score_precision == "auto":
-        return "int8" if device.type == "cpu" else training
-    return cfg.score_precision
+def score_precision(cfg: TrainConfig, device: torch.device) -> str | None:
+    """The base precision scoring decodes with (``TrainConfig.score_precision``); None: the training model itself."""
+    if cfg.score_precision == "train" or (cfg.score_precision == "auto" and device.type != "cpu"):
+        return None
+    return "int8" if cfg.score_precision == "auto" else cfg.score_precision
 
 
 class Scorer:
-    """The model dev and test scoring decode with: the training model itself, or a second base at the scoring
-    precision (``score_precision``) carrying the adapter's current weights, as ``transcribe`` would load them."""
+    """The model dev and test scoring decode with: the training model itself, or a second base loaded as ``eval`` and
+    ``transcribe`` load one (at the scoring precision, int8 outlier threshold 0, where training's int8 base keeps
+    bitsandbytes' 6.0: slower on a CPU, and batch-dependent) carrying the adapter's current weights."""
 
     def __init__(self, run: Run, cfg: TrainConfig, device: torch.device):
         from whisper_lora.base.model import load_base_model
         from whisper_lora.training.lora import apply_lora
 
         self.run = run
-        precision = score_precision(cfg, device, run.base_info.precision)
+        precision = score_precision(cfg, device)
         self.model = None
         self.info = run.base_info
-        if precision != run.base_info.precision:
+        if precision is not None:
             base = load_base_model(run.base_info.path or cfg.base, precision, device, int8_threshold=0.0)
             self.model, self.info = apply_lora(base.model, cfg.lora), base.info
             self.model.eval()
-            log.info(
-                "scoring with the adapter on a %s copy of the base (score_precision: %s)",
-                precision,
-                cfg.score_precision,
-            )
+            log.info("scoring: the adapter on a %s base, as eval and transcribe load it", precision)
 
     def current(self):
         """The model to score with, holding the adapter's weights as they are now."""

@@ -305,7 +305,7 @@ def say_estimate(run: Run, cfg: TrainConfig, device: torch.device, done_steps: i
     phases = estimate_phases(
         device,
         sum(p.numel() for p in run.raw.get_base_model().parameters()),
-        len(run.enc_cache.examples) - len(run.enc_cache) if run.enc_cache else 0,
+        len(run.enc_cache.examples) - len(run.enc_cache) if run.enc_cache is not None else 0,
         steps,
         cfg.batch_size,
         (steps // cfg.eval_every if cfg.eval_every else 0) + (1 if not cfg.eval_every or steps % cfg.eval_every else 0),
