@@ -224,8 +224,9 @@ class Inputs:
     """What the ladder feeds ``generate`` for each row: its log-mel features the first time, then the encoder output
     that first decode returned (``Attempt.states``), so no row is encoded twice."""
 
-    def __init__(self, compute: Callable[[list[int]], torch.Tensor]):
-        self.compute, self.states = compute, {}
+    def __init__(self, compute: Callable[[list[int]], torch.Tensor], states: dict[int, torch.Tensor] | None = None):
+        self.compute = compute
+        self.states = {} if states is None else states  # filled in place: a caller may pass them on
 
     def __call__(self, rows: list[int]) -> torch.Tensor | EncoderStates:
         if all(i in self.states for i in rows):
@@ -241,11 +242,20 @@ class Inputs:
 
 
 def decode_texts(
-    model, processor, audios: Sequence[np.ndarray], whisper_language: str, decoding: Decoding
+    model,
+    processor,
+    audios: Sequence[np.ndarray],
+    whisper_language: str,
+    decoding: Decoding,
+    states: dict[int, torch.Tensor] | None = None,
 ) -> list[str]:
-    """Transcripts of ``audios`` with ``model`` as it is (one adapter active or none), in input order."""
+    """Transcripts of ``audios`` with ``model`` as it is (one adapter active or none), in input order.
 
-    inputs = Inputs(lambda rows: features(model, processor, [audios[i] for i in rows]))
+    ``states``: encoder outputs by position in ``audios``, read and filled in place. Pass the same dict to a second
+    call on the same audio whose encoder computes the same thing (the base, then an adapter that leaves the encoder
+    untouched) and the second skips the encoder."""
+
+    inputs = Inputs(lambda rows: features(model, processor, [audios[i] for i in rows]), states)
 
     def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
         langs = [whisper_language] * len(rows)

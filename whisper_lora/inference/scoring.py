@@ -10,11 +10,15 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from whisper_lora.data.features import Example
 from whisper_lora.inference.decode import Decoding, decode_texts
 from whisper_lora.languages import resolve_language
 from whisper_lora.results import Comparison, Scores
+
+if TYPE_CHECKING:
+    import torch
 
 _AR_DIACRITICS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")  # harakat, tatweel
 _AR_ALEF = re.compile("[\u0622\u0623\u0625\u0671\u0672\u0673]")  # آ أ إ ٱ -> ا
@@ -68,10 +72,13 @@ def transcribe_examples(
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "decode",
+    encoder_states: dict[int, torch.Tensor] | None = None,
 ) -> list[str]:
     """Transcripts of examples, decoded as ``transcribe`` decodes (``decode.decode_texts``), in input order.
 
     Batches group clips of similar duration (never by reference length: references are not read).
+    ``encoder_states`` (by example index, read and filled): pass one dict to two calls whose encoders compute the
+    same (``reuses_encoder``) and the second skips the encoder.
     """
     import torch
     from tqdm.auto import tqdm
@@ -87,7 +94,13 @@ def transcribe_examples(
             for i in range(0, len(order), batch_size):
                 rows = order[i : i + batch_size]
                 audios = [examples[k].audio_array() for k in rows]
-                for k, text in zip(rows, decode_texts(model, processor, audios, whisper, decoding), strict=True):
+                known = None
+                if encoder_states is not None:
+                    known = {j: encoder_states[k] for j, k in enumerate(rows) if k in encoder_states}
+                texts = decode_texts(model, processor, audios, whisper, decoding, known)
+                if known is not None:
+                    encoder_states.update({rows[j]: state for j, state in known.items()})
+                for k, text in zip(rows, texts, strict=True):
                     out[k] = text
                 bar.update(len(rows))
     finally:
@@ -111,12 +124,24 @@ def compare_base_and_adapter(
     **kw,
 ) -> Comparison:
     """Scores of the untouched base (adapters disabled; ``base_scores`` when already known) and of the
-    active adapter."""
+    active adapter. An adapter that leaves the encoder untouched decodes from the base's encoder outputs."""
     if base_scores is None:
+        if reuses_encoder(peft_model, len(examples)):
+            kw = {**kw, "encoder_states": {}}
         with peft_model.disable_adapter():
             base_scores, _ = evaluate_examples(peft_model, processor, examples, language, desc="base", **kw)
     adapted, _ = evaluate_examples(peft_model, processor, examples, language, desc="adapter", **kw)
     return Comparison(base_scores, adapted, split)
+
+
+MAX_REUSED = 256  # clips whose encoder outputs scoring keeps for a second decode (whisper-base: 3 MB each)
+
+
+def reuses_encoder(peft_model, n: int) -> bool:
+    """Whether the base's encoder outputs of ``n`` clips can serve ``peft_model``'s active adapter too: it has no
+    LoRA module in the encoder (so both compute the same), and the outputs are few enough to keep."""
+    adapted = any(".encoder." in name and "lora_" in name for name, _ in peft_model.named_parameters())
+    return not adapted and n <= MAX_REUSED
 
 
 def scored_with(precision: str, decoding: Decoding) -> dict:

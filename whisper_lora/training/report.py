@@ -11,7 +11,7 @@ from whisper_lora.data.readers import describe_source
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.decode import Decoding
 from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
-from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples, scored_with
+from whisper_lora.inference.scoring import compare_base_and_adapter, evaluate_examples, reuses_encoder, scored_with
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.adapter_io import AdapterMetadata, data_fingerprint
 from whisper_lora.training.config import TrainConfig
@@ -51,6 +51,10 @@ class Scorer:
             self.model.eval()
             log.info("scoring: the adapter on a %s base, as eval and transcribe load it", precision)
 
+        # the dev clips' encoder outputs, kept between evaluations when the adapter leaves the encoder untouched
+        scoring = self.model if self.model is not None else run.raw
+        self.dev_states = {} if reuses_encoder(scoring, len(run.dev)) else None
+
     def current(self):
         """The model to score with, holding the adapter's weights as they are now."""
         if self.model is None:
@@ -62,7 +66,10 @@ class Scorer:
 def score_dev(run: Run, cfg: TrainConfig, language: str, state: TrainState, best: dict, scorer: Scorer) -> None:
     """Score the dev subset into ``state``; keep the weights in ``best`` when dev CER is the best so far."""
     model = scorer.current()
-    scores, _ = evaluate_examples(model, run.processor, run.dev, language, decoding=scoring_decoding(cfg))
+    decoding = scoring_decoding(cfg)
+    scores, _ = evaluate_examples(
+        model, run.processor, run.dev, language, decoding=decoding, encoder_states=scorer.dev_states
+    )
     state.history.append({"step": state.step, "dev": scores.to_dict()})
     if scores.cer < state.best_cer:
         state.best_cer, state.best_step = scores.cer, state.step
