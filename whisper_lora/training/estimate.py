@@ -31,8 +31,8 @@ class Rates:
 
 
 RATES = {  # measured: docs/benchmarks.md "The main job, first run"
-    "AVX512-BF16": Rates(encode=0.30, step=0.09, score_base=1.6, score_adapter=0.7, profile=0.08),
-    "AVX2": Rates(encode=0.9, step=0.2, score_base=3.5, score_adapter=1.6, profile=0.05),
+    "AVX512-BF16": Rates(encode=0.30, step=0.09, score_base=1.65, score_adapter=0.3, profile=0.1),
+    "AVX2": Rates(encode=0.5, step=0.15, score_base=2.3, score_adapter=0.35, profile=0.13),
 }
 
 
