@@ -114,7 +114,6 @@ def generate_attempts(
         kw["adapter_names"] = adapter_names
         if beams > 1:
             kw["num_beams"] = beams  # peft repeats adapter_names per beam from this argument
-    encoder = model.get_encoder()
     if isinstance(feats, EncoderStates):
         from transformers.modeling_outputs import BaseModelOutput
 
@@ -123,7 +122,9 @@ def generate_attempts(
         ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **kw)
     else:
         captured = []
-        hook = encoder.register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state))
+        hook = model.get_encoder().register_forward_hook(
+            lambda module, args, out: captured.append(out.last_hidden_state)
+        )
         mask = torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long, device=feats.device)  # every frame
         try:
             ids = model.generate(input_features=feats, attention_mask=mask, **kw)
