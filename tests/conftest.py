@@ -133,30 +133,38 @@ def corpus_copy(sw_corpus, tmp_path) -> Path:
     return dst
 
 
-def make_tiny_adapter(tiny_dir: Path, out: Path, language: str, seed: int, r: int = 4, spec=None) -> Path:
-    """A random (non-zero) LoRA adapter with metadata, as if trained on the tiny base (``spec``: a ``LoraSpec``)."""
+def make_tiny_adapter(
+    tiny_dir: Path, out: Path, language: str, seed: int, r: int = 4, spec=None, new_token: bool = False
+) -> Path:
+    """A random (non-zero) LoRA adapter with metadata, as if trained on the tiny base (``spec``: a ``LoraSpec``);
+    ``new_token``: it adds ``<|language|>`` with a random row (as ``language_token: new`` trains one)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import WhisperForConditionalGeneration
 
+    from whisper_lora.base.language_tokens import add_language_token
     from whisper_lora.base.model import load_base_model
     from whisper_lora.languages import resolve_language
     from whisper_lora.registry.adapter_io import AdapterMetadata, save_adapter
     from whisper_lora.training.lora import LoraSpec
 
-    info = load_base_model(str(tiny_dir), "fp32", "cpu").info
+    loaded = load_base_model(str(tiny_dir), "fp32", "cpu")
+    lang = resolve_language(language)
+    ids = [add_language_token(loaded.model, loaded.processor.tokenizer, lang.code, init_from="en")] if new_token else []
     spec = spec or LoraSpec(r=r, alpha=2 * r, targets=("q", "v"))
     torch.manual_seed(seed)
-    cfg: LoraConfig = spec.peft_config(2, 2)
+    cfg: LoraConfig = spec.peft_config(2, 2, ids)
     cfg.init_lora_weights = False  # random B too, so the adapter changes outputs
-    model = get_peft_model(WhisperForConditionalGeneration.from_pretrained(tiny_dir), cfg)
+    model = get_peft_model(loaded.model, cfg)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.mul_(40.0)  # strong enough to change greedy tokens of a random model
-    lang = resolve_language(language)
+            if "trainable_tokens_delta" in n:
+                p.normal_(0, 1.0)  # a row of its own
+    info = loaded.info
     meta = AdapterMetadata(
         language=lang.code,
-        whisper_language=lang.whisper,
+        whisper_language=lang.code if new_token else lang.whisper,
+        language_token={"mode": "new", "proxy": "en", "proxy_source": "config"} if new_token else {},
         base={k: v for k, v in info.__dict__.items() if k != "path"},
         lora=spec.to_dict(),
         data={"fingerprint": "test", "train_utterances": 0, "train_seconds": 0, "source": "random"},

@@ -20,10 +20,15 @@ class Language:
     """A language the library can train or route for."""
 
     code: str  # the registry key: ISO 639-1 where one exists, else ISO 639-3 (``ary``)
-    whisper: str  # Whisper's language token code used in the decoder prefix
+    whisper: str | None  # Whisper's token code for the decoder prefix: its own, a proxy (``ary`` -> ``ar``), or None
     name: str  # English name
     iso3: str  # ISO 639-3 code
     espeak: str | None = None  # espeak-ng voice, for synthetic corpora
+
+    @property
+    def has_token(self) -> bool:
+        """Whether Whisper has a token of its own for this language (else it is decoded under a proxy or a new one)."""
+        return self.code in WHISPER_LANGUAGES
 
 
 # Languages with extra knowledge (names, ISO 639-3, espeak voices, proxies).
@@ -41,6 +46,12 @@ _TABLE: tuple[Language, ...] = (
     Language("am", "am", "Amharic", "amh", "am"),
     Language("so", "so", "Somali", "som", None),
     Language("wo", "fr", "Wolof", "wol", None),  # no Wolof token: French is the usual proxy
+    # no Whisper token and no agreed proxy: training picks one by Whisper's language ID, or adds a token
+    Language("eo", None, "Esperanto", "epo", "eo"),
+    Language("ga", None, "Irish", "gle", "ga"),
+    Language("gn", None, "Guarani", "grn", "gn"),
+    Language("ky", None, "Kyrgyz", "kir", "ky"),
+    Language("om", None, "Oromo", "orm", "om"),
     Language("id", "id", "Indonesian", "ind", "id"),
     Language("ms", "ms", "Malay", "zsm", "ms"),
     Language("pt", "pt", "Portuguese", "por", "pt"),
@@ -112,9 +123,31 @@ def resolve_language(code: str) -> Language:
         tag = None
     if tag in _INDEX:
         return _INDEX[tag]
-    raise ConfigError(f"unknown language {code!r}; valid codes: {format_choices(_INDEX)}")
+    if tag and tag.isalpha() and 2 <= len(tag) <= 3 and langcodes.tag_is_valid(tag):
+        # an ISO 639 language this table does not know: no Whisper token, no proxy, no voice
+        return Language(tag, None, tag, _iso3(tag))
+    raise ConfigError(
+        f"unknown language {code!r}; valid codes: {format_choices(_INDEX)}, or any other ISO 639 language code"
+    )
+
+
+def token_text(code: str) -> str:
+    """The decoder token of a Whisper token code: ``<|sw|>``."""
+    return f"<|{code}|>"
+
+
+def decoder_token(language: str) -> str:
+    """The Whisper token code a language is decoded with when no adapter says otherwise: its own, or the table's
+    proxy (``ary`` -> ``ar``); ``ConfigError`` for a language Whisper lacks that has no proxy here."""
+    lang = resolve_language(language)
+    if lang.whisper is None:
+        raise ConfigError(
+            f"Whisper has no token for {lang.name} ({lang.code}) and no proxy is known for it: decode it with an "
+            "adapter trained for it (language_token: proxy or new), or name a Whisper language"
+        )
+    return lang.whisper
 
 
 def whisper_token(code: str) -> str:
-    """The ``<|xx|>`` decoder token for a language code or alias."""
-    return f"<|{resolve_language(code).whisper}|>"
+    """The ``<|xx|>`` decoder token for a language code or alias (``decoder_token``)."""
+    return token_text(decoder_token(code))

@@ -39,11 +39,14 @@ def add_parser(sub) -> None:
     e.set_defaults(fn=run)
 
 
-def examples(a, language: str, processor, split: str) -> list:
-    """The featurised utterances of one split of ``--data`` (only that split is read)."""
+def examples(a, language: str, processor, split: str, token: str | None = None) -> list:
+    """The featurised utterances of one split of ``--data`` (only that split is read); ``token``: the Whisper token
+    code decoding is prompted with (None: the language's own or proxy)."""
     from whisper_lora.data.prepare import prepare_splits
 
-    ex = prepare_splits(a.data, language, processor, splits=(split,), max_bad_fraction=1.0, progress=not a.json)
+    ex = prepare_splits(
+        a.data, language, processor, splits=(split,), max_bad_fraction=1.0, progress=not a.json, token=token
+    )
     ex = ex[split]
     if not ex:
         raise WhisperLoraError(f"split {split!r} of {a.data} has no usable utterances")
@@ -54,6 +57,7 @@ def run(a) -> int:
     from whisper_lora.base.model import load_base_model
     from whisper_lora.inference.score_cache import ScoreCache, ScoreKey
     from whisper_lora.inference.scoring import Comparison, compare_base_and_adapter, evaluate_examples, scored_with
+    from whisper_lora.languages import resolve_language
     from whisper_lora.registry.adapter_io import load_adapter, read_metadata, update_metrics, weights_digest
 
     if a.write_metadata and not a.adapter:
@@ -62,15 +66,20 @@ def run(a) -> int:
     base = a.base or (meta.base.get("name") if meta else None) or "whisper-base"
     loaded = load_base_model(base, run_precision(a, "int8"), a.device or "auto", a.int8_threshold)
     decoding = decoding_from(a)
-    ex = examples(a, a.language, loaded.processor, a.split)
-    kw = dict(decoding=decoding, batch_size=a.batch_size, progress=not a.json)
-    cache = ScoreCache()
-    key = ScoreKey.for_run(loaded.info, loaded.model, ex, a.split, a.language, decoding)
-    known = None if a.no_cache else cache.get(key)
-    if a.adapter:
+    model = None
+    if a.adapter:  # first: an adapter that adds a language token gives it to the base and its tokenizer
         with target_lock(a.adapter) if a.write_metadata else contextlib.nullcontext():
             scored = weights_digest(a.adapter) if a.write_metadata else None  # of the very weights loaded
-            model = load_adapter(loaded.model, a.adapter)
+            model = load_adapter(loaded.model, a.adapter, tokenizer=loaded.processor.tokenizer)
+    # an adapter's own language decodes with the adapter's token (its own, a proxy's, or the one it adds)
+    own = meta is not None and resolve_language(meta.language).code == resolve_language(a.language).code
+    token = meta.whisper_language if own else None
+    ex = examples(a, a.language, loaded.processor, a.split, token)
+    kw = dict(decoding=decoding, batch_size=a.batch_size, progress=not a.json, token=token)
+    cache = ScoreCache()
+    key = ScoreKey.for_run(loaded.info, loaded.model, ex, a.split, a.language, decoding, token)
+    known = None if a.no_cache else cache.get(key)
+    if model is not None:
         result = compare_base_and_adapter(model, loaded.processor, ex, a.language, a.split, known, **kw)
     else:
         base_scores = known or evaluate_examples(loaded.model, loaded.processor, ex, a.language, desc="base", **kw)[0]

@@ -27,13 +27,16 @@ def run(a) -> int:
 
     examples = None
     if a.data:
+        from whisper_lora.base.language_tokens import add_token_text
         from whisper_lora.base.model import load_base_model
         from whisper_lora.cli.eval import examples as read_examples
 
         meta = read_metadata(a.adapter)
         processor = load_base_model(a.base or meta.base["name"], "fp32", "cpu").processor
+        if meta.new_token:  # labels start with the adapter's token
+            add_token_text(processor.tokenizer, meta.new_token)
         a.json = True  # no progress bars around the JSON report
-        examples = read_examples(a, meta.language, processor, "test")
+        examples = read_examples(a, meta.language, processor, "test", meta.whisper_language)
     report = merge_adapter(a.adapter, a.out, a.base, run_precision(a, "fp32"), examples, a.ct2, a.ct2_quantization)
     print(report.to_json())
     return 0

@@ -17,7 +17,8 @@ from whisper_lora.base.trim import trim_batch
 from whisper_lora.data.audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, is_silent, load_audio
 from whisper_lora.data.perturb import Perturbation
 from whisper_lora.data.records import BadRows, Utterance
-from whisper_lora.languages import resolve_language
+from whisper_lora.errors import ConfigError
+from whisper_lora.languages import decoder_token, token_text
 
 MAX_LABEL_TOKENS = 448  # Whisper's decoder context
 
@@ -64,10 +65,14 @@ def log_mel(feature_extractor, audio: np.ndarray) -> torch.Tensor:
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 
 
-def prefix_ids(tokenizer, language: str, task: str = "transcribe", timestamps: bool = False) -> list[int]:
-    """Decoder prefix ``<|sot|> <|lang|> <|task|>``, plus ``<|notimestamps|>`` unless ``timestamps``."""
+def prefix_ids(tokenizer, token: str, task: str = "transcribe", timestamps: bool = False) -> list[int]:
+    """Decoder prefix ``<|sot|> <|token|> <|task|>``, plus ``<|notimestamps|>`` unless ``timestamps``; ``token``: the
+    Whisper token code the decoder is prompted with (its own, a proxy's, or one added to the base)."""
     ids = tokenizer.convert_tokens_to_ids
-    prefix = [ids("<|startoftranscript|>"), ids(f"<|{resolve_language(language).whisper}|>"), ids(f"<|{task}|>")]
+    lang = ids(token_text(token))
+    if lang == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(lang) != token_text(token):
+        raise ConfigError(f"{token_text(token)} is not a token of this tokenizer")
+    prefix = [ids("<|startoftranscript|>"), lang, ids(f"<|{task}|>")]
     return prefix if timestamps else [*prefix, ids("<|notimestamps|>")]
 
 
@@ -77,7 +82,7 @@ def timestamp_id(tokenizer, seconds: float) -> int:
     return tokenizer.convert_tokens_to_ids("<|0.00|>") + step
 
 
-def label_ids(tokenizer, text: str, language: str, span: tuple[float, float] | None = None) -> list[int]:
+def label_ids(tokenizer, text: str, token: str, span: tuple[float, float] | None = None) -> list[int]:
     """Label ids for training (the ``<|sot|>`` start token is added by the model's shift).
 
     With ``span=(start, end)`` in seconds the text is framed by timestamp tokens, as in Whisper's
@@ -87,9 +92,9 @@ def label_ids(tokenizer, text: str, language: str, span: tuple[float, float] | N
     body = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     if span is None:
-        return prefix_ids(tokenizer, language)[1:] + body + [eot]
+        return prefix_ids(tokenizer, token)[1:] + body + [eot]
     start, end = (timestamp_id(tokenizer, t) for t in span)
-    return prefix_ids(tokenizer, language, timestamps=True)[1:] + [start, *body, end, eot]
+    return prefix_ids(tokenizer, token, timestamps=True)[1:] + [start, *body, end, eot]
 
 
 def wants_timestamps(utterance_id: str, share: float) -> bool:
@@ -107,10 +112,12 @@ def featurize(
     max_label_tokens: int = MAX_LABEL_TOKENS,
     progress: bool = False,
     timestamp_share: float = 0.0,
+    token: str | None = None,
 ) -> tuple[list[Example], BadRows]:
     """Decode and check records, tokenise their labels; returns the good examples and the bad-row report.
 
-    ``timestamp_share`` of the utterances (chosen by id) get timestamped labels spanning the clip.
+    ``timestamp_share`` of the utterances (chosen by id) get timestamped labels spanning the clip. ``token``: the
+    Whisper token code the labels start with (None: each record's language's, ``decoder_token``).
     """
     from tqdm.auto import tqdm
 
@@ -136,7 +143,7 @@ def featurize(
             continue
         duration = len(audio) / SAMPLE_RATE
         span = (0.0, duration) if wants_timestamps(r.id, timestamp_share) else None
-        labels = label_ids(processor.tokenizer, r.text, r.language, span)
+        labels = label_ids(processor.tokenizer, r.text, token or decoder_token(r.language), span)
         if len(labels) + 1 > max_label_tokens:
             bad.add("too_long_labels", r.id)
             continue

@@ -32,6 +32,7 @@ from whisper_lora.errors import ConfigError
 from whisper_lora.inference.fallback import Attempt, Rows, final_text, needs_fallback
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
 from whisper_lora.inference.longform import N_FRAMES, DecodeOptions, Segment, compression_ratio, decode_segments
+from whisper_lora.languages import token_text
 
 log = logging.getLogger("whisper_lora")
 
@@ -103,7 +104,7 @@ def generate_attempts(
     beams = decoding.num_beams if temperature <= 0 else 1
     gen = decoding_config(model, beams, decoding.max_new_tokens)
     gen.do_sample = False  # ``Rows`` samples, row by row
-    kw = dict(generation_config=gen, task="transcribe", language=whisper_languages)
+    kw = dict(generation_config=gen, task="transcribe", language=[token_text(c) for c in whisper_languages])
     rows = None
     if beams == 1:
         limit = decoding.options.compression_ratio_threshold

@@ -19,6 +19,7 @@ import torch
 from whisper_lora.data.audio import N_SAMPLES
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.decode import features
+from whisper_lora.languages import WHISPER_LANGUAGES
 
 SAMPLES_PER_FRAME = 320  # 16 kHz audio -> 50 encoder frames a second
 ENCODER_FRAMES = 1500
@@ -61,7 +62,8 @@ def language_tokens(model, processor) -> dict[str, int]:
     table = dict(gen.lang_to_id) if getattr(gen, "lang_to_id", None) else {}
     if not table:
         raise ConfigError("this base model is English-only: it has no language tokens to detect with")
-    return {token[2:-2]: int(i) for token, i in table.items()}
+    # Whisper's own tokens only: one added to this base for an adapter (language_tokens.py) is not the base's evidence
+    return {token[2:-2]: int(i) for token, i in table.items() if token[2:-2] in WHISPER_LANGUAGES}
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ import torch
 from whisper_lora.data.audio import SAMPLE_RATE
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
+from whisper_lora.languages import token_text
 
 N_FRAMES = 3000  # log-mel frames in Whisper's 30 s window
 FRAME_SECONDS = 0.01
@@ -246,7 +247,7 @@ def decode_segments(
         input_features=feats,
         attention_mask=mask.to(model.device),  # the input's own length (word timing needs it)
         generation_config=gen,
-        language=whisper_language,
+        language=token_text(whisper_language),  # as a token: one added to the base (language_tokens.py) too
         task="transcribe",
         return_timestamps=True,
         return_segments=True,

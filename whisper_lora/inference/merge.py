@@ -59,7 +59,7 @@ def merge_adapter(
     meta = read_metadata(adapter_dir)
     loaded = load_base_model(base or meta.base["name"], precision)
     processor = loaded.processor
-    peft = load_adapter(loaded.model, adapter_dir).eval()
+    peft = load_adapter(loaded.model, adapter_dir, tokenizer=processor.tokenizer).eval()  # the tokenizer gets its token
     dtype = next(p.dtype for p in peft.parameters() if p.is_floating_point())
     probe = examples[:4] if examples else None
     feats = torch.stack([e.input_features for e in probe]) if probe else torch.randn(2, 80, 3000) * 0.5
@@ -67,11 +67,11 @@ def merge_adapter(
     before = _probe_logits(peft, processor, feats)
     scores = None
     if examples:
-        unmerged, _ = evaluate_examples(peft, processor, examples, meta.language)
+        unmerged, _ = evaluate_examples(peft, processor, examples, meta.language, token=meta.whisper_language)
     merged = peft.merge_and_unload()
     after = _probe_logits(merged, processor, feats)
     if examples:
-        merged_scores, _ = evaluate_examples(merged, processor, examples, meta.language)
+        merged_scores, _ = evaluate_examples(merged, processor, examples, meta.language, token=meta.whisper_language)
         scores = {"unmerged": unmerged.to_dict(), "merged": merged_scores.to_dict()}
     out = Path(out)
     with atomic_directory(out) as tmp:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.request import AUTO, ROUTE, Request
 from whisper_lora.inference.routing import FORCED, RouteDecision
-from whisper_lora.languages import resolve_language
+from whisper_lora.languages import decoder_token, resolve_language
 from whisper_lora.registry.catalog import AdapterEntry, AdapterRegistry
 
 
@@ -61,12 +61,13 @@ def choose_adapter(
 def plan(registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None) -> PlannedInput:
     """The ``PlannedInput`` of one request (``decision``: its route, when its language is ``auto``)."""
     entry, route = choose_adapter(registry, request, decision)
+    # an adapter decodes with the token it was trained with (its language's own, a proxy, or one it adds)
     if request.language != AUTO:
         info = resolve_language(request.language)
-        return PlannedInput(info.code, None, entry, info.whisper, route)
+        own = entry is not None and resolve_language(entry.language).code == info.code
+        return PlannedInput(info.code, None, entry, entry.whisper_language if own else decoder_token(info.code), route)
     if request.adapter not in (None, ROUTE):  # a named adapter decodes in its own language
-        info = resolve_language(entry.language)
-        return PlannedInput(info.code, None, entry, info.whisper, route)
+        return PlannedInput(resolve_language(entry.language).code, None, entry, entry.whisper_language, route)
     decision = decision or request.decision
-    whisper = entry.whisper_language if entry else resolve_language(decision.language).whisper
+    whisper = entry.whisper_language if entry else decoder_token(decision.language)
     return PlannedInput(decision.language, decision.probability, entry, whisper, route)

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from whisper_lora.base.language_tokens import add_language_token, split_token_rows
 from whisper_lora.errors import ConfigError
 from whisper_lora.registry.adapter_io import load_adapter
 from whisper_lora.registry.catalog import AdapterEntry
@@ -72,10 +73,11 @@ def check_pool(mode: str, max_loaded: int) -> list[str]:
 
 
 class _PeftHolder:
-    """The base, and the PeftModel built on it with the first adapter."""
+    """The base, and the PeftModel built on it with the first adapter; ``tokenizer``: the base's, which adapters that
+    add a language token extend (``base/language_tokens.py``)."""
 
-    def __init__(self, model, max_loaded: int):
-        self.model, self.max_loaded = model, max_loaded
+    def __init__(self, model, max_loaded: int, tokenizer=None):
+        self.model, self.max_loaded, self.tokenizer = model, max_loaded, tokenizer
         self.peft = None
 
     @contextlib.contextmanager
@@ -132,8 +134,8 @@ class _PeftHolder:
 class RoutedPool(_PeftHolder):
     """Adapters attached side by side; mixed batches in one call (peft ``adapter_names``)."""
 
-    def __init__(self, model, max_loaded: int):
-        super().__init__(model, max_loaded)
+    def __init__(self, model, max_loaded: int, tokenizer=None):
+        super().__init__(model, max_loaded, tokenizer)
         self._names: OrderedDict[str, str] = OrderedDict()  # registry name -> peft name (name and version)
 
     def loaded(self) -> list[str]:
@@ -153,7 +155,7 @@ class RoutedPool(_PeftHolder):
         if len(self._names) >= self.max_loaded:
             _, old = self._names.popitem(last=False)
             self._delete(old)
-        self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=key)
+        self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=key, tokenizer=self.tokenizer)
         self._names[entry.name] = key
 
     def detach(self, name: str) -> bool:
@@ -199,16 +201,17 @@ class RoutedPool(_PeftHolder):
 class _Cached:
     """One adapter's weights kept in memory by the hot-swap pool."""
 
-    config: object  # its ``LoraConfig``
-    state: dict  # its weights, named for the slot
+    config: object  # its ``LoraConfig`` (without peft's trainable tokens: a new token's row goes into the base)
+    state: dict  # its LoRA weights, named for the slot
     version: str  # ``AdapterEntry.version`` when read: a replaced adapter is read again
+    token_row: torch.Tensor | None = None  # the row of the language token it adds (``metadata.new_token``)
 
 
 class HotSwapPool(_PeftHolder):
     """One adapter slot, weights swapped in place; cached weights of up to ``max_loaded`` adapters."""
 
-    def __init__(self, model, max_loaded: int):
-        super().__init__(model, max_loaded)
+    def __init__(self, model, max_loaded: int, tokenizer=None):
+        super().__init__(model, max_loaded, tokenizer)
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._active: tuple[str, str] | None = None  # (name, version) in the slot
         self._slot_config = None
@@ -231,7 +234,8 @@ class HotSwapPool(_PeftHolder):
         cached = self._cache.get(entry.name)
         if cached is None or cached.version != entry.version:  # not cached, or replaced on disk since
             config = LoraConfig.from_pretrained(str(entry.path))
-            raw = load_peft_weights(str(entry.path), device=str(self.model.device))
+            config.trainable_token_indices = None
+            raw, row = split_token_rows(load_peft_weights(str(entry.path), device=str(self.model.device)))
             state = {
                 k.replace(".lora_A.weight", f".lora_A.{HOTSWAP_SLOT}.weight").replace(
                     ".lora_B.weight", f".lora_B.{HOTSWAP_SLOT}.weight"
@@ -241,7 +245,7 @@ class HotSwapPool(_PeftHolder):
             self._cache.pop(entry.name, None)
             if len(self._cache) >= self.max_loaded:
                 self._cache.popitem(last=False)
-            self._cache[entry.name] = _Cached(config, state, entry.version)
+            self._cache[entry.name] = _Cached(config, state, entry.version, None if row is None else row[0])
         self._cache.move_to_end(entry.name)
         return self._cache[entry.name]
 
@@ -254,8 +258,10 @@ class HotSwapPool(_PeftHolder):
             return
         cached = self._weights(entry)
         config, state = cached.config, cached.state
+        if entry.metadata.new_token:  # its token's row goes into the base (never shared by another adapter)
+            add_language_token(self.model, self.tokenizer, entry.metadata.new_token, cached.token_row)
         if self.peft is None:
-            self.peft = load_adapter(self.model, entry.path, adapter_name=HOTSWAP_SLOT)
+            self.peft = load_adapter(self.model, entry.path, adapter_name=HOTSWAP_SLOT, tokenizer=self.tokenizer)
         else:
             check_hotswap_configs_compatible(self.peft.peft_config[HOTSWAP_SLOT], config)
             # from here the slot holds no adapter until the swap is whole: a swap that fails part-way leaves it
@@ -305,9 +311,10 @@ class HotSwapPool(_PeftHolder):
 POOLS = {"routed": RoutedPool, "hotswap": HotSwapPool}
 
 
-def make_pool(mode: str, model, max_loaded: int) -> AdapterPool:
-    """The pool for a ``Transcriber`` mode (``routed`` or ``hotswap``)."""
+def make_pool(mode: str, model, max_loaded: int, tokenizer=None) -> AdapterPool:
+    """The pool for a ``Transcriber`` mode (``routed`` or ``hotswap``); ``tokenizer``: the base's (needed by adapters
+    that add a language token)."""
     problems = check_pool(mode, max_loaded)
     if problems:
         raise ConfigError("invalid adapter pool:\n  - " + "\n  - ".join(problems))
-    return POOLS[mode](model, max_loaded)
+    return POOLS[mode](model, max_loaded, tokenizer)

@@ -58,14 +58,25 @@ class ScoreKey:
     decoding: str  # Decoding.key()
 
     @classmethod
-    def for_run(cls, base_info, model, examples: Sequence, split: str, language: str, decoding: Decoding):
+    def for_run(
+        cls,
+        base_info,
+        model,
+        examples: Sequence,
+        split: str,
+        language: str,
+        decoding: Decoding,
+        token: str | None = None,
+    ):
+        """The key of the base's scores on ``examples``; ``token``: the Whisper token code they were decoded with
+        when it is not the language's own (a proxy, or a token an adapter adds)."""
         return cls(
             base_info.fingerprint,
             base_info.precision,
             quantisation_key(model),
             corpus_fingerprint(examples),
             split,
-            language,
+            language if token in (None, language) else f"{language} as <|{token}|>",
             decoding.key(),
         )
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from whisper_lora.data.features import Example
 from whisper_lora.inference.decode import Decoding, decode_texts
-from whisper_lora.languages import resolve_language
+from whisper_lora.languages import decoder_token, resolve_language
 from whisper_lora.results import Comparison, Scores
 
 if TYPE_CHECKING:
@@ -73,8 +73,12 @@ def transcribe_examples(
     progress: bool = False,
     desc: str = "decode",
     encoder_states: dict[int, torch.Tensor] | None = None,
+    token: str | None = None,
 ) -> list[str]:
     """Transcripts of examples, decoded as ``transcribe`` decodes (``decode.decode_texts``), in input order.
+
+    ``token``: the Whisper token code the decoder is prompted with (an adapter's ``whisper_language``); None: the
+    language's own or proxy (``decoder_token``).
 
     Batches group clips of similar duration (never by reference length: references are not read).
     ``encoder_states`` (by example index, read and filled): pass one dict to two calls whose encoders compute the
@@ -84,7 +88,7 @@ def transcribe_examples(
     from tqdm.auto import tqdm
 
     decoding = decoding or Decoding()
-    whisper = resolve_language(language).whisper
+    whisper = token or decoder_token(language)
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: examples[i].duration)

@@ -118,7 +118,7 @@ class Transcriber:
         self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
         self.mode = mode
         self.detect_threshold = detect_threshold  # routing's confidence floor: below it, ``auto`` gives the base
-        self._pool = make_pool(mode, self.model, max_loaded)
+        self._pool = make_pool(mode, self.model, max_loaded, self.processor.tokenizer)
         self._lock = threading.Lock()  # one decode at a time (a paused long-form decode releases it)
         self._refresh_lock = threading.Lock()
         self._unload_lock = threading.Lock()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from whisper_lora.atomic import atomic_directory, atomic_write_text, recover, target_lock
-from whisper_lora.errors import AdapterError
+from whisper_lora.errors import AdapterError, ConfigError
 from whisper_lora.languages import resolve_language
 from whisper_lora.registry.card import write_hub_files
 from whisper_lora.registry.language_profile import write_profile
@@ -27,11 +27,20 @@ def save_adapter(
     peft_model, out_dir: str | Path, metadata: AdapterMetadata, adapter_name: str = "default", profile=None
 ) -> Path:
     """Write ``adapter_config.json``, ``adapter_model.safetensors``, metadata, the model card and (when given)
-    the ``LanguageProfile`` for routing, atomically."""
+    the ``LanguageProfile`` for routing, atomically.
+
+    An adapter that adds a language token (``metadata.new_token``) saves its trained row only (never the embedding
+    matrix peft would save for a resized vocabulary) and ``added_tokens.json``, the tokenizer's addition."""
     resolve_language(metadata.language)  # refuse to write metadata with an unknown language
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        peft_model.save_pretrained(tmp, selected_adapters=[adapter_name], safe_serialization=True)
+        peft_model.save_pretrained(
+            tmp, selected_adapters=[adapter_name], safe_serialization=True, save_embedding_layers=False
+        )
+        if metadata.new_token:
+            indices = peft_model.peft_config[adapter_name].trainable_token_indices or {}
+            ids = [i for v in indices.values() for i in v]
+            (tmp / ADDED_TOKENS_FILE).write_text(json.dumps({f"<|{metadata.new_token}|>": ids[0]}) + "\n")
         sub = tmp / adapter_name
         if adapter_name != "default" and sub.is_dir():  # peft nests non-default adapters
             for f in sub.iterdir():
@@ -42,6 +51,9 @@ def save_adapter(
         if profile is not None:
             write_profile(tmp, profile)
     return out_dir
+
+
+ADDED_TOKENS_FILE = "added_tokens.json"  # the tokenizer's addition of an adapter with a new language token
 
 
 def weights_digest(adapter_dir: str | Path) -> str:
@@ -132,16 +144,54 @@ def validate_adapter(adapter_dir: str | Path) -> AdapterMetadata:
     return meta
 
 
-def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", is_trainable: bool = False):
-    """Attach a saved adapter to a base model (or a PeftModel), after ``validate_adapter``, from safetensors only."""
+def load_adapter(
+    model, adapter_dir: str | Path, adapter_name: str = "default", is_trainable: bool = False, tokenizer=None
+):
+    """Attach a saved adapter to a base model (or a PeftModel), after ``validate_adapter``, from safetensors only.
+
+    An adapter that adds a language token needs the base's ``tokenizer``: the token is added to both, its trained
+    row put at this process's id (``base/language_tokens.py``), and the LoRA weights attached without peft's
+    trainable-token layer, whose id is the one the adapter was trained with."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     try:
-        validate_adapter(adapter_dir)
+        meta = validate_adapter(adapter_dir)
     except AdapterError as e:
         raise AdapterError(f"cannot load the adapter in {adapter_dir}: {e}") from None
+    if meta.new_token:
+        if tokenizer is None:
+            raise ConfigError(
+                f"the adapter in {adapter_dir} adds the language token <|{meta.new_token}|>: load it with the base's "
+                "tokenizer (load_adapter(model, path, tokenizer=processor.tokenizer))"
+            )
+        return _load_with_new_token(model, adapter_dir, adapter_name, is_trainable, tokenizer, meta.new_token)
     if isinstance(model, PeftModel):
         model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable, use_safetensors=True)
         return model
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
+
+
+def _load_with_new_token(model, adapter_dir: Path, adapter_name: str, is_trainable: bool, tokenizer, code: str):
+    from peft import LoraConfig, PeftModel
+    from peft.utils.save_and_load import load_peft_weights, set_peft_model_state_dict
+
+    from whisper_lora.base.language_tokens import add_language_token, split_token_rows
+
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    config.trainable_token_indices = None  # the row goes into the base, at this process's id
+    config.inference_mode = not is_trainable
+    device = next(model.parameters()).device
+    state, row = split_token_rows(load_peft_weights(str(adapter_dir), device=str(device)))
+    if row is None:
+        raise AdapterError(f"the adapter in {adapter_dir} adds <|{code}|> but {PEFT_FILES[1]} holds no row for it")
+    add_language_token(model, tokenizer, code, row[0])
+    if isinstance(model, PeftModel):
+        model.add_adapter(adapter_name, config)
+    else:
+        model = PeftModel(model, config, adapter_name)
+    set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    for name, p in model.named_parameters():
+        if f".{adapter_name}." in name:
+            p.requires_grad_(is_trainable)
+    return model if is_trainable else model.eval()  # new LoRA layers start in training mode (dropout), as peft's own

@@ -50,7 +50,7 @@ def card_data(meta: AdapterMetadata, base_id: str):
         ]
     return ModelCardData(
         model_name=f"whisper-lora-{meta.language}",
-        language=[lang.whisper],
+        language=[lang.code],  # the language itself (``ary``), not the token it is decoded with
         license="mit",
         library_name="peft",
         base_model=base_id,
@@ -79,8 +79,7 @@ def _body(meta: AdapterMetadata, base_id: str) -> str:
     how = f", base in {how}, decoded as `whisper-lora transcribe` decodes" if how else ""
     return f"""# whisper-lora adapter: {lang.name} (`{meta.language}`) on {base_id}
 
-A LoRA adapter trained with [whisper-lora](https://pypi.org/project/whisper-lora/) for {lang.name}; Whisper decodes it
-with its `<|{lang.whisper}|>` language token.
+A LoRA adapter trained with [whisper-lora](https://pypi.org/project/whisper-lora/) for {lang.name}; {_token_note(meta)}
 
 ## Training data
 
@@ -99,24 +98,54 @@ with its `<|{lang.whisper}|>` language token.
 
 ## Usage
 
-With `transformers.pipeline` (the language token must be forced: `{lang.whisper}`):
+With `transformers.pipeline` (the language token must be forced: `<|{meta.whisper_language}|>`):
 
 ```python
-from peft import PeftModel
-from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
-
-processor = WhisperProcessor.from_pretrained("{base_id}")
-base = WhisperForConditionalGeneration.from_pretrained("{base_id}")
-model = PeftModel.from_pretrained(base, "path/to/this/directory").merge_and_unload()
-asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
-               feature_extractor=processor.feature_extractor)
-print(asr("clip.wav", generate_kwargs={{"language": "{lang.whisper}", "task": "transcribe"}})["text"])
+{usage_code(meta, base_id)}
+print(asr("clip.wav", generate_kwargs={{"language": "<|{meta.whisper_language}|>", "task": "transcribe"}})["text"])
 ```
 
 or, serving many languages from one base: `whisper_lora.Transcriber("{base_id}", adapters="adapters")`.
 
 Base weights fingerprint: `{meta.base.get("fingerprint", "?")}` (whisper-lora refuses the adapter on another base).
 """
+
+
+def _token_note(meta: AdapterMetadata) -> str:
+    token, how = f"<|{meta.whisper_language}|>", meta.language_token
+    if meta.new_token:
+        return (
+            f"it adds the language token `{token}` to Whisper (`added_tokens.json`; its embedding row, started from "
+            f"`<|{how.get('proxy')}|>`'s, is trained in `adapter_model.safetensors`)."
+        )
+    if how.get("mode") == "proxy":
+        return f"Whisper has no token for it: it is decoded with `{token}` (proxy from the {how.get('proxy_source')})."
+    return f"Whisper decodes it with the `{token}` language token."
+
+
+def usage_code(meta: AdapterMetadata, base_id: str, adapter_dir: str = "path/to/this/directory") -> str:
+    """Python that loads the adapter with plain transformers and peft and builds the pipeline ``asr`` (an adapter
+    with a new language token first gives the base and its tokenizer that token, at the id it was trained with)."""
+    lines = [
+        "from peft import PeftModel",
+        "from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline",
+        "",
+        f'processor = WhisperProcessor.from_pretrained("{base_id}")',
+        f'base = WhisperForConditionalGeneration.from_pretrained("{base_id}")',
+    ]
+    if meta.new_token:
+        token = f"<|{meta.new_token}|>"
+        lines += [
+            f'processor.tokenizer.add_tokens(["{token}"], special_tokens=True)  # added_tokens.json',
+            "base.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)",
+            f'base.generation_config.lang_to_id["{token}"] = processor.tokenizer.convert_tokens_to_ids("{token}")',
+        ]
+    lines += [
+        f'model = PeftModel.from_pretrained(base, "{adapter_dir}").merge_and_unload()',
+        'asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,',
+        "               feature_extractor=processor.feature_extractor)",
+    ]
+    return "\n".join(lines)
 
 
 def model_card(meta: AdapterMetadata, base_id: str):

@@ -65,6 +65,9 @@ class AdapterMetadata:
     data: dict  # {"fingerprint", "train_utterances", "train_seconds", "source"}
     metrics: dict = field(default_factory=dict)  # {"base": {...}, "adapter": {...}} held-out
     training: dict = field(default_factory=dict)  # hyper-parameters and step count
+    # for a language Whisper lacks: {"mode": "proxy" or "new", "proxy": code, "proxy_source": "table", "config" or
+    # "detected", "detected": {code: clips}}; "new" adds the token <|whisper_language|> (base/language_tokens.py)
+    language_token: dict = field(default_factory=dict)
     library_version: str = field(default_factory=library_version)
     metadata_version: int = METADATA_VERSION
 
@@ -77,6 +80,12 @@ class AdapterMetadata:
         return Comparison.from_dict(self.metrics)
 
     @property
+    def new_token(self) -> str | None:
+        """The code of the language token this adapter adds to its base (``language_token: new``); None when it
+        decodes with one of Whisper's own tokens."""
+        return self.whisper_language if self.language_token.get("mode") == "new" else None
+
+    @property
     def training_data(self) -> TrainingData:
         return TrainingData.from_dict(self.data)
 
@@ -84,7 +93,11 @@ class AdapterMetadata:
     def from_dict(cls, d: dict) -> AdapterMetadata:
         known = set(cls.__dataclass_fields__)
         meta = cls(**{k: v for k, v in d.items() if k in known})
-        wrong = [k for k in ("base", "lora", "data", "metrics", "training") if not isinstance(getattr(meta, k), dict)]
+        wrong = [
+            k
+            for k in ("base", "lora", "data", "metrics", "training", "language_token")
+            if not isinstance(getattr(meta, k), dict)
+        ]
         wrong += [k for k in ("language", "whisper_language") if not isinstance(getattr(meta, k), str)]
         if wrong:
             raise TypeError(f"wrong type for {', '.join(wrong)}")

@@ -24,13 +24,21 @@ from pathlib import Path
 
 from whisper_lora.atomic import target_lock
 from whisper_lora.errors import AdapterError
-from whisper_lora.registry.adapter_io import METADATA_FILE, PEFT_FILES, load_adapter, validate_adapter
+from whisper_lora.languages import token_text
+from whisper_lora.registry.adapter_io import (
+    ADDED_TOKENS_FILE,
+    METADATA_FILE,
+    PEFT_FILES,
+    load_adapter,
+    validate_adapter,
+)
 from whisper_lora.registry.card import CARD_FILE, public_base_id, write_hub_files
 from whisper_lora.registry.language_profile import PROFILE_FILE, read_profile_file
 from whisper_lora.registry.metadata import AdapterMetadata
 
 log = logging.getLogger("whisper_lora")
-UPLOADED = (*PEFT_FILES, METADATA_FILE, CARD_FILE, PROFILE_FILE)  # the profile when there is one
+# the profile and the tokenizer's addition (an adapter with a new language token) when there are
+UPLOADED = (*PEFT_FILES, METADATA_FILE, CARD_FILE, PROFILE_FILE, ADDED_TOKENS_FILE)
 LOCAL = "<local>"  # what stands for the directories of a local path in published metadata
 # a path that says where on this machine: absolute (POSIX or Windows), in a home directory, a file URL, or one that
 # climbs out of the working directory; paths below it (``data/sw``) and hub ids (``openai/whisper-base``) are kept
@@ -146,12 +154,13 @@ def asr_pipeline(adapter_dir: str | Path, base: str | None = None, precision: st
 
     meta = validate_adapter(adapter_dir)
     loaded = load_base_model(base or meta.base.get("name") or "whisper-base", precision, device)
-    model = load_adapter(loaded.model, adapter_dir).merge_and_unload().eval()
+    tokenizer = loaded.processor.tokenizer  # extended by an adapter that adds a language token
+    model = load_adapter(loaded.model, adapter_dir, tokenizer=tokenizer).merge_and_unload().eval()
     return pipeline(
         "automatic-speech-recognition",
         model=model,
-        tokenizer=loaded.processor.tokenizer,
+        tokenizer=tokenizer,
         feature_extractor=loaded.processor.feature_extractor,
         device=model.device,
-        generate_kwargs={"language": meta.whisper_language, "task": "transcribe"},
+        generate_kwargs={"language": token_text(meta.whisper_language), "task": "transcribe"},
     )

@@ -17,6 +17,7 @@ from whisper_lora.training.lora import LoraSpec
 from whisper_lora.training.schedule import LR_DECAYS
 
 MIXED_PRECISIONS = ("no", "bf16", "auto")
+LANGUAGE_TOKENS = ("proxy", "new")  # how a language Whisper lacks is decoded (training/language_token.py)
 SCORE_PRECISIONS = ("auto", "train", *PRECISIONS)
 DEFAULT_MAX_STEPS = 300  # the step budget when neither max_steps nor max_minutes is given
 _INVALID = "invalid training config:\n  - "
@@ -26,9 +27,13 @@ _INVALID = "invalid training config:\n  - "
 class TrainConfig:
     """Everything ``train_adapter`` needs; every field has a working default but ``language``/``data``."""
 
-    language: str  # ISO code or alias of the language the adapter is for (sw, ary, cs, ...)
+    language: str  # ISO code or alias of the language the adapter is for (sw, ary, cs, gn, ...)
     data: str | object  # corpus root (DVoice, Common Voice, audiofolder, save_to_disk), manifest, or a datasets object
     out: str | None = None  # adapter directory; default adapters/<language>
+    # for a language Whisper has no token for: proxy (decode under a Whisper language's token) or new (add <|xx|>,
+    # its embedding row started from the proxy's and trained with the adapter); ignored for Whisper's own languages
+    language_token: str = "proxy"
+    proxy: str | None = None  # that Whisper language; None: the language table's, else Whisper's ID of the train clips
     base: str = DEFAULT_BASE  # base model: short name, local path or hub id
     precision: str = "auto"  # base weights: auto (chosen for the device, see profile.py), int8, nf4, bf16, fp32
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -80,9 +85,11 @@ class TrainConfig:
             self.trim_padding = None
         problems = []
         try:
-            resolve_language(self.language)
+            lang = resolve_language(self.language)
         except ConfigError as e:
             problems.append(str(e))
+            lang = None
+        problems += self._token_problems(lang)
         if self.precision not in ("auto", *PRECISIONS):
             problems.append(f"precision={self.precision!r}; valid: {format_choices(('auto', *PRECISIONS))}")
         if self.gradient_checkpointing not in (True, False, "auto"):
@@ -142,6 +149,24 @@ class TrainConfig:
         problems += self._cache_conflicts(self.lora.frozen_encoder_layers(1))
         if problems:
             raise ConfigError(_INVALID + "\n  - ".join(problems))
+
+    def _token_problems(self, lang) -> list[str]:
+        """What is wrong with ``language_token`` and ``proxy`` for the language ``lang`` (None: unknown)."""
+        problems = []
+        if self.language_token not in LANGUAGE_TOKENS:
+            problems.append(f"language_token={self.language_token!r}; valid: {format_choices(LANGUAGE_TOKENS)}")
+        if lang is not None and lang.has_token and (self.language_token == "new" or self.proxy):
+            what = "language_token: new" if self.language_token == "new" else f"proxy={self.proxy!r}"
+            problems.append(f"{what}: {lang.name} ({lang.code}) has Whisper's own token <|{lang.code}|>")
+        if self.proxy is not None:
+            try:
+                proxy = resolve_language(self.proxy)
+            except ConfigError as e:
+                problems.append(f"proxy: {e}")
+            else:
+                if not proxy.has_token:
+                    problems.append(f"proxy={self.proxy!r}: a proxy must be a language Whisper has a token for")
+        return problems
 
     def _cache_conflicts(self, frozen: int) -> list[str]:
         """What the encoder cache cannot serve, where ``frozen`` encoder layers (0: none) are below the first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
@@ -115,8 +116,9 @@ class LoraSpec:
                         names.append(f"{prefix}.{i}.{attn}.{_PROJ[t]}")
         return sorted(set(names))
 
-    def peft_config(self, encoder_layers: int, decoder_layers: int):
-        """The peft ``LoraConfig`` (``task_type`` deliberately unset for Whisper)."""
+    def peft_config(self, encoder_layers: int, decoder_layers: int, token_ids: Sequence[int] = ()):
+        """The peft ``LoraConfig`` (``task_type`` deliberately unset for Whisper); ``token_ids``: embedding rows trained
+        with the adapter (peft's trainable tokens; a language token the adapter adds, ``language_token.py``)."""
         from peft import LoraConfig
 
         return LoraConfig(
@@ -125,6 +127,7 @@ class LoraSpec:
             lora_dropout=self.dropout,
             target_modules=self.target_modules(encoder_layers, decoder_layers),
             bias="none",
+            trainable_token_indices={"embed_tokens": list(token_ids)} if token_ids else None,
         )
 
 
@@ -161,14 +164,14 @@ def count_parameters(model) -> ParamCounts:
     return ParamCounts(trainable, total, modules)
 
 
-def apply_lora(model, spec: LoraSpec, adapter_name: str = "default"):
-    """Inject LoRA adapters with peft; only adapter parameters stay trainable."""
+def apply_lora(model, spec: LoraSpec, adapter_name: str = "default", token_ids: Sequence[int] = ()):
+    """Inject LoRA adapters with peft; only adapter parameters (and the rows of ``token_ids``) stay trainable."""
     from peft import get_peft_model
 
     cfg = model.config
     peft_model = get_peft_model(
-        model, spec.peft_config(cfg.encoder_layers, cfg.decoder_layers), adapter_name=adapter_name
+        model, spec.peft_config(cfg.encoder_layers, cfg.decoder_layers, token_ids), adapter_name=adapter_name
     )
     for name, p in peft_model.named_parameters():
-        p.requires_grad = "lora_" in name
+        p.requires_grad = "lora_" in name or "trainable_tokens_delta" in name
     return peft_model

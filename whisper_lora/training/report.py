@@ -38,6 +38,7 @@ class Scorer:
     bitsandbytes' 6.0: slower on a CPU, and batch-dependent) carrying the adapter's current weights."""
 
     def __init__(self, run: Run, cfg: TrainConfig, device: torch.device):
+        from whisper_lora.base.language_tokens import add_language_token
         from whisper_lora.base.model import load_base_model
         from whisper_lora.training.lora import apply_lora
 
@@ -47,7 +48,12 @@ class Scorer:
         self.info = run.base_info
         if precision is not None:
             base = load_base_model(run.base_info.path or cfg.base, precision, device, int8_threshold=0.0)
-            self.model, self.info = apply_lora(base.model, cfg.lora), base.info
+            ids = []
+            if run.token.mode == "new":  # the same token at the same id: the trained row is copied like the rest
+                ids = [
+                    add_language_token(base.model, base.processor.tokenizer, run.token.token, init_from=run.token.proxy)
+                ]
+            self.model, self.info = apply_lora(base.model, cfg.lora, token_ids=ids), base.info
             self.model.eval()
             log.info("scoring: the adapter on a %s base, as eval and transcribe load it", precision)
 
@@ -68,7 +74,13 @@ def score_dev(run: Run, cfg: TrainConfig, language: str, state: TrainState, best
     model = scorer.current()
     decoding = scoring_decoding(cfg)
     scores, _ = evaluate_examples(
-        model, run.processor, run.dev, language, decoding=decoding, encoder_states=scorer.dev_states
+        model,
+        run.processor,
+        run.dev,
+        language,
+        decoding=decoding,
+        encoder_states=scorer.dev_states,
+        token=run.token.token,
     )
     state.history.append({"step": state.step, "dev": scores.to_dict()})
     if scores.cer < state.best_cer:
@@ -82,8 +94,8 @@ def score_test(run: Run, cfg: TrainConfig, language: str, progress: bool, scorer
     decoding = scoring_decoding(cfg)
     cache = ScoreCache()
     model = scorer.current()
-    key = ScoreKey.for_run(scorer.info, model, run.test, "test", language, decoding)
-    kw = dict(decoding=decoding, progress=progress)
+    key = ScoreKey.for_run(scorer.info, model, run.test, "test", language, decoding, run.token.token)
+    kw = dict(decoding=decoding, progress=progress, token=run.token.token)
     result = compare_base_and_adapter(model, run.processor, run.test, language, "test", cache.get(key), **kw)
     cache.put(key, result.base)
     return {**result.to_dict(), **scored_with(scorer.info.precision, decoding)}
@@ -95,7 +107,8 @@ def adapter_metadata(run: Run, cfg: TrainConfig, processes: int, state: TrainSta
     originals = [e for e in run.train if e.perturbation is None]
     return AdapterMetadata(
         language=lang.code,
-        whisper_language=lang.whisper,
+        whisper_language=run.token.token,
+        language_token=run.token.record(),
         base={k: v for k, v in run.base_info.__dict__.items() if k != "path"},
         lora=cfg.lora.to_dict(),
         data={

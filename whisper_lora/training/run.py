@@ -10,6 +10,7 @@ import torch
 
 from whisper_lora.data.features import Example
 from whisper_lora.training.encoder_cache import EncoderCache
+from whisper_lora.training.language_token import TokenChoice
 from whisper_lora.training.schedule import BudgetSchedule
 
 
@@ -44,6 +45,7 @@ class Run:
     hidden_dtype: torch.dtype  # cached encoder states enter the model in this dtype
     encoder: torch.nn.Module  # the (LoRA-injected) encoder of the model being trained
     durations: tuple[float, ...]  # of the training utterances, for the batch sampler
+    token: TokenChoice  # the decoder's language token (its own, a proxy, or one the adapter adds)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 
 from whisper_lora.atomic import recover, remove_directory
 from whisper_lora.base.hardware import device_summary, fast_bf16
+from whisper_lora.base.language_tokens import token_id
 from whisper_lora.base.model import load_base_model
 from whisper_lora.base.profile import (
     activation_bytes,
@@ -28,7 +29,7 @@ from whisper_lora.base.resolve import resolve_base
 from whisper_lora.base.trim import allow_short_inputs
 from whisper_lora.data.features import collate
 from whisper_lora.data.perturb import perturbed_copies
-from whisper_lora.data.prepare import prepare_splits
+from whisper_lora.data.prepare import prepare_splits, train_audio_paths
 from whisper_lora.data.sampler import batch_indices
 from whisper_lora.errors import ConfigError
 from whisper_lora.languages import resolve_language
@@ -46,6 +47,7 @@ from whisper_lora.training.checkpoint import (
 from whisper_lora.training.config import TrainConfig
 from whisper_lora.training.encoder_cache import EncoderCache, encode_upper
 from whisper_lora.training.estimate import describe, estimate_phases
+from whisper_lora.training.language_token import choose_token
 from whisper_lora.training.lean_backward import make_backward_lean
 from whisper_lora.training.lora import apply_lora, count_parameters
 from whisper_lora.training.report import Scorer, adapter_metadata, language_profile, score_dev, score_test
@@ -107,6 +109,8 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> Run:
         log.info("device: %s", device_summary(acc.device))
     torch.manual_seed(cfg.seed)
     base = load_base_model(cfg.base, cfg.precision, device=acc.device)
+    clips = lambda: train_audio_paths(cfg.data, cfg.language, cfg.data_format, cfg.split_fractions, cfg.seed)  # noqa: E731
+    token = choose_token(cfg, base.model, base.processor, clips)
     data = prepare_splits(
         cfg.data,
         cfg.language,
@@ -117,6 +121,7 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> Run:
         max_bad_fraction=cfg.max_bad_fraction,
         progress=show,
         timestamp_share=cfg.timestamp_share,
+        token=token.token,
     )
     extra = perturbed_copies(data["train"], cfg.speed_perturb, cfg.noise_snr_db)
     if extra:
@@ -124,7 +129,8 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> Run:
             log.info("augmentation: %d perturbed copies added to %d training clips", len(extra), len(data["train"]))
         data["train"] = data["train"] + extra
     torch.manual_seed(cfg.seed)  # adapter init does not depend on what loading consumed
-    model = apply_lora(base.model, cfg.lora)
+    new_ids = [token_id(base.processor.tokenizer, token.token)] if token.mode == "new" else []
+    model = apply_lora(base.model, cfg.lora, token_ids=new_ids)
     if show:
         log.info("%s", count_parameters(model))
     if cfg.lean_backward:
@@ -174,6 +180,7 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> Run:
         hidden_dtype=model.get_base_model().dtype,
         encoder=model.get_base_model().model.encoder,
         durations=tuple(e.duration for e in data["train"]),
+        token=token,
     )
 
 

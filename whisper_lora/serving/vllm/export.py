@@ -79,6 +79,12 @@ def vllm_modules(adapter_dir: str | Path) -> list[str]:
         problems.append(f"modules_to_save={cfg['modules_to_save']!r} (full modules) are not LoRA weights")
     if cfg.get("bias", "none") != "none":
         problems.append(f"bias={cfg['bias']!r}: vLLM applies LoRA A/B only")
+    if cfg.get("trainable_token_indices"):  # its weights then hold a token row, which the check below would name
+        raise AdapterError(
+            f"adapter {Path(adapter_dir).name!r} cannot be served by vLLM: it adds a language token (an embedding row, "
+            "trainable_token_indices), and vLLM applies LoRA A/B weights over the base's own vocabulary, whose "
+            "tokenizer has no such token; serve it with `whisper-lora serve`, or train it with language_token: proxy"
+        )
     out, off = set(), []
     for name in adapted_modules(adapter_dir):
         m = _DECODER.match(name)
