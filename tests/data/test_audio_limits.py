@@ -237,3 +237,23 @@ def test_ffmpeg_decodes_other_containers_within_the_limit(tmp_path):
 
     want = librosa.resample(pcm.reshape(-1, 2).T.mean(axis=0), orig_sr=48000, target_sr=SAMPLE_RATE)
     assert np.array_equal(load_audio(short), want)  # what librosa's audioread path gave
+
+
+def test_an_ffmpeg_decode_that_stalls_is_killed_at_its_deadline(tmp_path, monkeypatch):
+    """A stand-in ffmpeg that writes a WAV header and a little PCM, then hangs: the read ends at the deadline with
+    an error that says so, instead of holding the request (and its worker) forever."""
+    import whisper_lora.data.audio as audio
+
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    head = io.BytesIO()
+    sf.write(head, np.zeros(1600, np.int16), 16000, format="WAV", subtype="PCM_16")
+    (tmp_path / "head.wav").write_bytes(head.getvalue()[:-3200] + bytes(3200))
+    fake.write_text(f"#!/bin/sh\ncat {tmp_path / 'head.wav'}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    monkeypatch.setattr(audio, "FFMPEG_SECONDS", 1.0)
+    started = time.monotonic()
+    with pytest.raises(AudioError, match=r"ffmpeg did not finish within 1 s \(killed\)"):
+        load_audio(_write(tmp_path, "talk.webm", WEBM))
+    assert time.monotonic() - started < 10

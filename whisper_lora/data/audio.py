@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ UNKNOWN_FRAMES = 2**62  # libsndfile says SF_COUNT_MAX frames for a stream witho
 LIBSNDFILE_FORMATS = "wav, flac, ogg (vorbis, opus), mp3, aiff"  # what libsndfile reads, as users name it
 FFMPEG_DEMUXERS = "matroska,webm,mov,mp4,m4a,aac,mp3,ogg,wav,flac,asf,amr"  # the only containers given to ffmpeg
 FFMPEG_FORMATS = "webm, mkv, mp4/m4a, aac, wma, amr"  # the same, as users name them
+FFMPEG_SECONDS = 120.0  # wall clock one ffmpeg decode may take (it decodes 30 min of audio in a few seconds)
 
 
 class AudioError(DataError):
@@ -222,8 +224,19 @@ def _ffmpeg(path: Path) -> _Stream:
         stdout=subprocess.PIPE,
         stderr=err,
     )
+    # a decode that takes too long (a crafted file, a stalled process) is killed: the pipe then ends, and says why
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    deadline = threading.Timer(FFMPEG_SECONDS, expire)
+    deadline.daemon = True
+    deadline.start()
 
     def close() -> None:
+        deadline.cancel()
         if proc.poll() is None:
             proc.kill()  # at the limit, or on an error: ffmpeg decodes no further
         proc.wait()
@@ -231,6 +244,13 @@ def _ffmpeg(path: Path) -> _Stream:
         err.close()
 
     def said() -> str:
+        if (
+            deadline.finished.is_set()
+            and not deadline.is_alive()
+            and proc.returncode is not None
+            and proc.returncode < 0
+        ):
+            return f"ffmpeg did not finish within {FFMPEG_SECONDS:g} s (killed)"
         err.seek(0)
         lines = err.read().decode("utf-8", "replace").strip().splitlines()
         return lines[-1].strip() if lines else f"exit status {proc.returncode}"
