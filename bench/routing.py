@@ -8,7 +8,9 @@ real Czech (Fish Fillets levels of the test and dev splits; cs adapter), real En
 tests/assets, plus pocketsphinx's when --librivox points at them, plus Fish Fillets English of held-out
 levels), real Dutch (Fish Fillets, held-out levels), synthetic Swahili and Indonesian (shipped test
 sentences, voices never used in training; sw and id adapters), synthetic French and German (the half of
-bench/sentences the background does not use, test voices) and Polish and Spanish (in no background).
+bench/sentences the background does not use, test voices), Polish and Spanish (in no background), and the close
+relatives Slovak and Malay (the half of their sentences the background does not use, test voices): the pairs
+cs/sk, cs/pl and id/ms are shown by threshold.
 Both routers decide from the same evidence (one base pass per clip). Prints the CPU class.
 """
 
@@ -34,6 +36,7 @@ from whisper_lora.inference.transcriber import Transcriber
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = ROOT / "bench" / "sentences"
 OLD_THRESHOLD = 0.5  # auto's detect_threshold before the router
+PAIRS = [("cs", "sk"), ("cs", "pl"), ("id", "ms")]  # (adapter language, close relative without an adapter)
 
 
 def held_out_sets(n: int, librivox: str | None) -> dict[str, list[tuple[object, str | None]]]:
@@ -54,9 +57,10 @@ def held_out_sets(n: int, librivox: str | None) -> dict[str, list[tuple[object, 
     for lang in ("sw", "id"):
         sents = shipped_sentences(lang, "test")
         sets[lang] = [(synthesize(s, lang, TEST_VOICES[i % len(TEST_VOICES)]), s) for i, s in enumerate(sents[:n])]
-    for lang in ("fr", "de", "pl", "es"):
+    for lang in ("fr", "de", "pl", "es", "sk", "ms"):
         sents = read_sentences(SENTENCES / f"{lang}.txt")
-        sents = sents[len(sents) // 2 :] if lang in ("fr", "de") else sents  # fr/de: the half not in the background
+        # fr, de and the relatives sk, ms: the half not in the background
+        sents = sents[len(sents) // 2 :] if lang in ("fr", "de", "sk", "ms") else sents
         sets[lang] = [(synthesize(s, lang, TEST_VOICES[i % len(TEST_VOICES)]), None) for i, s in enumerate(sents[:n])]
     return sets
 
@@ -142,6 +146,14 @@ if __name__ == "__main__":
     for thr, row in sweep.items():
         print(f"{thr:<10}" + "".join(f"{row[lang]:>7.3f}" for lang in evidences))
     result_sweep = {str(k): v for k, v in sweep.items()}
+    # close relatives: the adapter's language must reach it, the relative without an adapter the base
+    pairs = [(x, y) for x, y in PAIRS if x in adapters and y in evidences and y not in adapters and x in evidences]
+    print("\nclose relatives, by threshold: the adapter's language to its adapter / the relative to the base")
+    print(f"{'threshold':<10}" + "".join(f"{x + '/' + y:>12}" for x, y in pairs))
+    for thr, row in sweep.items():
+        print(f"{thr:<10}" + "".join(f"{f'{row[x]:.2f}/{row[y]:.2f}':>12}" for x, y in pairs))
+    hard = {name: info.get("hard_negatives") for name, info in t.router.describe()["adapters"].items()}
+    print("hard negatives of each adapter:", hard)
     if a.skip_wer:
         raise SystemExit(0)
 
@@ -167,6 +179,8 @@ if __name__ == "__main__":
         "accuracy": table,
         "confusion": confusion,
         "threshold_sweep": result_sweep,
+        "relative_pairs": [list(pair) for pair in pairs],
+        "hard_negatives": hard,
         "cost": {"evidence_s_per_clip": round(evidence_s, 4), "router_fit_ms": round(fit_s * 1000, 1)},
         "end_to_end": {
             "clips": len(mixed),

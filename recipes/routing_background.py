@@ -7,8 +7,10 @@
 Writes ``whisper_lora/routing_backgrounds/<base fingerprint>.safetensors``: real Dutch and English
 lines from the Fish Fillets levels of the *train* split (bench/routing.py holds out the others), and
 espeak-ng speech in training voices: the first half of French and German ``bench/sentences`` (the
-bench speaks the other half, in other voices) and Italian, Portuguese, English, Dutch and Turkish.
-Polish and Spanish are in no background: the bench uses them as languages the router never saw.
+bench speaks the other half, in other voices) and Italian, Portuguese, English, Dutch and Turkish, and the first
+half of Slovak and Malay: close relatives of the shipped Czech and Indonesian adapters, which the router weights up
+against them (``routing.HARD_WEIGHT``). Polish and Spanish are in no background: the bench uses them as languages
+the router never saw.
 """
 
 import argparse
@@ -23,6 +25,7 @@ from whisper_lora.inference.routing import build_background
 from whisper_lora.registry.language_profile import write_profile
 
 SENTENCES = Path(__file__).resolve().parent.parent / "bench" / "sentences"
+HARD = ("sk", "ms")  # close relatives of shipped adapters' languages (Czech, Indonesian): the router's hard negatives
 OUT = Path(__file__).resolve().parent.parent / "whisper_lora" / "routing_backgrounds"
 
 if __name__ == "__main__":
@@ -36,9 +39,9 @@ if __name__ == "__main__":
         lines = [path for level, path in recorded_lines(a.root, voice) if level_split(level) == "train"]
         signals = [s for s in (load_audio(path) for path in spread(lines, a.per_language * 2)) if len(s) > 8000]
         speech[voice] = signals[: a.per_language]
-    for lang in ("fr", "de", "it", "pt", "en", "nl", "tr"):
+    for lang in ("fr", "de", "it", "pt", "en", "nl", "tr", *HARD):
         sentences = read_sentences(SENTENCES / f"{lang}.txt")
-        if lang in ("fr", "de"):  # the bench speaks the other half
+        if lang in ("fr", "de", *HARD):  # the bench speaks the other half
             sentences = sentences[: len(sentences) // 2]
         synthetic = [synthesize(s, lang, v) for s in sentences for v in ("m1", "f3")]
         speech[lang] = speech.get(lang, []) + synthetic

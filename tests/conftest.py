@@ -134,10 +134,18 @@ def corpus_copy(sw_corpus, tmp_path) -> Path:
 
 
 def make_tiny_adapter(
-    tiny_dir: Path, out: Path, language: str, seed: int, r: int = 4, spec=None, new_token: bool = False
+    tiny_dir: Path,
+    out: Path,
+    language: str,
+    seed: int,
+    r: int = 4,
+    spec=None,
+    new_token: bool = False,
+    proxy: str | None = None,
 ) -> Path:
     """A random (non-zero) LoRA adapter with metadata, as if trained on the tiny base (``spec``: a ``LoraSpec``);
-    ``new_token``: it adds ``<|language|>`` with a random row (as ``language_token: new`` trains one)."""
+    ``new_token``: it adds ``<|language|>`` with a random row (as ``language_token: new`` trains one); ``proxy``: it
+    decodes under that Whisper language's token, as if Whisper's language ID had picked it."""
     from peft import LoraConfig, get_peft_model
 
     from whisper_lora.base.language_tokens import add_language_token
@@ -163,8 +171,10 @@ def make_tiny_adapter(
     info = loaded.info
     meta = AdapterMetadata(
         language=lang.code,
-        whisper_language=lang.code if new_token else lang.whisper,
-        language_token={"mode": "new", "proxy": "en", "proxy_source": "config"} if new_token else {},
+        whisper_language=lang.code if new_token else (proxy or lang.whisper),
+        language_token={"mode": "new", "proxy": "en", "proxy_source": "config"}
+        if new_token
+        else ({"mode": "proxy", "proxy": proxy, "proxy_source": "detected"} if proxy else {}),
         base={k: v for k, v in info.__dict__.items() if k != "path"},
         lora=spec.to_dict(),
         data={"fingerprint": "test", "train_utterances": 0, "train_seconds": 0, "source": "random"},

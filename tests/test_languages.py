@@ -28,3 +28,20 @@ def test_hand_written_proxies_and_aliases_win():
 def test_unknown_language_lists_valid_codes():
     with pytest.raises(ConfigError, match="unknown language 'xx'; valid codes: af, afr, afrikaans"):
         resolve_language("xx")
+
+
+def test_any_iso_code_resolves_and_other_codes_of_known_languages_stay_theirs():
+    gn = resolve_language("grn")
+    assert (gn.code, gn.whisper, gn.name, gn.espeak) == ("gn", None, "Guarani", "gn") and not gn.has_token
+    abc = resolve_language("abc")  # an ISO 639-3 language no table lists: no token, no proxy, no voice
+    assert (abc.code, abc.whisper, abc.espeak) == ("abc", None, None)
+    assert resolve_language("jv").code == "jw"  # Whisper's code for Javanese, under its ISO 639-1 code
+    with pytest.raises(ConfigError, match=r"Whisper has no token for Guarani \(gn\)"):
+        whisper_token("gn")
+
+
+def test_relatives_are_symmetric():
+    from whisper_lora.languages import relatives
+
+    assert "sk" in relatives("cs") and "cs" in relatives("sk") and "ms" in relatives("id")
+    assert all(code in relatives(r) for code in ("cs", "id", "eo", "nl") for r in relatives(code))

@@ -58,6 +58,7 @@ _TABLE: tuple[Language, ...] = (
     Language("it", "it", "Italian", "ita", "it"),
     Language("tr", "tr", "Turkish", "tur", "tr"),
     Language("pl", "pl", "Polish", "pol", "pl"),
+    Language("sk", "sk", "Slovak", "slk", "sk"),
     Language("nl", "nl", "Dutch", "nld", "nl"),
 )
 
@@ -71,6 +72,39 @@ _ALIASES: dict[str, str] = {
     "english": "en",
     "swh": "sw",
 }
+
+
+# Close relatives: languages a router is most likely to confuse with each other (mutually intelligible, or one
+# family branch with much shared vocabulary). Symmetric by construction (``relatives``). Routing gives an adapter's
+# relatives extra weight among the speech it learns ``other`` from (inference/routing.py).
+_RELATED: tuple[tuple[str, ...], ...] = (
+    ("cs", "sk", "pl"),
+    ("id", "ms", "jw", "su"),
+    ("es", "pt", "gl", "ca", "it"),
+    ("fr", "ca", "it", "oc"),
+    ("eo", "es", "it"),
+    ("nl", "af", "de"),
+    ("da", "no", "nn", "sv"),
+    ("hr", "sr", "bs", "sl"),
+    ("ru", "uk", "be"),
+    ("bg", "mk"),
+    ("ar", "ary"),
+    ("hi", "ur"),
+    ("tr", "az"),
+    ("ga", "gd", "cy"),
+    ("sw", "ln", "sn"),
+    ("fa", "tg"),
+)
+
+
+def relatives(code: str) -> tuple[str, ...]:
+    """The close relatives of a language (registry codes), from the family table; () when none are listed."""
+    code = resolve_language(code).code
+    out: list[str] = []
+    for group in _RELATED:
+        if code in group:
+            out += [c for c in group if c != code and c not in out]
+    return tuple(out)
 
 
 def _iso3(code: str) -> str:
@@ -124,8 +158,9 @@ def resolve_language(code: str) -> Language:
     if tag in _INDEX:
         return _INDEX[tag]
     if tag and tag.isalpha() and 2 <= len(tag) <= 3 and langcodes.tag_is_valid(tag):
-        # an ISO 639 language this table does not know: no Whisper token, no proxy, no voice
-        return Language(tag, None, tag, _iso3(tag))
+        known = _INDEX.get(_iso3(tag))  # another code of a language the table knows (jv: Whisper's jw)
+        # else an ISO 639 language this table does not know: no Whisper token, no proxy, no voice
+        return known or Language(tag, None, tag, _iso3(tag))
     raise ConfigError(
         f"unknown language {code!r}; valid codes: {format_choices(_INDEX)}, or any other ISO 639 language code"
     )

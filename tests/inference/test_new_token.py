@@ -106,3 +106,80 @@ def test_a_language_without_token_or_adapter_is_refused_by_name(tiny_dir, regist
     t = _transcriber(tiny_dir, registry)
     with pytest.raises(ConfigError, match=r"Whisper has no token for Guarani \(gn\)"):
         t.transcribe(AUDIO[0], "gn")
+
+
+def test_merge_pipeline_card_and_ctranslate2_decode_the_new_token_as_the_transcriber(registry, tiny_dir, tmp_path):
+    """Round trips of an adapter with a new token: a merged checkpoint carries the extended tokenizer and language
+    table, ``asr_pipeline`` and the card's plain-peft code force ``<|eo|>``, CTranslate2 exports and decodes it."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from whisper_lora.inference.longform import DecodeOptions
+    from whisper_lora.inference.merge import merge_adapter
+    from whisper_lora.registry.card import usage_code
+    from whisper_lora.registry.publish import asr_pipeline
+
+    t = _transcriber(tiny_dir, registry)
+    audio = AUDIO[2]
+    greedy = DecodeOptions(compression_ratio_threshold=None)  # plain greedy, as generate and the pipeline decode
+    want = t.transcribe(audio, "eo", options=greedy).text
+    report = merge_adapter(registry / "eo", tmp_path / "merged", base=str(tiny_dir), ct2_out=tmp_path / "ct2")
+    assert report.max_logit_diff < 1e-3
+    merged = WhisperForConditionalGeneration.from_pretrained(tmp_path / "merged")
+    processor = WhisperProcessor.from_pretrained(tmp_path / "merged")
+    eo = processor.tokenizer.convert_tokens_to_ids("<|eo|>")
+    assert eo == 51865 and merged.generation_config.lang_to_id["<|eo|>"] == eo
+    feats = t.features([audio])
+    ids = merged.generate(input_features=feats, language="<|eo|>", task="transcribe", max_new_tokens=6)
+    assert processor.batch_decode(ids, skip_special_tokens=True)[0].strip() == want
+
+    # the pipeline (its own feature pass, so compared by what it forces) and the card's plain-peft code
+    asr = asr_pipeline(registry / "eo", base=str(tiny_dir), device="cpu")
+    seen, generate = {}, asr.model.generate
+    asr.model.generate = lambda *a, **kw: seen.update(kw) or generate(*a, **kw)
+    asr(audio.copy(), generate_kwargs={"max_new_tokens": 6})
+    assert seen["language"] == "<|eo|>" and asr.tokenizer.convert_tokens_to_ids("<|eo|>") == 51865
+    scope: dict = {}
+    exec(usage_code(read_metadata(registry / "eo"), str(tiny_dir), str(registry / "eo")), scope)
+    ids = scope["model"].generate(input_features=feats, language="<|eo|>", task="transcribe", max_new_tokens=6)
+    assert scope["processor"].batch_decode(ids, skip_special_tokens=True)[0].strip() == want
+
+    # CTranslate2: the converter takes the token into the vocabulary and the language table; prompted with it, the
+    # export's first token is transformers' (a random model: later steps differ, ct2 lets timestamps through)
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    ct2_dir = tmp_path / "ct2"
+    vocab = json.loads((ct2_dir / "vocabulary.json").read_text())
+    assert vocab[eo] == "<|eo|>" and eo in json.loads((ct2_dir / "config.json").read_text())["lang_ids"]
+    ct2 = ctranslate2.models.Whisper(report.ct2, device="cpu", compute_type="float32")
+    prompt = ["<|startoftranscript|>", "<|eo|>", "<|transcribe|>", "<|notimestamps|>"]
+    res = ct2.generate(ctranslate2.StorageView.from_array(feats.numpy()), [prompt], beam_size=1, max_length=8)
+    assert res[0].sequences_ids[0][:3] == [eo, *processor.tokenizer.convert_tokens_to_ids(prompt[2:])]
+    first = next(i for i in ids[0].tolist() if i < processor.tokenizer.eos_token_id)
+    assert res[0].sequences_ids[0][3] == first
+
+
+def test_vllm_args_refuses_a_new_token_adapter_with_the_reason(registry):
+    from whisper_lora.errors import AdapterError
+    from whisper_lora.serving.vllm.export import vllm_modules
+
+    with pytest.raises(AdapterError, match="it adds a language token"):
+        vllm_modules(registry / "eo")
+
+
+def test_the_base_decodes_a_new_token_language_with_the_adapters_proxy(registry, tiny_dir):
+    """The base asked for Esperanto (``adapter=None``, the demo's side-by-side) has no ``<|eo|>`` of its own: it
+    decodes with the proxy the ``eo`` adapter's row started from (``en`` here), exactly as the base in English."""
+    t = _transcriber(tiny_dir, registry)
+    got = t.transcribe(AUDIO[1], "eo", adapter=None)
+    assert got.adapter is None and got.text == t.transcribe(AUDIO[1], "en", adapter=None).text
+
+
+def test_a_proxy_picked_for_one_adapter_does_not_claim_that_language(tiny_dir, tmp_path):
+    """An ``eo`` adapter decoded under ``<|es|>`` (detected) is not Spanish's adapter: ``language=es`` gets the base,
+    while a table proxy (``ary`` under ``<|ar|>``) still serves Arabic requests, as before."""
+    make_tiny_adapter(tiny_dir, tmp_path, "eo", seed=31, proxy="es")
+    make_tiny_adapter(tiny_dir, tmp_path, "ary", seed=32)
+    t = _transcriber(tiny_dir, tmp_path)
+    assert t.registry.for_language("es") is None and t.registry.for_language("ar").name == "ary"
+    assert t.transcribe(AUDIO[0], "es").adapter is None
+    eo = t.transcribe(AUDIO[0], "eo")
+    assert eo.adapter == "eo" and eo.text == t.transcribe(AUDIO[0], "es", adapter="eo").text

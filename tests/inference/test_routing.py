@@ -36,7 +36,9 @@ def adapter(tmp_path, name, whisper=None, with_profile=None):
     path.mkdir()
     if with_profile is not None:
         write_profile(path, with_profile)
-    return SimpleNamespace(name=name, language=name, whisper_language=whisper or name, path=path)
+    return SimpleNamespace(
+        name=name, language=name, whisper_language=whisper or name, detected_as=whisper or name, path=path
+    )
 
 
 @pytest.fixture
@@ -152,3 +154,34 @@ def test_cli_states_the_default_threshold():
     add_routing(p)
     help_text = next(a.help for a in p._actions if a.dest == "threshold")
     assert f"default {DEFAULT_THRESHOLD}," in help_text and p.parse_args([]).threshold is None
+
+
+def test_close_relatives_in_the_background_are_hard_negatives(tmp_path, monkeypatch):
+    """Slovak speech without an adapter sits next to Czech: weighted up among the ``other`` examples, more of it goes
+    to the base than when it counts like any background utterance (``HARD_WEIGHT`` 1)."""
+    import whisper_lora.inference.routing as routing
+
+    local = np.random.default_rng(5)
+
+    def ev(centre, n, lid, p=0.6):
+        probs = np.full((n, len(LANGS)), (1 - p) / (len(LANGS) - 1))
+        probs[:, LANGS.index(lid)] = p
+        return LanguageEvidence(
+            LANGS, np.log(probs).astype(np.float32), (centre + local.normal(size=(n, D))).astype(np.float32)
+        )
+
+    sk_centre = CENTRES["cs"] + local.normal(size=D) * 0.8
+    cs = adapter(tmp_path, "cs", with_profile=profile(ev(CENTRES["cs"], 60, "pl")))
+    parts = [ev(CENTRES["fr"], 40, "fr"), ev(CENTRES["en"], 40, "en", 0.9), ev(sk_centre, 8, "pl")]
+    rows = ("fr",) * 40 + ("en",) * 40 + ("sk",) * 8
+    bg = profile(LanguageEvidence.concat(parts), row_languages=rows)
+    held_out = ev(sk_centre, 50, "pl")
+    to_base = {}
+    for weight in (1.0, routing.HARD_WEIGHT):
+        monkeypatch.setattr(routing, "HARD_WEIGHT", weight)
+        router = Router([cs], FP, LANGS, background=bg)
+        assert router.hard_negatives == {"cs": ["sk"]} and router.describe()["adapters"]["cs"]["hard_negatives"] == [
+            "sk"
+        ]
+        to_base[weight] = sum(d.adapter is None for d in router.route(held_out))
+    assert to_base[routing.HARD_WEIGHT] > to_base[1.0] + 10, to_base

@@ -28,7 +28,7 @@ def test_shipped_adapters_are_hub_ready():
         card = (d / "README.md").read_text()
         front = _front_matter(card)
         meta = json.loads((d / "whisper_lora.json").read_text())
-        assert front["language"] == [meta["whisper_language"]] and front["base_model"] == "openai/whisper-base"
+        assert front["language"] == [meta["language"]] and front["base_model"] == "openai/whisper-base"
         assert front["library_name"] == "peft" and front["pipeline_tag"] == "automatic-speech-recognition"
         wer = next(m["value"] for m in front["model-index"][0]["results"][0]["metrics"] if m["type"] == "wer")
         assert wer == meta["metrics"]["adapter"]["wer"]

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO_ADAPTERS, make_tiny_adapter
 from whisper_lora.errors import AdapterError
-from whisper_lora.registry.adapter_io import read_metadata
+from whisper_lora.registry.adapter_io import ADDED_TOKENS_FILE, read_metadata
 from whisper_lora.registry.publish import UPLOADED, asr_pipeline, push_adapter
 
 
@@ -123,7 +123,7 @@ def test_push_publishes_no_local_paths_and_leaves_the_local_adapter_alone(fake_h
     local = {p.name: p.read_bytes() for p in adapter.iterdir()}
     push_adapter(adapter, "me/whisper-base-sw")
     up = fake_hub.uploaded
-    assert sorted(up) == sorted(UPLOADED)
+    assert sorted(up) == sorted(f for f in UPLOADED if f != ADDED_TOKENS_FILE)  # sw adds no language token
     for name, data in up.items():
         assert home.encode() not in data and b"secret" not in data, name
     published = json.loads(up["whisper_lora.json"])
@@ -152,8 +152,8 @@ def test_cards_parse_with_huggingface_hub():
         meta = read_metadata(REPO_ADAPTERS / lang)
         results = {r.metric_type: r.metric_value for r in card.data.eval_results}
         assert results == {"wer": meta.metrics["adapter"]["wer"], "cer": meta.metrics["adapter"]["cer"]}
-        assert card.data.base_model == "openai/whisper-base" and card.data.language == [meta.whisper_language]
-        assert f'"language": "{meta.whisper_language}"' in card.text  # the pipeline snippet forces the language
+        assert card.data.base_model == "openai/whisper-base" and card.data.language == [meta.language]
+        assert f'"language": "<|{meta.whisper_language}|>"' in card.text  # the pipeline snippet forces the token
 
 
 def test_pipeline_forces_the_whisper_token_of_a_proxy_language(tiny_dir, tmp_path):
@@ -169,7 +169,7 @@ def test_pipeline_forces_the_whisper_token_of_a_proxy_language(tiny_dir, tmp_pat
 
     asr.model.generate = spy
     asr(np.zeros(16000, dtype=np.float32) + 0.01, generate_kwargs={"max_new_tokens": 3})
-    assert seen["language"] == "ar" and seen["task"] == "transcribe"
+    assert seen["language"] == "<|ar|>" and seen["task"] == "transcribe"
 
 
 @pytest.mark.slow
@@ -206,3 +206,11 @@ def pipeline_of_base():
         tokenizer=loaded.processor.tokenizer,
         feature_extractor=loaded.processor.feature_extractor,
     )
+
+
+def test_push_uploads_the_tokenizer_addition_of_a_new_token_adapter(fake_hub, tiny_dir, tmp_path):
+    adapter = make_tiny_adapter(tiny_dir, tmp_path, "eo", seed=4, new_token=True)
+    push_adapter(adapter, "me/whisper-tiny-eo")
+    up = fake_hub.uploaded
+    assert json.loads(up[ADDED_TOKENS_FILE]) == {"<|eo|>": 51865}
+    assert "<|eo|>" in up["README.md"].decode() and "added_tokens.json" in up["README.md"].decode()

@@ -48,6 +48,17 @@ def test_scores_stored_by_training_are_what_eval_gives_after_reloading(new_token
     assert main([*args, "--adapter", str(new_token.adapter_dir), "--json", "--no-cache"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["adapter"] == meta.metrics["adapter"] and out["base"] == meta.metrics["base"]
+    # the base's scores are the untouched base's: decoded with the proxy, not with the trained row of <|eo|>
+    from whisper_lora.data.prepare import prepare_splits
+    from whisper_lora.inference.decode import Decoding
+    from whisper_lora.inference.scoring import evaluate_examples
+
+    base = load_base_model(str(tiny_dir), "int8", "cpu", int8_threshold=0.0)
+    test = prepare_splits(str(sw_corpus), "eo", base.processor, splits=("test",), token="es")["test"]
+    scores, _ = evaluate_examples(
+        base.model, base.processor, test, "eo", decoding=Decoding(max_new_tokens=4), token="es"
+    )
+    assert scores.to_dict() == meta.metrics["base"]
 
 
 def test_a_proxy_is_found_by_whispers_language_id_when_none_is_known(tiny_dir, sw_corpus, tmp_path):

@@ -42,7 +42,11 @@ def add_token_text(tokenizer, code: str) -> int:
 
 
 def _embedding(model):
-    whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The Whisper model under ``model`` (a PeftModel's, whatever its active adapter: it may just have been deleted)
+    and its input embedding."""
+    from peft import PeftModel
+
+    whisper = model.base_model.model if isinstance(model, PeftModel) else model
     return whisper, whisper.get_input_embeddings()
 
 
@@ -65,7 +69,7 @@ def add_language_token(
             _, emb = _embedding(model)
         gen = whisper.generation_config
         gen.lang_to_id = {**(gen.lang_to_id or {}), token_text(code): new}
-        gen.suppress_tokens = sorted({*(gen.suppress_tokens or []), new})
+        gen.suppress_tokens = [new, *(gen.suppress_tokens or [])]  # in front: transformers reads [-2] as a token
     if row is None:
         if init_from is None:
             raise ConfigError(f"a new token <|{code}|> needs its row or a proxy token to start from")
@@ -76,6 +80,13 @@ def add_language_token(
     with torch.no_grad():
         emb.weight[new] = row.to(emb.weight.dtype)
     return new
+
+
+def added_ids(generation_config) -> list[int]:
+    """The ids of the language tokens added to a base (its language table's entries that are not Whisper's own):
+    logits the base itself never had, left out of any probability over the vocabulary."""
+    table = getattr(generation_config, "lang_to_id", None) or {}
+    return [int(i) for text, i in table.items() if text[2:-2] not in WHISPER_LANGUAGES]
 
 
 def added_codes(tokenizer) -> list[str]:

@@ -74,13 +74,16 @@ def run(a) -> int:
     # an adapter's own language decodes with the adapter's token (its own, a proxy's, or the one it adds)
     own = meta is not None and resolve_language(meta.language).code == resolve_language(a.language).code
     token = meta.whisper_language if own else None
+    base_token = meta.base_token if own else None  # the untouched base: the proxy of a token the adapter adds
     ex = examples(a, a.language, loaded.processor, a.split, token)
     kw = dict(decoding=decoding, batch_size=a.batch_size, progress=not a.json, token=token)
     cache = ScoreCache()
-    key = ScoreKey.for_run(loaded.info, loaded.model, ex, a.split, a.language, decoding, token)
+    key = ScoreKey.for_run(loaded.info, loaded.model, ex, a.split, a.language, decoding, base_token)
     known = None if a.no_cache else cache.get(key)
     if model is not None:
-        result = compare_base_and_adapter(model, loaded.processor, ex, a.language, a.split, known, **kw)
+        result = compare_base_and_adapter(
+            model, loaded.processor, ex, a.language, a.split, known, base_token=base_token, **kw
+        )
     else:
         base_scores = known or evaluate_examples(loaded.model, loaded.processor, ex, a.language, desc="base", **kw)[0]
         result = Comparison(base_scores, None, a.split)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
+from whisper_lora.base.language_tokens import added_ids
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.fallback import Attempt, Rows, final_text, needs_fallback
@@ -108,7 +109,11 @@ def generate_attempts(
     rows = None
     if beams == 1:
         limit = decoding.options.compression_ratio_threshold
-        rows = Rows(len(feats), temperature, processor.tokenizer, gen.eos_token_id, limit if cut_loops else None)
+        added = added_ids(gen)
+        vocab = min(added) if added else None
+        rows = Rows(
+            len(feats), temperature, processor.tokenizer, gen.eos_token_id, limit if cut_loops else None, vocab=vocab
+        )
         kw["logits_processor"] = LogitsProcessorList([rows.processor()])
         kw["stopping_criteria"] = StoppingCriteriaList([rows.criterion()])
     if adapter_names is not None:

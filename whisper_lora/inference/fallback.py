@@ -79,8 +79,18 @@ class Rows:
     stopping criterion.
     """
 
-    def __init__(self, n: int, temperature: float, tokenizer, eot: int, cut_above: float | None, seed: int = 0):
+    def __init__(
+        self,
+        n: int,
+        temperature: float,
+        tokenizer,
+        eot: int,
+        cut_above: float | None,
+        seed: int = 0,
+        vocab: int | None = None,
+    ):
         self.n, self.temperature, self.tokenizer, self.eot = n, temperature, tokenizer, eot
+        self.vocab = vocab  # sample among the first ``vocab`` ids: the base's own (language tokens added after them)
         self.cut_above = cut_above  # compression-ratio threshold when loops are cut; None: never cut
         self.seed = seed
         self.start: int | None = None  # the decoder prompt's length (the first generated position)
@@ -98,7 +108,8 @@ class Rows:
             return scores.argmax(-1)
         if self._generators is None:
             self._generators = [torch.Generator(device=scores.device).manual_seed(self.seed) for _ in range(self.n)]
-        probs = torch.softmax(scores.float() / self.temperature, -1)
+        # the same draws whatever language tokens adapters added after the base's vocabulary (never chosen anyway)
+        probs = torch.softmax(scores[:, : self.vocab].float() / self.temperature, -1)
         return torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self._generators)])
 
     def processor(self) -> LogitsProcessor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from whisper_lora.base.language_tokens import added_ids
 from whisper_lora.data.audio import SAMPLE_RATE
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
@@ -146,6 +147,7 @@ class _NoSpeechRecorder:
 
     def __init__(self, model, feats: torch.Tensor, sot: int, no_speech: int):
         self.model, self.feats, self.sot, self.no_speech = model, feats, sot, no_speech
+        self.added = added_ids(model.generation_config)
         self.windows: list[tuple[int, float]] = []  # (seek frame, probability)
 
     def __call__(self, seek_and_max: torch.Tensor) -> None:
@@ -156,8 +158,9 @@ class _NoSpeechRecorder:
         window = torch.nn.functional.pad(window, (0, N_FRAMES - window.shape[-1]))
         dec = torch.full((1, 1), self.sot, dtype=torch.long, device=self.feats.device)
         with torch.no_grad():  # transformers calls this hook outside generate's no_grad
-            logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0]
-        self.windows.append((seek, float(logits.float().softmax(-1)[0, self.no_speech])))
+            logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0].float()
+        logits[:, self.added] = -math.inf  # over the base's own vocabulary: tokens adapters add change nothing here
+        self.windows.append((seek, float(logits.softmax(-1)[0, self.no_speech])))
 
     def at(self, start: float) -> float | None:
         """The probability of the window a segment starting at ``start`` seconds was decoded in."""

@@ -58,6 +58,19 @@ def choose_adapter(
     return (registry.get(name) if name else None), route
 
 
+def base_token(registry: AdapterRegistry, language: str) -> str:
+    """The Whisper token code the untouched base decodes ``language`` with: its own or the table's proxy, else the
+    proxy of the registry's adapter for it (the base has no token for Esperanto, but the ``eo`` adapter says which
+    language stood in for it); ``ConfigError`` naming the language when there is neither."""
+    try:
+        return decoder_token(language)
+    except ConfigError:
+        entry = registry.find(language)
+        if entry is None:
+            raise
+        return entry.metadata.base_token
+
+
 def plan(registry: AdapterRegistry, request: Request, decision: RouteDecision | None = None) -> PlannedInput:
     """The ``PlannedInput`` of one request (``decision``: its route, when its language is ``auto``)."""
     entry, route = choose_adapter(registry, request, decision)
@@ -65,9 +78,11 @@ def plan(registry: AdapterRegistry, request: Request, decision: RouteDecision | 
     if request.language != AUTO:
         info = resolve_language(request.language)
         own = entry is not None and resolve_language(entry.language).code == info.code
-        return PlannedInput(info.code, None, entry, entry.whisper_language if own else decoder_token(info.code), route)
+        return PlannedInput(
+            info.code, None, entry, entry.whisper_language if own else base_token(registry, info.code), route
+        )
     if request.adapter not in (None, ROUTE):  # a named adapter decodes in its own language
         return PlannedInput(resolve_language(entry.language).code, None, entry, entry.whisper_language, route)
     decision = decision or request.decision
-    whisper = entry.whisper_language if entry else decoder_token(decision.language)
+    whisper = entry.whisper_language if entry else base_token(registry, decision.language)
     return PlannedInput(decision.language, decision.probability, entry, whisper, route)

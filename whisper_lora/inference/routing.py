@@ -36,7 +36,7 @@ import torch
 
 from whisper_lora.errors import AdapterError
 from whisper_lora.inference.language_id import LanguageEvidence
-from whisper_lora.languages import resolve_language
+from whisper_lora.languages import relatives, resolve_language
 from whisper_lora.registry.language_profile import LanguageProfile, read_profile, read_profile_file
 
 log = logging.getLogger("whisper_lora")
@@ -45,6 +45,9 @@ ROUTER, ABSTAINED, WHISPER_LID, FORCED = "router", "abstained", "whisper-lid", "
 LID_WEIGHT = 0.3  # scale of the language-ID log-probabilities next to the unit-scaled encoder state
 LID_FLOOR = -20.0
 WEIGHT_DECAY = 1e-2
+HARD_WEIGHT = 4.0  # weight of a hard negative (an adapter language's relative) among the background's utterances
+CONFUSIONS = 3  # Whisper's likeliest languages for an adapter's speech, taken as hard negatives too ...
+CONFUSION_P = 0.1  # ... when it gives them at least this probability on average
 DEFAULT_THRESHOLD = 0.6  # the lowest with every held-out language of bench/routing.py at >= 95% (0.5: English 92%)
 
 
@@ -73,21 +76,24 @@ def _features(logprobs: np.ndarray, encoder_mean: np.ndarray) -> np.ndarray:
 
 class _Classifier:
     """Multinomial logistic regression on standardised features, class-balanced, L2; LBFGS from zero
-    (deterministic)."""
+    (deterministic). ``sample_weight``: how much each example counts within its class (hard negatives more)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int):
+    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, sample_weight: np.ndarray | None = None):
         xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
         self.mean, self.std = xt.mean(0), xt.std(0) + 1e-3
         z = (xt - self.mean) / self.std
         counts = torch.bincount(yt, minlength=n_classes).float()
-        weight = counts.sum() / (n_classes * counts.clamp(min=1))
+        within = torch.ones(len(yt)) if sample_weight is None else torch.from_numpy(sample_weight).float()
+        within = within / (torch.bincount(yt, weights=within, minlength=n_classes) / counts.clamp(min=1))[yt]
+        weight = (counts.sum() / (n_classes * counts.clamp(min=1)))[yt] * within  # each class weighs the same
         self.w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
         self.b = torch.zeros(n_classes, requires_grad=True)
         opt = torch.optim.LBFGS([self.w, self.b], max_iter=300, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(z @ self.w + self.b, yt, weight=weight)
+            ce = torch.nn.functional.cross_entropy(z @ self.w + self.b, yt, reduction="none")
+            loss = (weight * ce).sum() / weight.sum()
             loss = loss + WEIGHT_DECAY * (self.w**2).sum()
             loss.backward()
             return loss
@@ -159,20 +165,39 @@ class Router:
             log.warning("auto routing uses Whisper's language ID for adapter %s: %s", name, why)
         self.classes = [e for e in self.entries if e.name in profiles]  # adapter classes, then ``other``
         self._classifier, self._has_other = None, bool(profiles) and other_needed
+        self.hard_negatives: dict[str, list[str]] = {}  # adapter -> background languages weighted up against it
         if self.classes:
             xs = [_features(profiles[e.name].logprobs, profiles[e.name].encoder_mean) for e in self.classes]
             ys = [np.full(len(x), k) for k, x in enumerate(xs)]
+            weights = [np.ones(len(x)) for x in xs]
             if self._has_other:
                 xs.append(_features(background.logprobs, background.encoder_mean))
                 ys.append(np.full(background.utterances, len(self.classes)))
+                weights.append(self._negative_weights(background, profiles))
             n = len(self.classes) + int(self._has_other)
-            self._classifier = _Classifier(np.concatenate(xs), np.concatenate(ys), n)
+            self._classifier = _Classifier(np.concatenate(xs), np.concatenate(ys), n, np.concatenate(weights))
         # Whisper's guesses (for the base, and whisper-lid adapters): among the candidates, without the languages
         # the classifier has a class for (it already said no to those)
-        exclude = {e.whisper_language for e in self.classes}
+        exclude = {e.detected_as for e in self.classes}
         allowed = [resolve_language(c).whisper for c in (self.candidates or self.base_languages)]
         self._whisper_languages = [c for c in allowed if c in self.base_languages and c not in exclude] or None
-        self._by_whisper = {e.whisper_language: e for e in self.entries if e.name in self.reasons}
+        # Whisper naming a language stands for an adapter only when it is the adapter's own (or the table's proxy)
+        self._by_whisper = {e.detected_as: e for e in self.entries if e.name in self.reasons and e.detected_as}
+
+    def _negative_weights(self, background: LanguageProfile, profiles: dict[str, LanguageProfile]) -> np.ndarray:
+        """Per background utterance: ``HARD_WEIGHT`` for a language an adapter is most easily confused with (a close
+        relative of its language in the family table, or one of the ``CONFUSIONS`` languages Whisper's own ID gives
+        its training speech most, with ``CONFUSION_P`` on average), else 1. Recomputed whenever the adapters change."""
+        present = set(background.row_languages)
+        for e in self.classes:
+            lid = np.exp(profiles[e.name].logprobs).mean(0)  # Whisper's mean probability of each language
+            top = [i for i in np.argsort(-lid)[:CONFUSIONS] if lid[i] >= CONFUSION_P]
+            confused = [background.languages[i] for i in top]
+            hard = [c for c in dict.fromkeys([*relatives(e.language), *confused]) if c in present and c != e.language]
+            if hard:
+                self.hard_negatives[e.name] = hard
+        hard_all = {c for cs in self.hard_negatives.values() for c in cs}
+        return np.array([HARD_WEIGHT if lang in hard_all else 1.0 for lang in background.row_languages])
 
     def describe(self) -> dict:
         """How each adapter is routed, for ``/health`` and logs."""
@@ -181,7 +206,7 @@ class Router:
             "adapters": {
                 e.name: {"route": WHISPER_LID, "reason": self.reasons[e.name]}
                 if e.name in self.reasons
-                else {"route": ROUTER}
+                else {"route": ROUTER, **({"hard_negatives": h} if (h := self.hard_negatives.get(e.name)) else {})}
                 for e in self.entries
             },
         }

@@ -125,15 +125,20 @@ def compare_base_and_adapter(
     language: str,
     split: str | None = None,
     base_scores: Scores | None = None,
+    base_token: str | None = None,
     **kw,
 ) -> Comparison:
     """Scores of the untouched base (adapters disabled; ``base_scores`` when already known) and of the
-    active adapter. An adapter that leaves the encoder untouched decodes from the base's encoder outputs."""
+    active adapter. An adapter that leaves the encoder untouched decodes from the base's encoder outputs.
+
+    ``kw["token"]``: the Whisper token code the adapter decodes with; ``base_token``: the base's, when it differs
+    (an adapter that adds a token: the base decodes with the proxy, ``AdapterMetadata.base_token``)."""
     if base_scores is None:
         if reuses_encoder(peft_model, len(examples)):
             kw = {**kw, "encoder_states": {}}
+        base_kw = {**kw, "token": base_token} if base_token else kw
         with peft_model.disable_adapter():
-            base_scores, _ = evaluate_examples(peft_model, processor, examples, language, desc="base", **kw)
+            base_scores, _ = evaluate_examples(peft_model, processor, examples, language, desc="base", **base_kw)
     adapted, _ = evaluate_examples(peft_model, processor, examples, language, desc="adapter", **kw)
     return Comparison(base_scores, adapted, split)
 

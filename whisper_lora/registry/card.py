@@ -138,7 +138,9 @@ def usage_code(meta: AdapterMetadata, base_id: str, adapter_dir: str = "path/to/
         lines += [
             f'processor.tokenizer.add_tokens(["{token}"], special_tokens=True)  # added_tokens.json',
             "base.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)",
-            f'base.generation_config.lang_to_id["{token}"] = processor.tokenizer.convert_tokens_to_ids("{token}")',
+            f'token_id = processor.tokenizer.convert_tokens_to_ids("{token}")',
+            f'base.generation_config.lang_to_id["{token}"] = token_id',
+            "base.generation_config.suppress_tokens = [token_id, *base.generation_config.suppress_tokens]  # not text",
         ]
     lines += [
         f'model = PeftModel.from_pretrained(base, "{adapter_dir}").merge_and_unload()',

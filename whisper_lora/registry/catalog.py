@@ -52,6 +52,10 @@ class AdapterEntry:
     def whisper_language(self) -> str:
         return self.metadata.whisper_language
 
+    @property
+    def detected_as(self) -> str | None:
+        return self.metadata.detected_as
+
 
 @dataclass(frozen=True)
 class BrokenAdapter:
@@ -269,7 +273,7 @@ class AdapterRegistry:
         entry = self.find(language)
         if entry is None:
             whisper = resolve_language(language).whisper
-            entry = next((e for e in self.entries() if e.whisper_language == whisper), None)
+            entry = next((e for e in self.entries() if whisper and e.detected_as == whisper), None)
         return entry
 
     def digest(self) -> dict[str, str]:

@@ -86,6 +86,24 @@ class AdapterMetadata:
         return self.whisper_language if self.language_token.get("mode") == "new" else None
 
     @property
+    def detected_as(self) -> str | None:
+        """The Whisper language whose detection stands for this adapter's language: its own, or the language table's
+        proxy (``ary`` -> ``ar``); None for a token it adds or a proxy picked for it alone (Whisper naming Spanish
+        says nothing of Esperanto)."""
+        how = self.language_token
+        return (
+            None
+            if how.get("mode") == "new" or how.get("proxy_source") in ("config", "detected")
+            else self.whisper_language
+        )
+
+    @property
+    def base_token(self) -> str:
+        """The Whisper token code the untouched base decodes this adapter's language with: the adapter's own token
+        unless it adds one (then the proxy its row started from)."""
+        return self.language_token.get("proxy") or self.whisper_language if self.new_token else self.whisper_language
+
+    @property
     def training_data(self) -> TrainingData:
         return TrainingData.from_dict(self.data)
 

@@ -30,10 +30,9 @@ class TrainConfig:
     language: str  # ISO code or alias of the language the adapter is for (sw, ary, cs, gn, ...)
     data: str | object  # corpus root (DVoice, Common Voice, audiofolder, save_to_disk), manifest, or a datasets object
     out: str | None = None  # adapter directory; default adapters/<language>
-    # for a language Whisper has no token for: proxy (decode under a Whisper language's token) or new (add <|xx|>,
-    # its embedding row started from the proxy's and trained with the adapter); ignored for Whisper's own languages
-    language_token: str = "proxy"
-    proxy: str | None = None  # that Whisper language; None: the language table's, else Whisper's ID of the train clips
+    # new: the embedding row of <|xx|> starts as the proxy's and is trained with the adapter (training/language_token.py)
+    language_token: str = "proxy"  # a language Whisper lacks decodes with: proxy (a Whisper token), new (<|xx|>)
+    proxy: str | None = None  # that Whisper language (None: the language table's, else Whisper's ID of the train clips)
     base: str = DEFAULT_BASE  # base model: short name, local path or hub id
     precision: str = "auto"  # base weights: auto (chosen for the device, see profile.py), int8, nf4, bf16, fp32
     device: str = "auto"  # auto, cpu, cuda, cuda:N

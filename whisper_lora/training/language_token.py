@@ -54,9 +54,15 @@ def detect_proxy(model, processor, audio_paths: list[str]) -> tuple[str, dict[st
     return ranked[0][0], dict(ranked)
 
 
-def choose_token(cfg, model, processor, train_audio: Callable[[], list[str]]) -> TokenChoice:
+def choose_token(cfg, model, processor, train_audio: Callable[[], list[str]], known: dict | None = None) -> TokenChoice:
     """The ``TokenChoice`` of ``cfg`` (a ``TrainConfig``) on the loaded base; a new token is added to ``model`` and
-    ``processor`` here. ``train_audio``: reads the training clips' paths, called only when a proxy must be detected."""
+    ``processor`` here. ``train_audio``: reads the training clips' paths, called only when a proxy must be detected.
+    ``known``: the choice a resumed run made (its checkpoint's), taken as it is, never detected again."""
+    if known:
+        choice = TokenChoice(**known)
+        if choice.mode == "new":
+            add_language_token(model, processor.tokenizer, choice.token, init_from=choice.proxy)
+        return choice
     lang = resolve_language(cfg.language)
     if lang.has_token:
         return TokenChoice("own", lang.code)

@@ -94,8 +94,9 @@ def score_test(run: Run, cfg: TrainConfig, language: str, progress: bool, scorer
     decoding = scoring_decoding(cfg)
     cache = ScoreCache()
     model = scorer.current()
-    key = ScoreKey.for_run(scorer.info, model, run.test, "test", language, decoding, run.token.token)
-    kw = dict(decoding=decoding, progress=progress, token=run.token.token)
+    base_token = run.token.proxy if run.token.mode == "new" else run.token.token  # the untouched base's token
+    key = ScoreKey.for_run(scorer.info, model, run.test, "test", language, decoding, base_token)
+    kw = dict(decoding=decoding, progress=progress, token=run.token.token, base_token=base_token)
     result = compare_base_and_adapter(model, run.processor, run.test, language, "test", cache.get(key), **kw)
     cache.put(key, result.base)
     return {**result.to_dict(), **scored_with(scorer.info.precision, decoding)}

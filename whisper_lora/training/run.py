@@ -23,6 +23,7 @@ class TrainState:
     best_step: int = 0
     history: list[dict] = field(default_factory=list)  # {"step", "loss"} and {"step", "dev": {...}}
     minutes: float = 0.0  # wall-clock training minutes spent (a resume continues the max_minutes budget)
+    token: dict = field(default_factory=dict)  # the language token chosen at the start (TokenChoice), kept on resume
 
 
 @dataclass(kw_only=True)

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,14 +103,15 @@ def _check_base_depth(cfg: TrainConfig) -> None:
         cfg.check_base_depth(WhisperConfig.from_pretrained(resolve_base(cfg.base)).encoder_layers)
 
 
-def _set_up(cfg: TrainConfig, acc, show: bool) -> Run:
-    """Load the base, featurise the corpus, inject LoRA, build the optimizer."""
+def _set_up(cfg: TrainConfig, acc, show: bool, token: dict | None = None) -> Run:
+    """Load the base, featurise the corpus, inject LoRA, build the optimizer; ``token``: the language token a
+    resumed run chose (``TrainState.token``), kept as it was."""
     if show:
         log.info("device: %s", device_summary(acc.device))
     torch.manual_seed(cfg.seed)
     base = load_base_model(cfg.base, cfg.precision, device=acc.device)
     clips = lambda: train_audio_paths(cfg.data, cfg.language, cfg.data_format, cfg.split_fractions, cfg.seed)  # noqa: E731
-    token = choose_token(cfg, base.model, base.processor, clips)
+    token = choose_token(cfg, base.model, base.processor, clips, token)
     data = prepare_splits(
         cfg.data,
         cfg.language,
@@ -161,7 +162,10 @@ def _set_up(cfg: TrainConfig, acc, show: bool) -> Run:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    rows = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens_delta" in n]
+    lora = [p for p in params if all(p is not r for r in rows)]
+    groups = [{"params": lora}, *([{"params": rows, "weight_decay": 0.0}] if rows else [])]  # a token row: no decay
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = BudgetSchedule(cfg.warmup_steps, cfg.max_steps, cfg.max_minutes, cfg.lr_decay)
     return Run(
         model=model,
@@ -340,8 +344,9 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     if finished is not None:
         return _already_finished(cfg, finished, main)
     saved = _checkpoint_to_resume(cfg, ckpt_dir, resume, main)
-    run = _set_up(cfg, acc, show=progress and main)
+    run = _set_up(cfg, acc, show=progress and main, token=saved.state.get("token") if saved else None)
     state, best = _restore(run, saved) if saved else (TrainState(), trainable_state(run.raw))
+    state.token = asdict(run.token)
     resumed_from = state.step if saved else None
     if saved and main:
         log.info("resumed from %s at step %d", ckpt_dir, state.step)
