@@ -176,12 +176,13 @@ def test_close_relatives_in_the_background_are_hard_negatives(tmp_path, monkeypa
     rows = ("fr",) * 40 + ("en",) * 40 + ("sk",) * 8
     bg = profile(LanguageEvidence.concat(parts), row_languages=rows)
     held_out = ev(sk_centre, 50, "pl")
-    to_base = {}
-    for weight in (1.0, routing.HARD_WEIGHT):
-        monkeypatch.setattr(routing, "HARD_WEIGHT", weight)
+    to_base, czech = {}, ev(CENTRES["cs"], 50, "pl")
+    for classes in (False, True):
+        monkeypatch.setattr(routing, "HARD_CLASSES", classes)
+        monkeypatch.setattr(routing, "HARD_WEIGHT", 1.0)
         router = Router([cs], FP, LANGS, background=bg)
-        assert router.hard_negatives == {"cs": ["sk"]} and router.describe()["adapters"]["cs"]["hard_negatives"] == [
-            "sk"
-        ]
-        to_base[weight] = sum(d.adapter is None for d in router.route(held_out))
-    assert to_base[routing.HARD_WEIGHT] > to_base[1.0] + 10, to_base
+        assert router.hard_negatives == {"cs": ["sk"]}
+        assert router.describe()["adapters"]["cs"]["hard_negatives"] == ["sk"]
+        to_base[classes] = sum(d.adapter is None for d in router.route(held_out))
+        assert sum(d.adapter == "cs" for d in router.route(czech)) >= 40  # Czech still reaches its adapter
+    assert to_base[True] > to_base[False] + 10, to_base

@@ -45,7 +45,10 @@ ROUTER, ABSTAINED, WHISPER_LID, FORCED = "router", "abstained", "whisper-lid", "
 LID_WEIGHT = 0.3  # scale of the language-ID log-probabilities next to the unit-scaled encoder state
 LID_FLOOR = -20.0
 WEIGHT_DECAY = 1e-2
-HARD_WEIGHT = 4.0  # weight of a hard negative (an adapter language's relative) among the background's utterances
+HARD_CLASSES = (
+    True  # each hard negative (an adapter language's close relative) is a class of its own, merged into other
+)
+HARD_WEIGHT = 4.0  # else its utterances weigh this much among the background's
 CONFUSIONS = 3  # Whisper's likeliest languages for an adapter's speech, taken as hard negatives too ...
 CONFUSION_P = 0.1  # ... when it gives them at least this probability on average
 DEFAULT_THRESHOLD = 0.6  # the lowest with every held-out language of bench/routing.py at >= 95% (0.5: English 92%)
@@ -170,11 +173,17 @@ class Router:
             xs = [_features(profiles[e.name].logprobs, profiles[e.name].encoder_mean) for e in self.classes]
             ys = [np.full(len(x), k) for k, x in enumerate(xs)]
             weights = [np.ones(len(x)) for x in xs]
+            n = len(self.classes) + int(self._has_other)
             if self._has_other:
                 xs.append(_features(background.logprobs, background.encoder_mean))
-                ys.append(np.full(background.utterances, len(self.classes)))
-                weights.append(self._negative_weights(background, profiles))
-            n = len(self.classes) + int(self._has_other)
+                hard = self._hard_languages(background, profiles)
+                # ``other``, then (HARD_CLASSES) one class per hard negative, as much weight as an adapter's; their
+                # probabilities are ``other``'s when routing
+                label = {lang: n + i for i, lang in enumerate(hard)} if HARD_CLASSES else {}
+                ys.append(np.array([label.get(lang, n - 1) for lang in background.row_languages]))
+                w = [HARD_WEIGHT if lang in hard and not HARD_CLASSES else 1.0 for lang in background.row_languages]
+                weights.append(np.array(w))
+                n += len(label)
             self._classifier = _Classifier(np.concatenate(xs), np.concatenate(ys), n, np.concatenate(weights))
         # Whisper's guesses (for the base, and whisper-lid adapters): among the candidates, without the languages
         # the classifier has a class for (it already said no to those)
@@ -184,10 +193,10 @@ class Router:
         # Whisper naming a language stands for an adapter only when it is the adapter's own (or the table's proxy)
         self._by_whisper = {e.detected_as: e for e in self.entries if e.name in self.reasons and e.detected_as}
 
-    def _negative_weights(self, background: LanguageProfile, profiles: dict[str, LanguageProfile]) -> np.ndarray:
-        """Per background utterance: ``HARD_WEIGHT`` for a language an adapter is most easily confused with (a close
-        relative of its language in the family table, or one of the ``CONFUSIONS`` languages Whisper's own ID gives
-        its training speech most, with ``CONFUSION_P`` on average), else 1. Recomputed whenever the adapters change."""
+    def _hard_languages(self, background: LanguageProfile, profiles: dict[str, LanguageProfile]) -> list[str]:
+        """The background's languages an adapter is most easily confused with: a close relative of its language in
+        the family table, or one of the ``CONFUSIONS`` languages Whisper's own ID gives its training speech most (with
+        ``CONFUSION_P`` on average). Recomputed whenever the adapters change."""
         present = set(background.row_languages)
         for e in self.classes:
             lid = np.exp(profiles[e.name].logprobs).mean(0)  # Whisper's mean probability of each language
@@ -196,8 +205,7 @@ class Router:
             hard = [c for c in dict.fromkeys([*relatives(e.language), *confused]) if c in present and c != e.language]
             if hard:
                 self.hard_negatives[e.name] = hard
-        hard_all = {c for cs in self.hard_negatives.values() for c in cs}
-        return np.array([HARD_WEIGHT if lang in hard_all else 1.0 for lang in background.row_languages])
+        return sorted({c for cs in self.hard_negatives.values() for c in cs})
 
     def describe(self) -> dict:
         """How each adapter is routed, for ``/health`` and logs."""
@@ -215,6 +223,8 @@ class Router:
         """One decision per input of ``evidence``; below ``threshold`` confidence the base decodes."""
         if self._classifier is not None:
             probs = self._classifier.probabilities(_features(evidence.logprobs, evidence.encoder_mean))
+            k = len(self.classes) + int(self._has_other)
+            probs = np.concatenate([probs[:, : k - 1], probs[:, k - 1 :].sum(1, keepdims=True)], 1)  # hard: other
         whisper = evidence.detected(self._whisper_languages)
         out = []
         for i, (code, q) in enumerate(whisper):
