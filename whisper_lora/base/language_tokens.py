@@ -34,7 +34,7 @@ def token_id(tokenizer, code: str) -> int | None:
 def add_token_text(tokenizer, code: str) -> int:
     """Add ``<|code|>`` to ``tokenizer`` alone, as a special token (``add_language_token`` does the model's part too);
     returns its id."""
-    from tokenizers import AddedToken
+    from transformers import AddedToken
 
     if token_id(tokenizer, code) is None:
         tokenizer.add_tokens([AddedToken(token_text(code), special=True, normalized=False)], special_tokens=True)
