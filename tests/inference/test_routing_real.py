@@ -88,7 +88,7 @@ def test_adapter_without_a_profile_falls_back_to_whisper_language_id(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="whisper_lora"):
         t = Transcriber("whisper-base", tmp_path, precision="int8", device="cpu", max_new_tokens=8)
     routing = t.routing()["adapters"]
-    assert routing["cs"] == {"route": "router"}
+    assert routing["cs"] == {"route": "router", "hard_negatives": ["sk"]}  # Slovak, in the shipped background
     assert routing["id"]["route"] == "whisper-lid" and "whisper-lora adapters profile" in routing["id"]["reason"]
     assert "adapter id" in caplog.text
 
