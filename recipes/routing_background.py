@@ -8,8 +8,8 @@ Writes ``whisper_lora/routing_backgrounds/<base fingerprint>.safetensors``: real
 lines from the Fish Fillets levels of the *train* split (bench/routing.py holds out the others), and
 espeak-ng speech in training voices: the first half of French and German ``bench/sentences`` (the
 bench speaks the other half, in other voices) and Italian, Portuguese, English, Dutch and Turkish, and the first
-half of Slovak and Malay: close relatives of the shipped Czech and Indonesian adapters, which the router weights up
-against them (``routing.HARD_WEIGHT``). Polish and Spanish are in no background: the bench uses them as languages
+half of Slovak and Malay: close relatives of the shipped Czech and Indonesian adapters, which the router learns apart
+from them (``routing.HARD_CLASSES``). Polish and Spanish are in no background: the bench uses them as languages
 the router never saw.
 """
 

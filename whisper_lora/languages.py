@@ -75,8 +75,8 @@ _ALIASES: dict[str, str] = {
 
 
 # Close relatives: languages a router is most likely to confuse with each other (mutually intelligible, or one
-# family branch with much shared vocabulary). Symmetric by construction (``relatives``). Routing gives an adapter's
-# relatives extra weight among the speech it learns ``other`` from (inference/routing.py).
+# family branch with much shared vocabulary). Symmetric by construction (``relatives``). Routing learns an adapter's
+# relatives apart from it, in the speech it learns ``other`` from (inference/routing.py).
 _RELATED: tuple[tuple[str, ...], ...] = (
     ("cs", "sk", "pl"),
     ("id", "ms", "jw", "su"),

@@ -157,8 +157,8 @@ def test_cli_states_the_default_threshold():
 
 
 def test_close_relatives_in_the_background_are_hard_negatives(tmp_path, monkeypatch):
-    """Slovak speech without an adapter sits next to Czech: weighted up among the ``other`` examples, more of it goes
-    to the base than when it counts like any background utterance (``HARD_WEIGHT`` 1)."""
+    """Slovak speech without an adapter sits next to Czech: as a class of its own (counted as ``other`` when routing),
+    more of it goes to the base than when it is a few utterances among the background's (``HARD_CLASSES`` off)."""
     import whisper_lora.inference.routing as routing
 
     local = np.random.default_rng(5)
@@ -179,7 +179,6 @@ def test_close_relatives_in_the_background_are_hard_negatives(tmp_path, monkeypa
     to_base, czech = {}, ev(CENTRES["cs"], 50, "pl")
     for classes in (False, True):
         monkeypatch.setattr(routing, "HARD_CLASSES", classes)
-        monkeypatch.setattr(routing, "HARD_WEIGHT", 1.0)
         router = Router([cs], FP, LANGS, background=bg)
         assert router.hard_negatives == {"cs": ["sk"]}
         assert router.describe()["adapters"]["cs"]["hard_negatives"] == ["sk"]

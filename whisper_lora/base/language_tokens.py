@@ -89,20 +89,6 @@ def added_ids(generation_config) -> list[int]:
     return [int(i) for text, i in table.items() if text[2:-2] not in WHISPER_LANGUAGES]
 
 
-def added_codes(tokenizer) -> list[str]:
-    """The language codes of tokens added to ``tokenizer`` by ``add_language_token`` (not Whisper's own)."""
-    out = []
-    for text in tokenizer.get_added_vocab():
-        if (
-            text.startswith("<|")
-            and text.endswith("|>")
-            and text[2:-2].isalpha()
-            and text[2:-2] not in WHISPER_LANGUAGES
-        ):
-            out.append(text[2:-2])
-    return out
-
-
 def split_token_rows(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """An adapter's weights without its trained token row(s), and the row(s) (the embedding's, not the tied copy)."""
     rows = [v for k, v in state.items() if k.endswith(ROW_KEY)]

@@ -244,12 +244,7 @@ def _ffmpeg(path: Path) -> _Stream:
         err.close()
 
     def said() -> str:
-        if (
-            deadline.finished.is_set()
-            and not deadline.is_alive()
-            and proc.returncode is not None
-            and proc.returncode < 0
-        ):
+        if expired.is_set():
             return f"ffmpeg did not finish within {FFMPEG_SECONDS:g} s (killed)"
         err.seek(0)
         lines = err.read().decode("utf-8", "replace").strip().splitlines()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whisper_lora.base.language_tokens import token_id
 from whisper_lora.base.trim import trim_batch
 from whisper_lora.data.audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, is_silent, load_audio
 from whisper_lora.data.perturb import Perturbation
@@ -69,8 +70,8 @@ def prefix_ids(tokenizer, token: str, task: str = "transcribe", timestamps: bool
     """Decoder prefix ``<|sot|> <|token|> <|task|>``, plus ``<|notimestamps|>`` unless ``timestamps``; ``token``: the
     Whisper token code the decoder is prompted with (its own, a proxy's, or one added to the base)."""
     ids = tokenizer.convert_tokens_to_ids
-    lang = ids(token_text(token))
-    if lang == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(lang) != token_text(token):
+    lang = token_id(tokenizer, token)
+    if lang is None:
         raise ConfigError(f"{token_text(token)} is not a token of this tokenizer")
     prefix = [ids("<|startoftranscript|>"), lang, ids(f"<|{task}|>")]
     return prefix if timestamps else [*prefix, ids("<|notimestamps|>")]

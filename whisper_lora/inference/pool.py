@@ -20,9 +20,9 @@ from typing import Protocol
 
 import torch
 
-from whisper_lora.base.language_tokens import add_language_token, split_token_rows
+from whisper_lora.base.language_tokens import add_language_token
 from whisper_lora.errors import ConfigError
-from whisper_lora.registry.adapter_io import load_adapter
+from whisper_lora.registry.adapter_io import load_adapter, read_lora
 from whisper_lora.registry.catalog import AdapterEntry
 
 BASE = "__base__"  # peft's name for "no adapter" in mixed batches
@@ -228,14 +228,9 @@ class HotSwapPool(_PeftHolder):
         return True
 
     def _weights(self, entry: AdapterEntry) -> _Cached:
-        from peft import LoraConfig
-        from peft.utils.save_and_load import load_peft_weights
-
         cached = self._cache.get(entry.name)
         if cached is None or cached.version != entry.version:  # not cached, or replaced on disk since
-            config = LoraConfig.from_pretrained(str(entry.path))
-            config.trainable_token_indices = None
-            raw, row = split_token_rows(load_peft_weights(str(entry.path), device=str(self.model.device)))
+            config, raw, row = read_lora(entry.path, self.model.device)
             state = {
                 k.replace(".lora_A.weight", f".lora_A.{HOTSWAP_SLOT}.weight").replace(
                     ".lora_B.weight", f".lora_B.{HOTSWAP_SLOT}.weight"
@@ -245,7 +240,7 @@ class HotSwapPool(_PeftHolder):
             self._cache.pop(entry.name, None)
             if len(self._cache) >= self.max_loaded:
                 self._cache.popitem(last=False)
-            self._cache[entry.name] = _Cached(config, state, entry.version, None if row is None else row[0])
+            self._cache[entry.name] = _Cached(config, state, entry.version, row)
         self._cache.move_to_end(entry.name)
         return self._cache[entry.name]
 

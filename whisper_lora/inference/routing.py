@@ -45,10 +45,7 @@ ROUTER, ABSTAINED, WHISPER_LID, FORCED = "router", "abstained", "whisper-lid", "
 LID_WEIGHT = 0.3  # scale of the language-ID log-probabilities next to the unit-scaled encoder state
 LID_FLOOR = -20.0
 WEIGHT_DECAY = 1e-2
-HARD_CLASSES = (
-    True  # each hard negative (an adapter language's close relative) is a class of its own, merged into other
-)
-HARD_WEIGHT = 4.0  # else its utterances weigh this much among the background's
+HARD_CLASSES = True  # each hard negative (a relative of an adapter's language) is a class, counted as other
 CONFUSIONS = 3  # Whisper's likeliest languages for an adapter's speech, taken as hard negatives too ...
 CONFUSION_P = 0.1  # ... when it gives them at least this probability on average
 DEFAULT_THRESHOLD = 0.6  # the lowest with every held-out language of bench/routing.py at >= 95% (0.5: English 92%)
@@ -79,24 +76,21 @@ def _features(logprobs: np.ndarray, encoder_mean: np.ndarray) -> np.ndarray:
 
 class _Classifier:
     """Multinomial logistic regression on standardised features, class-balanced, L2; LBFGS from zero
-    (deterministic). ``sample_weight``: how much each example counts within its class (hard negatives more)."""
+    (deterministic)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, sample_weight: np.ndarray | None = None):
+    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int):
         xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
         self.mean, self.std = xt.mean(0), xt.std(0) + 1e-3
         z = (xt - self.mean) / self.std
         counts = torch.bincount(yt, minlength=n_classes).float()
-        within = torch.ones(len(yt)) if sample_weight is None else torch.from_numpy(sample_weight).float()
-        within = within / (torch.bincount(yt, weights=within, minlength=n_classes) / counts.clamp(min=1))[yt]
-        weight = (counts.sum() / (n_classes * counts.clamp(min=1)))[yt] * within  # each class weighs the same
+        weight = counts.sum() / (n_classes * counts.clamp(min=1))
         self.w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
         self.b = torch.zeros(n_classes, requires_grad=True)
         opt = torch.optim.LBFGS([self.w, self.b], max_iter=300, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            ce = torch.nn.functional.cross_entropy(z @ self.w + self.b, yt, reduction="none")
-            loss = (weight * ce).sum() / weight.sum()
+            loss = torch.nn.functional.cross_entropy(z @ self.w + self.b, yt, weight=weight)
             loss = loss + WEIGHT_DECAY * (self.w**2).sum()
             loss.backward()
             return loss
@@ -168,11 +162,10 @@ class Router:
             log.warning("auto routing uses Whisper's language ID for adapter %s: %s", name, why)
         self.classes = [e for e in self.entries if e.name in profiles]  # adapter classes, then ``other``
         self._classifier, self._has_other = None, bool(profiles) and other_needed
-        self.hard_negatives: dict[str, list[str]] = {}  # adapter -> background languages weighted up against it
+        self.hard_negatives: dict[str, list[str]] = {}  # adapter -> the background languages learnt apart from it
         if self.classes:
             xs = [_features(profiles[e.name].logprobs, profiles[e.name].encoder_mean) for e in self.classes]
             ys = [np.full(len(x), k) for k, x in enumerate(xs)]
-            weights = [np.ones(len(x)) for x in xs]
             n = len(self.classes) + int(self._has_other)
             if self._has_other:
                 xs.append(_features(background.logprobs, background.encoder_mean))
@@ -181,10 +174,8 @@ class Router:
                 # probabilities are ``other``'s when routing
                 label = {lang: n + i for i, lang in enumerate(hard)} if HARD_CLASSES else {}
                 ys.append(np.array([label.get(lang, n - 1) for lang in background.row_languages]))
-                w = [HARD_WEIGHT if lang in hard and not HARD_CLASSES else 1.0 for lang in background.row_languages]
-                weights.append(np.array(w))
                 n += len(label)
-            self._classifier = _Classifier(np.concatenate(xs), np.concatenate(ys), n, np.concatenate(weights))
+            self._classifier = _Classifier(np.concatenate(xs), np.concatenate(ys), n)
         # Whisper's guesses (for the base, and whisper-lid adapters): among the candidates, without the languages
         # the classifier has a class for (it already said no to those)
         exclude = {e.detected_as for e in self.classes}

@@ -172,20 +172,32 @@ def load_adapter(
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
 
 
-def _load_with_new_token(model, adapter_dir: Path, adapter_name: str, is_trainable: bool, tokenizer, code: str):
-    from peft import LoraConfig, PeftModel
-    from peft.utils.save_and_load import load_peft_weights, set_peft_model_state_dict
+def read_lora(adapter_dir: str | Path, device) -> tuple[object, dict, object]:
+    """An adapter's ``LoraConfig``, LoRA weights and the trained row of the language token it adds (None when it adds
+    none), read apart: the row goes into the base, at the id of the process that loads it (``base/language_tokens.py``),
+    so the config loses peft's ``trainable_token_indices`` and the weights their token keys."""
+    from peft import LoraConfig
+    from peft.utils.save_and_load import load_peft_weights
 
-    from whisper_lora.base.language_tokens import add_language_token, split_token_rows
+    from whisper_lora.base.language_tokens import split_token_rows
 
     config = LoraConfig.from_pretrained(str(adapter_dir))
-    config.trainable_token_indices = None  # the row goes into the base, at this process's id
+    config.trainable_token_indices = None
+    state, rows = split_token_rows(load_peft_weights(str(adapter_dir), device=str(device)))
+    return config, state, None if rows is None else rows[0]
+
+
+def _load_with_new_token(model, adapter_dir: Path, adapter_name: str, is_trainable: bool, tokenizer, code: str):
+    from peft import PeftModel
+    from peft.utils.save_and_load import set_peft_model_state_dict
+
+    from whisper_lora.base.language_tokens import add_language_token
+
+    config, state, row = read_lora(adapter_dir, next(model.parameters()).device)
     config.inference_mode = not is_trainable
-    device = next(model.parameters()).device
-    state, row = split_token_rows(load_peft_weights(str(adapter_dir), device=str(device)))
     if row is None:
         raise AdapterError(f"the adapter in {adapter_dir} adds <|{code}|> but {PEFT_FILES[1]} holds no row for it")
-    add_language_token(model, tokenizer, code, row[0])
+    add_language_token(model, tokenizer, code, row)
     if isinstance(model, PeftModel):
         model.add_adapter(adapter_name, config)
     else:
