@@ -1,7 +1,7 @@
 """``whisper-lora serve --ray``: two replicas on a local Ray cluster, the shipped adapters multiplexed (``--max-loaded
 2`` for three adapters, so each request travels to a replica holding its adapter; ``model=auto`` is routed first).
 
-Answers through Ray's HTTP proxy equal one in-process ``Transcriber``'s on the same clips (synthetic sw and id, real
+Answers through the ingress (this command's own HTTP server) equal one in-process ``Transcriber``'s on the same clips (synthetic sw and id, real
 Czech for the encoder-adapted ``cs``, real English for the base), the ``openai`` client works, ``/health`` lists the
 replicas and their adapters, and a replica killed under load costs no hang: every answer is the right one or a clear
 503, and the service comes back to two replicas.
@@ -79,6 +79,51 @@ def test_a_replica_that_cannot_see_the_registry_is_refused_with_the_fix(ray_clus
         assert time.monotonic() - started < 300
     finally:
         shutdown_serve()
+
+
+RAY_TIMEOUTS = 10.0  # header and body deadlines of the Ray service below, in seconds
+
+
+class TestTheIngressLimitsHoldOnRay:
+    """``serve --ray`` serves HTTP from its own process on ``serve``'s uvicorn (Ray's proxy has no header deadline
+    and no socket cap): the socket tests of ``test_connections.py`` and the bad-input suite of ``test_abuse.py``,
+    run against a Ray service of the tiny model with the same settings. Before: idle and trickling sockets stayed
+    open, sockets past the cap were accepted. Class-scoped: it leaves the cluster's CPUs to ``service``."""
+
+    @pytest.fixture(scope="class")
+    def tiny_service(self, ray_cluster, tiny_dir, tiny_registry):
+        from tests.serving import test_abuse
+        from tests.serving import test_connections as tc
+
+        args = ["serve", "--ray", "--ray-address", ray_cluster, "--replicas", "1", "--base", str(tiny_dir)]
+        args += ["--adapters", str(tiny_registry), "--precision", "fp32", "--max-new-tokens", "8"]
+        args += ["--api-key", tc.KEY, "--api-key", test_abuse.KEY, "--max-audio-seconds", "600"]
+        args += ["--max-connections", "4", "--header-timeout-seconds", str(RAY_TIMEOUTS)]
+        args += ["--body-timeout-seconds", str(RAY_TIMEOUTS), "--body-min-rate", str(tc.MIN_RATE)]
+        args += ["--max-open-connections", str(tc.MAX_OPEN)]
+        # the socket tests read their deadlines from their module: longer ones here, since a request through a
+        # replica on a loaded 2-core machine may take seconds, and the sockets must still be open when it is served
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tc, "HEADER_TIMEOUT", RAY_TIMEOUTS)
+            mp.setattr(tc, "BODY_TIMEOUT", RAY_TIMEOUTS)
+            try:
+                with running(args, timeout=600) as url:
+                    yield url
+            finally:
+                shutdown_serve()
+
+    def test_idle_and_trickling_sockets_are_closed_in_time_while_a_client_is_served(self, tiny_service):
+        from tests.serving import test_connections as tc
+
+        tc.test_idle_and_trickling_sockets_do_not_lock_out_a_client_and_are_closed_in_time(tiny_service)
+        tc.test_headers_trickled_a_byte_at_a_time_meet_the_header_deadline(tiny_service)
+        tc.test_sockets_past_the_cap_are_closed_at_once(tiny_service)
+
+    def test_hostile_uploads_get_json_4xx_fast_and_the_ingress_stays_right_and_small(self, tiny_service):
+        from tests.serving import test_abuse
+
+        test_abuse.test_hostile_uploads_get_json_4xx_fast_and_the_server_stays_right_and_small(tiny_service)
+        test_abuse.test_silence_and_speech_at_odd_but_real_rates_are_served(tiny_service)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
-"""``whisper-lora serve --ray``: the OpenAI-compatible app (``server.create_app``, the same one ``serve`` runs) as
-the ingress of a Ray Serve application whose ``Decoder`` replicas (``ray_replica.py``) decode.
+"""``whisper-lora serve --ray``: the OpenAI-compatible app (``server.create_app``), served by this process on the
+same uvicorn and socket limits as ``serve``, over a Ray Serve application whose ``Decoder`` replicas
+(``ray_replica.py``) decode. Ray's HTTP proxy is not used: it has no header deadline and no cap on open sockets.
 
 - ``RayEngine`` is the app's ``Engine``: it sends each request to a replica (with its adapter's name when adapters
   are multiplexed; ``model=auto`` is routed first, on any replica, so the adapter is known before the replica is
   chosen), retries on another replica when one dies, and answers 503 when none can.
-- ``build_app`` binds the deployments; ``run`` joins or starts a cluster, deploys, and blocks until stopped.
+- ``build_app`` binds the replicas; ``deploy`` runs them and returns their handle; ``run`` joins or starts a
+  cluster, deploys, and serves HTTP here until stopped.
 Imported only with the ``ray`` extra (``pip install 'whisper-lora[ray]'``).
 """
 
@@ -12,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
-import signal
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import ray
 from ray import serve
@@ -29,10 +30,8 @@ from whisper_lora.errors import ConfigError
 from whisper_lora.inference.plan import adapter_name, needs_routing
 from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
-from whisper_lora.serving.config import ServerConfig
 from whisper_lora.serving.engine import Unavailable
-from whisper_lora.serving.form import FORM_OVERHEAD
-from whisper_lora.serving.ray_replica import Decoder, ReplicaInfo, ReplicaSpec, publish_digest, visible_registry
+from whisper_lora.serving.ray_replica import Decoder, ReplicaInfo, ReplicaSpec, publish_digest
 from whisper_lora.serving.scheduler import Cancelled, QueueFull
 
 log = logging.getLogger("whisper_lora")
@@ -170,33 +169,8 @@ class RayEngine:
         pass
 
 
-@serve.ingress()
-class Front:
-    """The ingress deployment: the same FastAPI app as ``whisper-lora serve``, over ``RayEngine``."""
-
-    async def __init__(self, decoders, spec: ReplicaSpec):
-        root = visible_registry(spec)
-        info = await decoders.options(method_name="describe").remote()
-        self.engine, self.spec = RayEngine(decoders, spec, root, info), spec
-        if spec.server.reload_seconds is not None:  # model names follow the disk without waiting for /health
-            self._watch = asyncio.get_running_loop().create_task(self._refresh_every(spec.server.reload_seconds))
-
-    async def _refresh_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await asyncio.to_thread(self.engine.refresh, seconds)
-            except Exception:  # noqa: BLE001 - a failed look at the disk is logged; the next one may succeed
-                log.exception("re-reading the adapter registry failed")
-
-    def __serve_build_asgi_app__(self):
-        from whisper_lora.serving.server import create_app
-
-        return create_app(self.engine, self.spec.server)
-
-
 def build_app(spec: ReplicaSpec):
-    """The Ray Serve application: ``Front`` (HTTP) bound to the ``Decoder`` replicas."""
+    """The Ray Serve application: the ``Decoder`` replicas (the ingress is this process: ``run``)."""
     rc = spec.ray
     actor = {"num_cpus": rc.cpus_per_replica, "num_gpus": rc.gpus_per_replica}
     scaling = {"autoscaling_config": rc.autoscaling} if rc.autoscaling else {"num_replicas": rc.replicas}
@@ -210,46 +184,27 @@ def build_app(spec: ReplicaSpec):
         health_check_period_s=5,
         **scaling,
     )
-    front = serve.deployment(
-        Front,
-        name="Front",
-        num_replicas=1,
-        ray_actor_options={"num_cpus": 0},
-        # every open request, uploads still arriving included: the Guard counts requests in progress itself
-        # (--max-connections, from when their body has arrived), so trickled uploads do not queue good requests here
-        max_ongoing_requests=spec.server.max_open_connections,
-    )
     keyless = replace(spec, server=replace(spec.server, api_keys=()))  # only the ingress checks keys
-    return front.bind(decoder.bind(keyless), spec)
-
-
-def proxy_options(server: ServerConfig, host: str, port: int) -> dict:
-    """Ray Serve's HTTP proxy settings (``serve.start(http_options=...)``): the keep-alive of ``serve``, and as a
-    backstop an end-to-end timeout that covers the slowest upload the body deadline allows plus
-    ``--request-timeout``. Ray's proxy has no header deadline and no cap on open sockets (docs/serving.md)."""
-    options = {"host": host, "port": port, "keep_alive_timeout_s": max(1, math.ceil(server.keep_alive_seconds))}
-    if server.body_timeout_seconds is not None and server.body_min_rate > 0 and server.request_timeout is not None:
-        upload = server.body_timeout_seconds + (server.max_upload_bytes + FORM_OVERHEAD) / server.body_min_rate
-        options["request_timeout_s"] = math.ceil(upload + server.request_timeout)
-    return options
+    return decoder.bind(keyless)
 
 
 _FAILED = re.compile(r"(?:ConfigError|AdapterError|WhisperLoraError): (.+)")
 
 
-def deploy(spec: ReplicaSpec, host: str, port: int) -> None:
-    """Deploy on the cluster this process is connected to (``ray.init`` first; with ``ship_adapters``, with
-    ``runtime_env={"working_dir": <registry>}``: Serve gives the replicas the job's working directory); raises
-    ``ConfigError`` with the replicas' own message when they cannot start."""
+def deploy(spec: ReplicaSpec):
+    """Deploy the replicas on the cluster this process is connected to (``ray.init`` first; with
+    ``ship_adapters``, with ``runtime_env={"working_dir": <registry>}``: Serve gives the replicas the job's working
+    directory) and return their ``DeploymentHandle``. No Ray HTTP proxy is started for them: the replicas are reached
+    through the handle only. Raises ``ConfigError`` with the replicas' own message when they cannot start."""
     if spec.ray.ship_adapters and not (ray.get_runtime_context().runtime_env or {}).get("working_dir"):
         raise ConfigError(
             "ship_adapters sends the registry as the job's working directory: connect with "
             f"ray.init(runtime_env={{'working_dir': {spec.local_registry!r}}}) before deploying"
         )
     publish_digest(spec, spec.digest)  # what this deployment serves (a previous one may have left another)
-    serve.start(http_options=proxy_options(spec.server, host, port))
+    serve.start(proxy_location="Disabled")  # a cluster whose Serve already runs keeps its own proxies
     try:
-        serve.run(build_app(spec), name=spec.ray.app_name, route_prefix="/", blocking=False)
+        return serve.run(build_app(spec), name=spec.ray.app_name, route_prefix=None, blocking=False)
     except Exception as e:  # a replica's constructor error is in the deployments' status messages
         report = str(e)
         try:
@@ -265,24 +220,45 @@ def deploy(spec: ReplicaSpec, host: str, port: int) -> None:
         raise
 
 
+def ingress(decoders, spec: ReplicaSpec) -> RayEngine:
+    """The ``Engine`` of this process's HTTP app over the deployed replicas (``deploy``'s handle). It reads the
+    driver's registry (the replicas checked theirs against its digest)."""
+    info = decoders.options(method_name="describe").remote().result()
+    return RayEngine(decoders, spec, Path(spec.local_registry), info)
+
+
+def _refresh_every(engine: RayEngine, seconds: float, stop: threading.Event) -> None:
+    """Model names follow the disk without waiting for /health; a change is published to the replicas."""
+    while not stop.wait(seconds):
+        try:
+            engine.refresh(seconds)
+        except Exception:  # noqa: BLE001 - a failed look at the disk is logged; the next one may succeed
+            log.exception("re-reading the adapter registry failed")
+
+
 def run(spec: ReplicaSpec, host: str, port: int) -> None:
-    """``whisper-lora serve --ray``: connect (``--ray-address``) or start a local cluster, deploy, block until
-    Ctrl-C or SIGTERM, then delete the application."""
+    """``whisper-lora serve --ray``: connect (``--ray-address``) or start a local cluster, deploy the replicas, and
+    serve the HTTP app here, on ``serve``'s uvicorn with its socket limits (header deadline, open-socket cap,
+    keep-alive: ``connections.py``), until Ctrl-C or SIGTERM; then delete the application."""
+    from whisper_lora.serving.server import serve as serve_http
+
     if not ray.is_initialized():  # --ship-adapters: the registry is uploaded as the job's working directory
         env = {"working_dir": spec.local_registry} if spec.ray.ship_adapters else None
         ray.init(address=spec.ray.address, runtime_env=env, logging_level=logging.WARNING)
-    deploy(spec, host, port)
-    log.warning(
-        "whisper-lora on Ray Serve: http://%s:%d/v1/audio/transcriptions (%s)",
-        host,
-        port,
-        f"{spec.ray.autoscaling} replicas" if spec.ray.autoscaling else f"{spec.ray.replicas} replica(s)",
-    )
+    decoders = deploy(spec)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
-        while not stop.wait(1.0):
-            pass
+        engine = ingress(decoders, spec)
+        if spec.server.reload_seconds is not None:
+            args = (engine, spec.server.reload_seconds, stop)
+            threading.Thread(target=_refresh_every, args=args, name="registry-watch", daemon=True).start()
+        log.warning(
+            "whisper-lora on Ray Serve: http://%s:%d/v1/audio/transcriptions (%s)",
+            host,
+            port,
+            f"{spec.ray.autoscaling} replicas" if spec.ray.autoscaling else f"{spec.ray.replicas} replica(s)",
+        )
+        serve_http(engine, host, port, spec.server)
     finally:
+        stop.set()
         serve.delete(spec.ray.app_name)

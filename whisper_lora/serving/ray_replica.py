@@ -183,7 +183,7 @@ def _multiplexer(replica: Decoder, max_loaded: int):
 
 
 class Decoder:
-    """The replica: ``describe``, ``route`` and ``transcribe``, called by the ingress (``ray_front.Front``)."""
+    """The replica: ``describe``, ``route`` and ``transcribe``, called by the ingress (``ray_front.RayEngine``, in the ``serve --ray`` process)."""
 
     def __init__(self, spec: ReplicaSpec):
         torch.set_num_threads(spec.ray.threads)

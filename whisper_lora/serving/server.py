@@ -51,7 +51,7 @@ PUBLIC_COUNTERS = ("in_flight", "served", "cancelled", "rejected", "batches", "l
 
 def create_app(engine: Transcriber | Engine, config: ServerConfig | None = None, request_type=Request):
     """The FastAPI application over an ``Engine`` (``serving/engine.py``); a ``Transcriber`` is served in this
-    process through the scheduler (``LocalEngine``). The Ray Serve ingress builds the same app over its replicas.
+    process through the scheduler (``LocalEngine``); ``serve --ray`` builds the same app over its replicas.
     ``request_type``: the ``Request`` (sub)class forms are parsed into (``form.parse_form``)."""
     config = config or ServerConfig()
     if isinstance(engine, Transcriber):
@@ -238,9 +238,10 @@ _FORM_SCHEMA = {  # the form as OpenAPI documents it (the handler reads it itsel
 
 
 def serve(
-    transcriber: Transcriber, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None
+    engine: Transcriber | Engine, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None
 ) -> None:
-    """Run the API with uvicorn (blocking)."""
+    """Run the API with uvicorn (blocking) over a ``Transcriber`` (this process decodes) or an ``Engine`` (``serve
+    --ray``: Ray Serve replicas decode)."""
     import uvicorn
 
     from whisper_lora.serving.connections import ensure_open_files, protocol
@@ -248,7 +249,7 @@ def serve(
     config = config or ServerConfig()
     ensure_open_files(config.max_open_connections)
     uvicorn.run(
-        create_app(transcriber, config),
+        create_app(engine, config),
         host=host,
         port=port,
         log_level="info",
