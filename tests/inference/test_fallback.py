@@ -42,6 +42,34 @@ def test_the_ladder_batches_each_temperature_over_the_rows_that_still_fail():
     assert calls == [([0, 1], 0.0, False)]
 
 
+def test_the_ladder_gives_each_row_as_soon_as_it_is_final_and_pauses_between_temperatures():
+    events = []
+    fails = {0.0: {0, 2}, 0.2: {2}}
+
+    def batch(rows, temperature, cut):
+        events.append(("batch", temperature, tuple(rows)))
+        return [Attempt("la " * 40 if i in fails.get(temperature, ()) else f"row {i}", -0.1) for i in rows]
+
+    options = DecodeOptions(temperature=(0.0, 0.2, 0.4))
+    final = lambda i, text, segs: events.append(("final", i, text, segs))  # noqa: E731
+    texts = ladder([0, 1, 2], Decoding(options=options), batch, final, lambda: events.append(("pause",)))
+    assert texts == ["row 0", "row 1", "row 2"]
+    assert events == [
+        ("batch", 0.0, (0, 1, 2)),
+        ("final", 1, "row 1", None),  # before the others fall back
+        ("pause",),
+        ("batch", 0.2, (0, 2)),
+        ("final", 0, "row 0", None),
+        ("pause",),
+        ("batch", 0.4, (2,)),
+        ("final", 2, "row 2", None),
+    ]
+    events.clear()  # a row failing at every temperature is given its final text once, at the end
+    fails[0.4] = {2}
+    ladder([2], Decoding(options=options), batch, final)
+    assert [e for e in events if e[0] == "final"] == [("final", 2, "la " * 40, None)]
+
+
 def test_fallback_rules():
     options = DecodeOptions()
     assert needs_fallback(Attempt("x", -0.1, cut=True), options, 0)

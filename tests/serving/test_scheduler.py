@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.inference.test_transcriber import AUDIO
+from whisper_lora.inference.longform import DecodeOptions
 from whisper_lora.inference.request import Request
 from whisper_lora.inference.transcriber import Transcriber
 from whisper_lora.serving.scheduler import Cancelled, QueueFull, Scheduler
@@ -109,5 +110,58 @@ def test_routing_questions_take_turns_with_a_long_recording(transcriber):
         long_job.future.result(600)
         assert routed < finished["long"], "the routing questions waited for the long recording"
         assert scheduler.stats()["long_yields"] > 0 and scheduler.stats()["in_flight"] == 0
+    finally:
+        scheduler.close()
+
+
+# every text compresses past 1.01: this request falls back through all six temperatures (seconds of work)
+FALLS_BACK = DecodeOptions(compression_ratio_threshold=1.01, stop_loops_early=False)
+
+
+def test_short_requests_are_served_between_the_temperatures_of_a_batch_that_falls_back(transcriber):
+    audio = np.concatenate([AUDIO[0]] * 3)  # about 22 s: short, and every fallback step decodes a full window
+    looping = Request(audio, "sw", "sw", options=FALLS_BACK)
+    alone_looping = transcriber.transcribe_requests([looping])[0]
+    alone_short = [transcriber.transcribe(a, lang, adapter=ad) for a, lang, ad in SHORT]
+    scheduler = Scheduler(transcriber, max_batch=1, max_wait_ms=1)  # a batch each: the others wait in the queue
+    try:
+        finished = {}
+        jobs = [scheduler.submit(looping)] + [scheduler.submit(Request(a, lang, ad)) for a, lang, ad in SHORT]
+        for k, job in enumerate(jobs):
+            job.future.add_done_callback(lambda _, k=k: finished.setdefault(k, time.monotonic()))
+        results = [j.future.result(120) for j in jobs]
+        assert results[0] == alone_looping
+        assert results[1:] == alone_short
+        # before: each waited for the six temperatures of the one ahead of it
+        assert max(finished[k] for k in range(1, len(jobs))) < finished[0], finished
+        assert scheduler.stats()["served"] == len(jobs)
+    finally:
+        scheduler.close()
+
+
+class _Stub:
+    """A transcriber whose second request needs the fallback: the first is final before it (``done``)."""
+
+    def __init__(self):
+        self.finished_early = None
+
+    def refresh_adapters(self, seconds):
+        pass
+
+    def transcribe_requests(self, requests, gate=None, done=None):
+        results = [f"text {k}" for k in range(len(requests))]
+        done(0, results[0])
+        time.sleep(0.5)  # the second row's fallback
+        return results
+
+
+def test_a_batchs_rows_are_answered_as_soon_as_they_are_final():
+    scheduler = Scheduler(_Stub(), max_batch=2, max_wait_ms=200, reload_seconds=None)
+    try:
+        first, second = (scheduler.submit(Request(AUDIO[k][:16000], "sw")) for k in range(2))
+        assert first.future.result(5) == "text 0"
+        assert not second.future.done()  # the first did not wait for it
+        assert second.future.result(5) == "text 1"
+        assert scheduler.stats()["served"] == 2 and scheduler.stats()["batches"] == 1
     finally:
         scheduler.close()

@@ -175,16 +175,28 @@ Batch = Callable[[list[int], float, bool], list[Attempt]]
 Windows = Callable[[int], list[Segment]]
 
 
-def ladder(rows: list[int], decoding: Decoding, batch: Batch) -> list[str]:
+Final = Callable[[int, str, "tuple[Segment, ...] | None"], None]  # an input's result, as soon as it is known
+Pause = Callable[[], None]  # called between two temperatures of the ladder: other work may use the model
+
+
+def ladder(
+    rows: list[int], decoding: Decoding, batch: Batch, final: Final | None = None, pause: Pause | None = None
+) -> list[str]:
     """Steps 2 and 4 for inputs of up to 30 s: the rows decoded together at the ladder's first temperature, then
     the rows that fail (``fallback.needs_fallback``) together again at each next temperature. A row that fails at
-    every temperature keeps ``fallback.final_text``. Texts in the order of ``rows``."""
+    every temperature keeps ``fallback.final_text``. Texts in the order of ``rows``.
+
+    ``final(row, text, None)`` is called for each row as soon as its text is final (after the step that settles
+    it, before the rows left fall back); ``pause()`` before each fallback step (the server lets waiting requests use
+    the model there)."""
     options = decoding.options
     temperatures = options.temperature if options.compression_ratio_threshold else options.temperature[:1]
     tried: dict[int, list[Attempt]] = {i: [] for i in rows}
     texts: dict[int, str] = {}
     pending = list(rows)
     for step, temperature in enumerate(temperatures):
+        if step and pause is not None:
+            pause()
         last = step == len(temperatures) - 1
         attempts = batch(pending, temperature, options.stop_loops_early and not last)
         retry = []
@@ -194,6 +206,8 @@ def ladder(rows: list[int], decoding: Decoding, batch: Batch) -> list[str]:
                 retry.append(i)
             else:
                 texts[i] = a.text
+                if final is not None:
+                    final(i, a.text, None)
         if retry and not last:
             log.debug("%d transcript(s) fall back to temperature %s", len(retry), temperatures[step + 1])
         pending = retry
@@ -201,29 +215,43 @@ def ladder(rows: list[int], decoding: Decoding, batch: Batch) -> list[str]:
             break
     for i in pending:  # failed at every temperature
         texts[i] = final_text(tried[i], options)
+        if final is not None:
+            final(i, texts[i], None)
     return [texts[i] for i in rows]
 
 
 def decode_steps(
-    audios: Sequence[np.ndarray], decoding: Decoding, timestamps: bool, batch: Batch, windows: Windows
+    audios: Sequence[np.ndarray],
+    decoding: Decoding,
+    timestamps: bool,
+    batch: Batch,
+    windows: Windows,
+    final: Final | None = None,
+    pause: Pause | None = None,
 ) -> tuple[list[str], list[tuple[Segment, ...] | None]]:
     """The four steps over ``audios``: texts, and segments of every input when ``timestamps`` (else None).
 
     ``batch`` and ``windows`` do the decoding (with one model, or through an adapter pool); which input takes which
-    path is decided here only, so a result never depends on the other inputs of the call.
+    path is decided here only, so a result never depends on the other inputs of the call. ``final`` and ``pause``:
+    ``ladder``'s (``final`` is also called for silent inputs at once and for windowed ones when they are done).
     """
     texts = [""] * len(audios)
     segments: list[tuple[Segment, ...] | None] = [() if timestamps else None] * len(audios)
     speech = [i for i, a in enumerate(audios) if not is_silent(a)]  # step 1
+    if final is not None:
+        for i in sorted(set(range(len(audios))) - set(speech)):
+            final(i, "", segments[i])
     timed = speech if timestamps else [i for i in speech if len(audios[i]) > N_SAMPLES]
     short = [i for i in speech if i not in set(timed)]
-    for i, t in zip(short, ladder(short, decoding, batch) if short else [], strict=True):  # steps 2 and 4
+    for i, t in zip(short, ladder(short, decoding, batch, final, pause) if short else [], strict=True):  # 2 and 4
         texts[i] = t
     for i in timed:  # step 3
         segs = tuple(windows(i))
         texts[i] = " ".join(s.text for s in segs)
         if timestamps:
             segments[i] = segs
+        if final is not None:
+            final(i, texts[i], segments[i])
     return texts, segments
 
 

@@ -18,6 +18,7 @@ from whisper_lora.errors import ConfigError, format_choices
 from whisper_lora.inference.decode import (
     Attempt,
     Decoding,
+    Final,
     Inputs,
     decode_steps,
     features,
@@ -240,6 +241,23 @@ class Transcriber:
         return {**self.router.describe(), "threshold": self.detect_threshold} if self.router else None
 
     # ---------------------------------------------------------------- decoding
+    def _between(self, gate: StepGate | None) -> Callable[[], None] | None:
+        """The hook between two temperatures of a batch's fallback: when ``gate`` says so, hand the lock over
+        (the pool sets each call's adapters itself, so nothing else needs restoring)."""
+        if gate is None:
+            return None
+
+        def pause() -> None:
+            if not gate.should_yield():
+                return
+            self._lock.release()
+            try:
+                gate.wait()
+            finally:
+                self._lock.acquire()
+
+        return pause
+
     def _pause(self, gate: StepGate | None, entry: AdapterEntry | None) -> Callable[[], None] | None:
         """The step hook of one long-form decode: when ``gate`` says so, hand the model (and the lock) over
         and take it back with this decode's adapter active again."""
@@ -259,14 +277,21 @@ class Transcriber:
 
         return pause
 
-    def transcribe_requests(self, requests: Sequence[Request], gate: StepGate | None = None) -> list[Transcription]:
+    def transcribe_requests(
+        self,
+        requests: Sequence[Request],
+        gate: StepGate | None = None,
+        done: Callable[[int, Transcription], None] | None = None,
+    ) -> list[Transcription]:
         """The one path of every transcription: plan (route ``auto`` inputs, choose each adapter), decode
         (``decode.decode_steps`` through the adapter pool), build the results.
 
         Requests with the same decoding settings share ``generate`` calls whatever their languages and adapters;
         each result equals the one its request gives alone. Inputs with no samples or non-finite samples raise
-        ``AudioError``; silent inputs give no text. ``gate`` lets window-by-window decoding give the model up between
-        decoding steps (``StepGate``; the server's scheduler).
+        ``AudioError``; silent inputs give no text. ``gate`` lets decoding give the model up between steps
+        (``StepGate``; the server's scheduler): a long recording between its decoding steps, a batch of short ones
+        between two temperatures of the fallback. ``done(i, result)`` is called for request ``i`` as soon as its
+        result is final (a row that needs no fallback is answered before the rows that do fall back).
         """
         for i, r in enumerate(requests):
             if not isinstance(r, Request):
@@ -275,30 +300,32 @@ class Transcriber:
                 self.registry.get(r.adapter)  # an unknown or broken adapter fails before any audio is read
         decodings = [r.decoding(self.decoding) for r in requests]  # Decoding validates the overrides
         arrays = [self._samples(r, i) for i, r in enumerate(requests)]
+        results: list[Transcription | None] = [None] * len(requests)
         with self._lock:
             plans = self._plan(requests, arrays)
             self._apply_unloads({p.entry.name for p in plans if p.entry})
-            texts: list[str] = [""] * len(requests)
-            segments: list[tuple[Segment, ...] | None] = [None] * len(requests)
+
+            def settle(i: int, text: str, segments: tuple[Segment, ...] | None) -> None:
+                p = plans[i]
+                results[i] = Transcription(
+                    text=text,
+                    language=p.language,
+                    language_probability=p.probability,
+                    adapter=p.entry.name if p.entry else None,
+                    duration=round(len(arrays[i]) / SAMPLE_RATE, 3),
+                    segments=segments,
+                    route=p.route,
+                )
+                if done is not None:
+                    done(i, results[i])
+
             groups: dict[tuple[Decoding, bool], list[int]] = {}
             for i, r in enumerate(requests):
                 groups.setdefault((decodings[i], r.timed), []).append(i)
             for (decoding, timed), rows in groups.items():
-                got = self._decode([arrays[i] for i in rows], [plans[i] for i in rows], decoding, timed, gate)
-                for i, text, segs in zip(rows, *got, strict=True):
-                    texts[i], segments[i] = text, segs
-        return [
-            Transcription(
-                text=texts[i],
-                language=p.language,
-                language_probability=p.probability,
-                adapter=p.entry.name if p.entry else None,
-                duration=round(len(arrays[i]) / SAMPLE_RATE, 3),
-                segments=segments[i],
-                route=p.route,
-            )
-            for i, p in enumerate(plans)
-        ]
+                final = lambda k, text, segs, rows=rows: settle(rows[k], text, segs)  # noqa: E731
+                self._decode([arrays[i] for i in rows], [plans[i] for i in rows], decoding, timed, gate, final)
+        return results
 
     @staticmethod
     def _samples(request: Request, i: int) -> np.ndarray:
@@ -314,7 +341,7 @@ class Transcriber:
         decided = dict(zip(todo, self._route([arrays[i] for i in todo]), strict=True)) if todo else {}
         return [plan(self.registry, r, decided.get(i)) for i, r in enumerate(requests)]
 
-    def _decode(self, arrays, plans, decoding: Decoding, timed: bool, gate: StepGate | None):
+    def _decode(self, arrays, plans, decoding: Decoding, timed: bool, gate: StepGate | None, final: Final):
         """Step 2: ``decode.decode_steps`` with the pool as its hooks (a mixed batch, or one input's windows)."""
 
         inputs = Inputs(lambda rows: self.features([arrays[i] for i in rows]))
@@ -336,7 +363,7 @@ class Transcriber:
             run = lambda model, _: [long_segments(model, self.processor, arrays[i], p.whisper, decoding, pause)]  # noqa: E731
             return self._pool.decode_groups([p.entry], run)[0]
 
-        return decode_steps(arrays, decoding, timed, batch, windows)
+        return decode_steps(arrays, decoding, timed, batch, windows, final, self._between(gate))
 
     def transcribe_batch(
         self,

@@ -3,7 +3,9 @@
 - **Short requests** (up to 30 s) that arrive together (``max_wait_ms``, at most ``max_batch``) go to
   ``Transcriber.transcribe_requests`` together: those with the same decoding settings share one
   mixed-language ``generate`` call; each keeps its own language and adapter, so its result equals an
-  isolated call. A failing batch is retried one request at a time, so one bad input never fails others.
+  isolated call. A failing batch is retried one request at a time, so one bad input never fails others. Each
+  answer is given as soon as it is final: rows that need the temperature fallback (looping, unlikely text) do not
+  hold up the others, and short requests that arrive meanwhile are decoded between two of its temperatures.
   Jobs carry their ``Request`` as it is: the scheduler never looks inside it but for the audio's length.
 - **Long recordings** (past 30 s) are decoded window by window (Whisper's long-form algorithm) in a thread
   of their own, and give the model up between decoding steps (``Transcriber``'s ``StepGate``) whenever
@@ -281,38 +283,77 @@ class Scheduler:
             with self._cv:
                 if self._owner != SHORT:  # closed, or the queue emptied (every job cancelled)
                     continue
-                batch = []
-                while self._short and len(batch) < self.max_batch:
-                    job = self._short.popleft()
-                    if job.cancelled:
-                        job.future.set_exception(Cancelled())
-                    else:
-                        batch.append(job)
+                batch = self._pop_batch()
             started = time.monotonic()
             try:
-                for route_only in (True, False):  # routing questions, then transcriptions
-                    group = [j for j in batch if j.route_only == route_only]
-                    if group:
-                        self._decode(group)
+                self._decode_kinds(batch)
             finally:
                 if batch:
                     self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.monotonic() - started)
                 self._release(SHORT)
 
-    def _decode(self, batch: list[Job]) -> None:
+    def _decode_kinds(self, batch: list[Job], nested: bool = False) -> None:
+        for route_only in (True, False):  # routing questions, then transcriptions
+            group = [j for j in batch if j.route_only == route_only]
+            if group:
+                self._decode(group, nested)
+
+    def _decode(self, batch: list[Job], nested: bool = False) -> None:
+        """Decode one short batch. Each answer is given as soon as it is final; between two temperatures of the
+        batch's fallback, short requests that arrived meanwhile are decoded first (``_BatchGate``; not within such
+        a nested batch)."""
+
+        def settle(k: int, result) -> None:
+            if not batch[k].future.done():
+                batch[k].future.set_result(result)
+                self.served += 1
+
         try:
             if batch[0].route_only:
                 results = self.transcriber.route([j.request.audio for j in batch])
             else:
-                results = self.transcriber.transcribe_requests([j.request for j in batch])
+                gate = None if nested else _BatchGate(self)
+                results = self.transcriber.transcribe_requests([j.request for j in batch], gate=gate, done=settle)
             self.batches += 1
         except Exception as e:  # noqa: BLE001 - isolate the failing request
+            left = [j for j in batch if not j.future.done()]
             if len(batch) == 1:
-                batch[0].future.set_exception(e)
+                if left:
+                    batch[0].future.set_exception(e)
                 return
-            for j in batch:
-                self._decode([j])
+            for j in left:
+                self._decode([j], nested)
             return
-        self.served += len(batch)
-        for j, res in zip(batch, results, strict=True):
-            j.future.set_result(res)
+        for k, res in enumerate(results):
+            settle(k, res)
+
+    def _pop_batch(self) -> list[Job]:
+        """Up to ``max_batch`` waiting short jobs, the cancelled ones dropped (call with ``_cv`` held)."""
+        batch = []
+        while self._short and len(batch) < self.max_batch:
+            job = self._short.popleft()
+            if job.cancelled:
+                job.future.set_exception(Cancelled())
+            else:
+                batch.append(job)
+        return batch
+
+    def _serve_waiting(self) -> None:
+        """Decode the short requests waiting now (one batch), in this thread, while a batch's fallback pauses."""
+        with self._cv:
+            batch = self._pop_batch()
+        self._decode_kinds(batch, nested=True)
+
+
+class _BatchGate:
+    """The ``StepGate`` of a short batch between two temperatures of its fallback (looping or unlikely rows,
+    seconds of work): short requests waiting then are decoded first, so they do not queue behind it."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+
+    def should_yield(self) -> bool:
+        return bool(self.scheduler._short)
+
+    def wait(self) -> None:
+        self.scheduler._serve_waiting()
