@@ -139,6 +139,36 @@ def test_short_requests_are_served_between_the_temperatures_of_a_batch_that_fall
         scheduler.close()
 
 
+class _ServeBetweenTokens:
+    """A ``StepGate`` that, each time it is asked, decodes another request in between (as the scheduler's batch
+    gate does with waiting requests), and counts how often."""
+
+    def __init__(self, transcriber, request):
+        self.transcriber, self.request, self.results = transcriber, request, []
+
+    def should_yield(self):
+        return True
+
+    def wait(self):
+        self.results.append(self.transcriber.transcribe_requests([self.request])[0])
+
+
+def test_a_fallback_step_gives_the_model_up_at_every_token_and_both_answers_stay_right(transcriber):
+    audio = np.concatenate([AUDIO[0]] * 3)
+    looping = Request(audio, "sw", "sw", options=FALLS_BACK)
+    other = Request(*SHORT[2])  # another adapter (sw on its own audio) ... and the base below
+    alone_looping = transcriber.transcribe_requests([looping])[0]
+    alone_other = transcriber.transcribe_requests([other])[0]
+    gate = _ServeBetweenTokens(transcriber, other)
+    assert transcriber.transcribe_requests([looping], gate=gate)[0] == alone_looping
+    temperatures = len(FALLS_BACK.temperature)
+    # once before each fallback step, and at the decoding steps of those steps (up to 8 tokens each)
+    assert len(gate.results) > 2 * (temperatures - 1), len(gate.results)
+    assert all(r == alone_other for r in gate.results)
+    gate = _ServeBetweenTokens(transcriber, Request(SHORT[1][0], "en", None))  # the base in between
+    assert transcriber.transcribe_requests([looping], gate=gate)[0] == alone_looping
+
+
 class _Stub:
     """A transcriber whose second request needs the fallback: the first is final before it (``done``)."""
 

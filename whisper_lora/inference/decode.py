@@ -32,7 +32,14 @@ from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.fallback import Attempt, Rows, final_text, needs_fallback
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
-from whisper_lora.inference.longform import N_FRAMES, DecodeOptions, Segment, compression_ratio, decode_segments
+from whisper_lora.inference.longform import (
+    N_FRAMES,
+    DecodeOptions,
+    Segment,
+    StepHook,
+    compression_ratio,
+    decode_segments,
+)
 from whisper_lora.languages import token_text
 
 log = logging.getLogger("whisper_lora")
@@ -95,12 +102,15 @@ def generate_attempts(
     adapter_names: list[str] | None = None,
     temperature: float = 0.0,
     cut_loops: bool = False,
+    pause: Callable[[], None] | None = None,
 ) -> list[Attempt]:
     """One ``generate`` call over a batch of 30 s windows at one temperature, row i in ``whisper_languages[i]``.
 
     Temperature 0 is greedy (or beam search with ``decoding.num_beams``); above 0 each row samples from its own
     random stream (``fallback.Rows``). ``cut_loops`` stops rows stuck in a repetition loop (not under beam search).
     ``feats``: log-mel features, or the ``EncoderStates`` an earlier call returned in ``Attempt.states``.
+    ``pause`` (optional) is called at every decoding step; it may block while the model does other work (the rows'
+    random streams are their own, so what runs meanwhile does not change this call's draws).
     """
     beams = decoding.num_beams if temperature <= 0 else 1
     gen = decoding_config(model, beams, decoding.max_new_tokens)
@@ -116,6 +126,8 @@ def generate_attempts(
         )
         kw["logits_processor"] = LogitsProcessorList([rows.processor()])
         kw["stopping_criteria"] = StoppingCriteriaList([rows.criterion()])
+    if pause is not None:
+        kw.setdefault("logits_processor", LogitsProcessorList()).insert(0, StepHook(pause))
     if adapter_names is not None:
         kw["adapter_names"] = adapter_names
         if beams > 1:

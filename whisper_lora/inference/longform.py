@@ -169,11 +169,12 @@ class _NoSpeechRecorder:
         return found[-1] if found else None
 
 
-class _StepHook:
+class StepHook:
     """A logits processor that changes nothing: it calls ``pause`` at every decoding step, where the decode
-    can give the model up (its state lives in ``generate``'s locals, so other calls may run meanwhile)."""
+    can give the model up (its state lives in ``generate``'s locals, so other calls may run meanwhile), within
+    ``restore`` (a context that puts back what this decode needs of global state when ``pause`` returns)."""
 
-    def __init__(self, pause, restore):
+    def __init__(self, pause, restore=contextlib.nullcontext):
         self.pause, self.restore = pause, restore
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -289,7 +290,7 @@ def decode_segments(
                 for d, state in zip(devices, cuda_rng, strict=True):
                     torch.cuda.set_rng_state(state, d)
 
-        kw["logits_processor"] = LogitsProcessorList([_StepHook(pause, as_found)])
+        kw["logits_processor"] = LogitsProcessorList([StepHook(pause, as_found)])
     try:  # a fallback samples: from a fixed seed, so the same input always gives the same text
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)

@@ -346,16 +346,39 @@ class Transcriber:
 
         inputs = Inputs(lambda rows: self.features([arrays[i] for i in rows]))
 
+        calls = [0]  # ``ladder`` calls ``batch`` once per temperature: from the second call on, rows fall back
+
         def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
-            attempts = self._pool.decode(
-                inputs(rows),
-                [plans[i].whisper for i in rows],
-                [plans[i].entry for i in rows],
-                lambda m, f, langs, names: generate_attempts(
-                    m, self.processor, f, langs, decoding, names, temperature, cut
-                ),
-            )
-            return inputs.keep(rows, attempts)
+            calls[0] += 1
+            if gate is None or calls[0] == 1:
+                attempts = self._pool.decode(
+                    inputs(rows),
+                    [plans[i].whisper for i in rows],
+                    [plans[i].entry for i in rows],
+                    lambda m, f, langs, names: generate_attempts(
+                        m, self.processor, f, langs, decoding, names, temperature, cut
+                    ),
+                )
+                return inputs.keep(rows, attempts)
+            # a fallback step (a few looping or unlikely rows, up to the token limit): one adapter group at a time,
+            # each giving the model up at any token when ``gate`` says so, as a long recording does
+            entries = [plans[i].entry for i in rows]
+
+            def run(model, group: list[int]) -> list[Attempt]:
+                mine = [rows[k] for k in group]
+                return generate_attempts(
+                    model,
+                    self.processor,
+                    inputs(mine),
+                    [plans[i].whisper for i in mine],
+                    decoding,
+                    None,
+                    temperature,
+                    cut,
+                    pause=self._pause(gate, entries[group[0]]),
+                )
+
+            return inputs.keep(rows, self._pool.decode_groups(entries, run))
 
         def windows(i: int) -> list[Segment]:
             p = plans[i]
