@@ -1,8 +1,13 @@
 #!/usr/bin/env python
 """Inference benchmarks on the real whisper-base and the shipped adapters; prints tables, writes JSON.
 
-    python bench/inference.py [--precision int8] [--repeats 5] [--json bench/results/inference.json]
+    python bench/inference.py [--precision int8] [--repeats 5] [--only swap mixed rtf adapters]
+                              [--json bench/results/inference.json]
 
+Sections: adapter swap latency; a mixed-language batch; real-time factor of base, unmerged and merged; and
+(``adapters``) one batch spread over 1, 2, 4 and 8 adapters plus base rows, row-indexed (``row_lora``) against
+peft's ``adapter_names``, in tokens/s relative to the untouched base (every row decodes the same 32 tokens). The
+eight adapters are copies of the shipped ones under eight names (real weights; ``cs`` adapts the encoder too).
 All ratios are measured side by side in one run (the machines are noisy).
 """
 
@@ -22,6 +27,8 @@ from whisper_lora.inference.transcriber import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
+SECTIONS = ("swap", "mixed", "rtf", "adapters")
+TOKENS = 32  # tokens every row decodes in the adapters section (forced: the same work whatever the weights)
 
 
 def timed(fn, repeats):
@@ -49,6 +56,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--adapters", default=str(Path(__file__).resolve().parent.parent / "adapters"))
     p.add_argument("--json", default="bench/results/inference.json")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    p.add_argument("--batch", type=int, default=16, help="rows of the adapters section's batch")
     a = p.parse_args()
     print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     torch.manual_seed(0)
@@ -65,12 +74,27 @@ def main():
         raise SystemExit("needs Debian's fillets-ng-data-cs for the Czech clips")
     seconds = sum(len(x) for xs in audio.values() for x in xs) / 16000
 
+    if "adapters" in a.only:
+        results["adapters"] = spread_over_adapters(a, [x for xs in audio.values() for x in xs])
+    if "swap" in a.only:
+        swap_section(a, results, audio)
+    if "mixed" in a.only:
+        mixed_section(a, results, audio)
+    if "rtf" in a.only:
+        rtf_section(a, results, audio, seconds)
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": device_summary(), **results}, indent=2))
+    print(f"\nwrote {out}")
+
+
+def swap_section(a, results, audio):
     # 1. swap latency
     swap = Transcriber("whisper-base", a.adapters, precision=a.precision, mode="hotswap", max_new_tokens=48)
     swap.swap("sw"), swap.swap("id")  # both cached in memory
     order = iter(["sw", "id"] * 1000)
     t_hot = timed(lambda: swap.swap(next(order)), a.repeats * 4)
-    peft = swap._peft
+    peft = swap._pool.peft
     entry = swap.registry.get("cs")
 
     def load_set():
@@ -96,8 +120,9 @@ def main():
         "speedup_vs_reload": t_reload / t_hot,
     }
     table("Adapter swap latency (median)", [results["swap"]], list(results["swap"]))
-    swap = peft = None  # free the hot-swap model before the next section
 
+
+def mixed_section(a, results, audio):
     # 2. mixed-language batch vs single-adapter batch vs per-language sub-batches
     t = Transcriber("whisper-base", a.adapters, precision=a.precision, mode="routed", max_new_tokens=48)
     clips = [x for lang in LANGS for x in audio[lang]]
@@ -117,8 +142,11 @@ def main():
     }
     table("Mixed-language batch (8 utterances, 4 languages)", [results["mixed_batch"]], list(results["mixed_batch"]))
 
+
+def rtf_section(a, results, audio, seconds):
     # 3. real-time factor: plain base, unmerged adapter, merged adapter (fp32 base for an exact merge)
-    feats = t._features([x for xs in audio.values() for x in xs])
+    t = Transcriber("whisper-base", a.adapters, precision=a.precision, mode="routed", max_new_tokens=48)
+    feats = t.features([x for xs in audio.values() for x in xs])
     base = load_base_model("whisper-base", "fp32").model
     from whisper_lora.registry.adapter_io import load_adapter
 
@@ -148,10 +176,93 @@ def main():
         "Real-time factor, fp32, 8 utterances, 32 tokens each (lower is faster)", [results["rtf"]], list(results["rtf"])
     )
 
-    out = Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": device_summary(), **results}, indent=2))
-    print(f"\nwrote {out}")
+
+def spread_over_adapters(a, clips) -> dict:
+    """4. One batch of ``a.batch`` rows spread over 1, 2, 4 and 8 adapters plus base rows (every 4th row), each
+    row decoding ``TOKENS`` tokens: tokens/s of the row-indexed path and of peft's ``adapter_names``, relative to the
+    untouched base on the same batch, and to one adapter."""
+    from whisper_lora.inference.row_lora import RowLoRA
+    from whisper_lora.registry.adapter_io import load_adapter
+
+    loaded = load_base_model("whisper-base", a.precision)
+    shipped = sorted(p for p in Path(a.adapters).iterdir() if (p / "adapter_config.json").is_file())
+    model = loaded.model
+    names = [f"a{k}" for k in range(8)]
+    for k, name in enumerate(names):  # eight adapters: the shipped ones again and again under other names
+        model = load_adapter(model, shipped[k % len(shipped)], adapter_name=name)
+    model.eval()
+    rows_lora = RowLoRA(model)  # float64 sums on a CPU (batch-invariant rows)
+    rows_fp = RowLoRA(model, exact=False)  # the weights' dtype, as on a GPU
+    feats = loaded.processor.feature_extractor(
+        [clips[i % len(clips)] for i in range(a.batch)], sampling_rate=16000, return_tensors="pt"
+    ).input_features
+    feats = feats.to(model.device, next(p for p in model.parameters() if p.is_floating_point()).dtype)
+
+    def run(adapter_names=None):
+        kw = {"adapter_names": adapter_names} if adapter_names else {}
+        with torch.no_grad():
+            model.generate(
+                input_features=feats,
+                language="en",
+                task="transcribe",
+                min_new_tokens=TOKENS,
+                max_new_tokens=TOKENS,
+                **kw,
+            )
+
+    def base():
+        with model.disable_adapter():
+            run()
+
+    def rows(spread, lora=rows_lora):
+        with lora.rows(spread):
+            run()
+
+    tokens = a.batch * TOKENS
+    t_base = timed(base, a.repeats)
+    model.set_adapter(names[0])
+    t_one_peft = timed(run, a.repeats)  # one adapter on every row, peft's layers
+    out = {"batch": a.batch, "tokens": tokens, "base_tokens_per_s": tokens / t_base}
+    table_rows = [{"adapters": 0, "path": "base", "tokens/s": tokens / t_base, "vs base": 1.0, "vs one adapter": ""}]
+    table_rows.append(
+        {
+            "adapters": 1,
+            "path": "peft, one adapter (no base rows)",
+            "tokens/s": tokens / t_one_peft,
+            "vs base": t_base / t_one_peft,
+            "vs one adapter": 1.0,
+        }
+    )
+    for k in (1, 2, 4, 8):
+        spread = [None if i % 4 == 3 else names[i % k] for i in range(a.batch)]
+        t_rows = timed(lambda s=spread: rows(s), a.repeats)
+        t_fp = timed(lambda s=spread: rows(s, rows_fp), a.repeats)
+        t_peft = timed(lambda s=spread: run([n or "__base__" for n in s]), a.repeats)
+        paths = (("row-indexed, float64 sums", t_rows), ("row-indexed, weights' dtype", t_fp))
+        for path, t in (*paths, ("peft adapter_names", t_peft)):
+            table_rows.append(
+                {
+                    "adapters": k,
+                    "path": path,
+                    "tokens/s": tokens / t,
+                    "vs base": t_base / t,
+                    "vs one adapter": t_one_peft / t,
+                }
+            )
+        out[f"{k}"] = {
+            "row_indexed_float64_s": t_rows,
+            "row_indexed_s": t_fp,
+            "peft_s": t_peft,
+            "base_s": t_base,
+            "one_adapter_peft_s": t_one_peft,
+        }
+    table(
+        f"A batch of {a.batch} rows spread over k adapters plus base rows (every 4th), {TOKENS} tokens each, "
+        f"{a.precision} whisper-base, {torch.get_num_threads()} threads",
+        table_rows,
+        ["adapters", "path", "tokens/s", "vs base", "vs one adapter"],
+    )
+    return out
 
 
 if __name__ == "__main__":

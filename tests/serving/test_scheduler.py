@@ -153,10 +153,24 @@ class _ServeBetweenTokens:
         self.results.append(self.transcriber.transcribe_requests([self.request])[0])
 
 
+@pytest.fixture(scope="module")
+def row_indexed(tiny_dir, tiny_registry):
+    """Routed with row-indexed LoRA (the default on a GPU): its contexts nest while a decode is paused."""
+    return Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8, row_indexed=True)
+
+
 def test_a_fallback_step_gives_the_model_up_at_every_token_and_both_answers_stay_right(transcriber):
+    _served_between_tokens(transcriber)
+
+
+def test_row_indexed_contexts_nest_when_a_fallback_step_gives_the_model_up(row_indexed):
+    _served_between_tokens(row_indexed)
+
+
+def _served_between_tokens(transcriber):
     audio = np.concatenate([AUDIO[0]] * 3)
     looping = Request(audio, "sw", "sw", options=FALLS_BACK)
-    other = Request(*SHORT[2])  # another adapter (sw on its own audio) ... and the base below
+    other = Request(*SHORT[0])  # another adapter (cs) in between ... and the base below
     alone_looping = transcriber.transcribe_requests([looping])[0]
     alone_other = transcriber.transcribe_requests([other])[0]
     gate = _ServeBetweenTokens(transcriber, other)
@@ -171,9 +185,6 @@ def test_a_fallback_step_gives_the_model_up_at_every_token_and_both_answers_stay
 
 class _Stub:
     """A transcriber whose second request needs the fallback: the first is final before it (``done``)."""
-
-    def __init__(self):
-        self.finished_early = None
 
     def refresh_adapters(self, seconds):
         pass

@@ -1,7 +1,8 @@
 """How a ``Transcriber`` keeps adapters on its one base: one strategy per mode, chosen once.
 
 - ``RoutedPool``: up to ``max_loaded`` adapters attached side by side (LRU); a batch that mixes
-  adapters runs in one ``generate`` call with peft's per-sample ``adapter_names``.
+  adapters runs in one ``generate`` call, each row with its own adapter (``row_lora.RowLoRA``: a fixed number
+  of operations per layer whatever the number of adapters; peft's per-sample ``adapter_names`` where it cannot).
 - ``HotSwapPool``: one adapter slot whose weights are replaced in place (peft's hot-swap, or a
   plain copy when shapes match); up to ``max_loaded`` adapters' weights stay cached (LRU); a
   mixed batch is decoded one adapter group at a time.
@@ -22,6 +23,7 @@ import torch
 
 from whisper_lora.base.language_tokens import add_language_token
 from whisper_lora.errors import ConfigError
+from whisper_lora.inference.row_lora import RowLoRA
 from whisper_lora.registry.adapter_io import load_adapter, read_lora
 from whisper_lora.registry.catalog import AdapterEntry
 
@@ -132,11 +134,16 @@ class _PeftHolder:
 
 
 class RoutedPool(_PeftHolder):
-    """Adapters attached side by side; mixed batches in one call (peft ``adapter_names``)."""
+    """Adapters attached side by side; mixed batches in one call: row-indexed LoRA (``row_lora.RowLoRA``), or
+    peft's ``adapter_names`` for adapters it cannot stack (DoRA and other variants, LoRA biases) or when
+    ``row_indexed`` is False (the default on a CPU: docs/inference.md#mixed-batches-row-indexed-lora)."""
 
-    def __init__(self, model, max_loaded: int, tokenizer=None):
+    def __init__(self, model, max_loaded: int, tokenizer=None, row_indexed: bool | None = None):
         super().__init__(model, max_loaded, tokenizer)
         self._names: OrderedDict[str, str] = OrderedDict()  # registry name -> peft name (name and version)
+        # None: on a GPU (where peft's per-adapter loop is launch-bound); on a CPU peft's layers measured as fast
+        self.row_indexed = model.device.type == "cuda" if row_indexed is None else row_indexed
+        self._rows: RowLoRA | None = None
 
     def loaded(self) -> list[str]:
         return list(self._names)
@@ -157,6 +164,9 @@ class RoutedPool(_PeftHolder):
             self._delete(old)
         self.peft = load_adapter(self.peft or self.model, entry.path, adapter_name=key, tokenizer=self.tokenizer)
         self._names[entry.name] = key
+        if self.peft.active_adapter not in self.peft.peft_config:  # it was deleted: peft's generate looks it up
+            self.peft.set_adapter(key)
+        self._row_lora().refresh()
 
     def detach(self, name: str) -> bool:
         key = self._names.pop(name, None)
@@ -170,6 +180,12 @@ class RoutedPool(_PeftHolder):
         if left and self.peft.active_adapter == key:
             self.peft.set_adapter(left[0])  # peft refuses to delete the active adapter's last copy otherwise
         self.peft.delete_adapter(key)
+        self._row_lora().refresh()
+
+    def _row_lora(self) -> RowLoRA:
+        if self._rows is None or self._rows.peft is not self.peft:
+            self._rows = RowLoRA(self.peft)
+        return self._rows
 
     def _activate(self, entry: AdapterEntry):
         self.attach(entry)
@@ -190,11 +206,68 @@ class RoutedPool(_PeftHolder):
             self.attach(entry)
         if not needed:
             return self._generate_base(feats, langs, generate)
-        if len(needed) == 1 and all(e is not None for e in entries):
-            self.peft.set_adapter(self._names[next(iter(needed))])
-            return generate(self.peft, feats, langs, None)
-        self.peft.eval()  # peft mixed batches are inference-only
-        return generate(self.peft, feats, langs, [self._names[e.name] if e else BASE for e in entries])
+        self.peft.eval()  # mixed batches are inference-only
+        names = [self._names[e.name] if e else None for e in entries]
+        if self._row_mode(needed):  # one adapter or many: the same arithmetic, so a row's result is the same alone
+            with self._row_lora().rows(names):
+                return generate(self.peft, feats, langs, None)
+        with self._row_lora().outside():
+            if len(needed) == 1 and all(e is not None for e in entries):
+                self.peft.set_adapter(self._names[next(iter(needed))])
+                return generate(self.peft, feats, langs, None)
+            return generate(self.peft, feats, langs, [n or BASE for n in names])
+
+    def _row_mode(self, names) -> bool:
+        """Whether these adapters (registry names) decode row-indexed (``row_lora``), else through peft's layers."""
+        return self.row_indexed and self._row_lora().supports([self._names[n] for n in names])
+
+    @contextlib.contextmanager
+    def base_model(self):
+        if self.peft is None or not self.row_indexed:
+            with super().base_model() as m:
+                yield m
+        else:  # row-indexed with every row the base: peft's layers disabled, nothing added
+            with self._row_lora().rows(None):
+                yield self.peft
+
+    def decode_groups(self, entries, run: RunGroup) -> list:
+        out: list = [None] * len(entries)
+        groups: OrderedDict[str | None, list[int]] = OrderedDict()
+        for i, e in enumerate(entries):
+            groups.setdefault(e.name if e else None, []).append(i)
+        for name, rows in groups.items():
+            if name is None:
+                with self.base_model() as m:
+                    results = run(m, rows)
+            elif self._row_mode([self._attached(entries[rows[0]])]):
+                with self._row_lora().rows([self._names[name]] * len(rows)):
+                    results = run(self.peft.eval(), rows)
+            else:
+                with self._row_lora().outside():
+                    results = run(self._activate(entries[rows[0]]), rows)
+            for i, r in zip(rows, results, strict=True):
+                out[i] = r
+        return out
+
+    def _attached(self, entry: AdapterEntry) -> str:
+        self.attach(entry)
+        return entry.name
+
+    def suspend(self, entry: AdapterEntry | None) -> None:
+        # a decode in a row-indexed context needs nothing: contexts nest, what runs meanwhile restores its own
+        if not self.row_indexed or (entry is None and not self._row_lora().active):
+            super().suspend(entry)
+
+    def resume(self, entry: AdapterEntry | None) -> None:
+        if entry is None:
+            if not self.row_indexed or not self._row_lora().active:  # a base decode begun before any adapter
+                super().resume(entry)
+        elif not self.row_indexed:
+            super().resume(entry)
+        else:
+            self.attach(entry)  # evicted meanwhile (more adapters than max_loaded): loaded again
+            if not self._row_mode([entry.name]):
+                self._activate(entry)
 
 
 @dataclass(frozen=True)
@@ -306,10 +379,12 @@ class HotSwapPool(_PeftHolder):
 POOLS = {"routed": RoutedPool, "hotswap": HotSwapPool}
 
 
-def make_pool(mode: str, model, max_loaded: int, tokenizer=None) -> AdapterPool:
+def make_pool(mode: str, model, max_loaded: int, tokenizer=None, row_indexed: bool | None = None) -> AdapterPool:
     """The pool for a ``Transcriber`` mode (``routed`` or ``hotswap``); ``tokenizer``: the base's (needed by adapters
-    that add a language token)."""
+    that add a language token); ``row_indexed``: how a routed pool computes mixed batches (``RoutedPool``)."""
     problems = check_pool(mode, max_loaded)
     if problems:
         raise ConfigError("invalid adapter pool:\n  - " + "\n  - ".join(problems))
+    if mode == "routed":
+        return RoutedPool(model, max_loaded, tokenizer, row_indexed)
     return POOLS[mode](model, max_loaded, tokenizer)

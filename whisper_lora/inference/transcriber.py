@@ -56,7 +56,9 @@ class Transcriber:
     """Transcribe with per-language adapters on one shared base model.
 
     ``mode="routed"`` keeps up to ``max_loaded`` adapters attached (LRU) and serves batches
-    that mix languages in one ``generate`` call (peft ``adapter_names``). ``mode="hotswap"``
+    that mix languages in one ``generate`` call: row-indexed LoRA (``row_lora.py``: a fixed number of operations
+    per layer whatever the number of adapters; ``row_indexed``, default on a GPU) or peft's ``adapter_names``
+    (default on a CPU, where it measured as fast). ``mode="hotswap"``
     keeps one adapter slot and swaps weights in place (peft hot-swap); up to ``max_loaded``
     adapters' weights stay cached in memory. Languages without an adapter get the base model.
     ``language="auto"`` inputs are routed by ``inference/routing.py``: a classifier learnt from the
@@ -89,6 +91,7 @@ class Transcriber:
         int8_threshold: float = 0.0,
         decode_options: DecodeOptions | None = None,
         languages: Sequence[str] | None = None,
+        row_indexed: bool | None = None,
     ):
         problems = check_pool(mode, max_loaded)  # every problem at once, before anything loads
         if not 0 <= detect_threshold <= 1:
@@ -119,7 +122,7 @@ class Transcriber:
         self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
         self.mode = mode
         self.detect_threshold = detect_threshold  # routing's confidence floor: below it, ``auto`` gives the base
-        self._pool = make_pool(mode, self.model, max_loaded, self.processor.tokenizer)
+        self._pool = make_pool(mode, self.model, max_loaded, self.processor.tokenizer, row_indexed)
         self._lock = threading.Lock()  # one decode at a time (a paused long-form decode releases it)
         self._refresh_lock = threading.Lock()
         self._unload_lock = threading.Lock()
