@@ -32,9 +32,9 @@ def test_a_new_request_field_reaches_the_decode_call(transcriber, monkeypatch):
     seen = []
     real = Transcriber.transcribe_requests
 
-    def spy(self, requests, gate=None):
+    def spy(self, requests, gate=None, done=None):
         seen.extend(requests)
-        return real(self, requests, gate)
+        return real(self, requests, gate, done)
 
     monkeypatch.setattr(Transcriber, "transcribe_requests", spy)
     app = create_app(transcriber, ServerConfig(), request_type=TaggedRequest)

@@ -127,10 +127,14 @@ class _PeftHolder:
                 with self.base_model() as m:
                     results = run(m, rows)
             else:
-                results = run(self._activate(entries[rows[0]]), rows)
+                results = self._run_group(entries[rows[0]], rows, run)
             for i, r in zip(rows, results, strict=True):
                 out[i] = r
         return out
+
+    def _run_group(self, entry: AdapterEntry, rows: list[int], run: RunGroup) -> list:
+        """``run`` over ``rows`` with ``entry`` the only adapter."""
+        return run(self._activate(entry), rows)
 
 
 class RoutedPool(_PeftHolder):
@@ -230,28 +234,13 @@ class RoutedPool(_PeftHolder):
             with self._row_lora().rows(None):
                 yield self.peft
 
-    def decode_groups(self, entries, run: RunGroup) -> list:
-        out: list = [None] * len(entries)
-        groups: OrderedDict[str | None, list[int]] = OrderedDict()
-        for i, e in enumerate(entries):
-            groups.setdefault(e.name if e else None, []).append(i)
-        for name, rows in groups.items():
-            if name is None:
-                with self.base_model() as m:
-                    results = run(m, rows)
-            elif self._row_mode([self._attached(entries[rows[0]])]):
-                with self._row_lora().rows([self._names[name]] * len(rows)):
-                    results = run(self.peft.eval(), rows)
-            else:
-                with self._row_lora().outside():
-                    results = run(self._activate(entries[rows[0]]), rows)
-            for i, r in zip(rows, results, strict=True):
-                out[i] = r
-        return out
-
-    def _attached(self, entry: AdapterEntry) -> str:
+    def _run_group(self, entry: AdapterEntry, rows: list[int], run: RunGroup) -> list:
         self.attach(entry)
-        return entry.name
+        if self._row_mode([entry.name]):
+            with self._row_lora().rows([self._names[entry.name]] * len(rows)):
+                return run(self.peft.eval(), rows)
+        with self._row_lora().outside():
+            return run(self._activate(entry), rows)
 
     def suspend(self, entry: AdapterEntry | None) -> None:
         # a decode in a row-indexed context needs nothing: contexts nest, what runs meanwhile restores its own

@@ -34,7 +34,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-from peft.tuners.lora import LoraLayer
 
 OFF = object()  # the state outside every context: peft computes its own adapters, no hook adds anything
 
@@ -46,13 +45,15 @@ class RowLoRA:
         self.peft = peft_model
         self.exact = exact  # sum the LoRA terms in float64 (None: on a CPU); see the module docstring
         self._names: tuple[str, ...] | None = None  # the adapters stacked, in stack order (entry i + 1); None: stale
-        self._stacks: dict[LoraLayer, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._stacks: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # per LoRA layer
         self._checked: dict[str, bool] = {}  # adapter -> whether it can be stacked (``supports``)
         self._state: object = OFF  # per-row adapter names (None: the base) of the innermost context, or None, or OFF
         self._index: dict[int, torch.Tensor] = {}  # rows seen by a layer -> stack entry per row, for ``_state``
         self._hooks: list = []
 
-    def _layers(self) -> list[LoraLayer]:
+    def _layers(self) -> list:
+        from peft.tuners.lora import LoraLayer  # imported when used: it imports bitsandbytes, which is slow and chatty
+
         return [m for m in self.peft.modules() if isinstance(m, LoraLayer) and hasattr(m, "base_layer")]
 
     @property
