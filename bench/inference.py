@@ -1,17 +1,22 @@
 #!/usr/bin/env python
 """Inference benchmarks on the real whisper-base and the shipped adapters; prints tables, writes JSON.
 
-    python bench/inference.py [--precision int8] [--repeats 5] [--only swap mixed rtf adapters]
+    python bench/inference.py [--precision int8] [--repeats 5] [--only swap mixed rtf adapters short]
                               [--json bench/results/inference.json]
 
 Sections: adapter swap latency; a mixed-language batch; real-time factor of base, unmerged and merged; and
 (``adapters``) one batch spread over 1, 2, 4 and 8 adapters plus base rows, row-indexed (``row_lora``) against
 peft's ``adapter_names``, in tokens/s relative to the untouched base (every row decodes the same 32 tokens). The
 eight adapters are copies of the shipped ones under eight names (real weights; ``cs`` adapts the encoder too).
+``short``: the held-out Czech lines (``--clips``, Debian's fillets-ng-data-cs) with the shipped ``cs`` adapter,
+seconds per clip and WER of ``Transcriber`` on 30 s windows and on trimmed input (as its metadata chose), against
+faster-whisper int8 on the adapter's merged CTranslate2 export (``merge --ct2``; ``pip install faster-whisper``),
+one clip at a time as faster-whisper transcribes, on the same threads.
 All ratios are measured side by side in one run (the machines are noisy).
 """
 
 import argparse
+import csv
 import json
 import statistics
 import time
@@ -27,7 +32,7 @@ from whisper_lora.inference.transcriber import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
-SECTIONS = ("swap", "mixed", "rtf", "adapters")
+SECTIONS = ("swap", "mixed", "rtf", "adapters", "short")
 TOKENS = 32  # tokens every row decodes in the adapters section (forced: the same work whatever the weights)
 
 
@@ -58,6 +63,7 @@ def main():
     p.add_argument("--json", default="bench/results/inference.json")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     p.add_argument("--batch", type=int, default=16, help="rows of the adapters section's batch")
+    p.add_argument("--clips", type=int, default=120, help="held-out Czech lines of the short section")
     a = p.parse_args()
     print(f"machine: {device_summary()}", flush=True)  # every table below holds for this CPU class
     torch.manual_seed(0)
@@ -74,6 +80,8 @@ def main():
         raise SystemExit("needs Debian's fillets-ng-data-cs for the Czech clips")
     seconds = sum(len(x) for xs in audio.values() for x in xs) / 16000
 
+    if "short" in a.only:
+        results["short"] = short_clips(a)
     if "adapters" in a.only:
         results["adapters"] = spread_over_adapters(a, [x for xs in audio.values() for x in xs])
     if "swap" in a.only:
@@ -261,6 +269,77 @@ def spread_over_adapters(a, clips) -> dict:
         f"{a.precision} whisper-base, {torch.get_num_threads()} threads",
         table_rows,
         ["adapters", "path", "tokens/s", "vs base", "vs one adapter"],
+    )
+    return out
+
+
+def short_clips(a) -> dict:
+    """5. Short real clips with an adapter trained trimmed: seconds per clip and WER, windows vs trimmed vs
+    faster-whisper int8 on the merged CTranslate2 export of the same adapter."""
+    import tempfile
+
+    from whisper_lora.data.fillets import DEFAULT_ROOT, build_fillets_manifest
+    from whisper_lora.inference.merge import merge_adapter
+    from whisper_lora.inference.scoring import score
+    from whisper_lora.registry.adapter_io import read_metadata
+
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise SystemExit("the short section needs faster-whisper: pip install faster-whisper") from None
+    adapter = Path(a.adapters) / "cs"
+    pad = read_metadata(adapter).trimmed_input
+    if pad is None:
+        raise SystemExit(f"{adapter}'s metadata does not choose trimmed input (eval --write-metadata measures it)")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-short-"))
+    manifest, _ = build_fillets_manifest(DEFAULT_ROOT, tmp / "manifest.csv")
+
+    with open(manifest, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"][: a.clips]
+    clips = [load_audio(r["audio"]) for r in rows]
+    refs = [r["text"] for r in rows]
+    print(f"short: {len(clips)} held-out Czech lines, {sum(len(c) for c in clips) / 16000 / len(clips):.2f} s each")
+    merge_adapter(adapter, tmp / "merged", ct2_out=tmp / "ct2", ct2_quantization="int8")
+    threads = torch.get_num_threads()
+    fw = WhisperModel(str(tmp / "ct2"), device="cpu", compute_type="int8", cpu_threads=threads)
+
+    def faster_whisper(xs):
+        out = []
+        for c in xs:
+            segments, _ = fw.transcribe(c, language="cs", beam_size=1, without_timestamps=True)
+            out.append(" ".join(s.text.strip() for s in segments))
+        return out
+
+    def ours(t, batch, xs):
+        out = []
+        for i in range(0, len(xs), batch):
+            out += [r.text for r in t.transcribe_batch(xs[i : i + batch], "cs")]
+        return out
+
+    windows = Transcriber("whisper-base", a.adapters, precision=a.precision, trimmed=False)
+    trimmed = Transcriber("whisper-base", a.adapters, precision=a.precision)
+    paths = [
+        ("faster-whisper int8, merged export, one clip at a time", faster_whisper),
+        ("whisper-lora, 30 s windows, batch 8", lambda xs: ours(windows, 8, xs)),
+        (f"whisper-lora, trimmed (clip + {pad:g} s), batch 8", lambda xs: ours(trimmed, 8, xs)),
+        (f"whisper-lora, trimmed (clip + {pad:g} s), one clip at a time", lambda xs: ours(trimmed, 1, xs)),
+    ]
+    out, table_rows = {"clips": len(clips), "trim_padding": pad}, []
+    for name, fn in paths:
+        fn(clips[:8])  # warm-up
+        t = time.perf_counter()
+        hyps = fn(clips)
+        seconds = (time.perf_counter() - t) / len(clips)
+        s = score(refs, hyps, "cs")
+        out[name] = {"s_per_clip": seconds, "wer": s.wer, "cer": s.cer}
+        table_rows.append({"path": name, "s/clip": seconds, "WER": s.wer, "CER": s.cer})
+    for r in table_rows:
+        r["vs faster-whisper"] = r["s/clip"] / table_rows[0]["s/clip"]
+    table(
+        f"Short real clips with the shipped cs adapter ({len(clips)} held-out Czech lines, {a.precision} whisper-base, "
+        f"{threads} threads; seconds per clip, lower is faster)",
+        table_rows,
+        ["path", "s/clip", "vs faster-whisper", "WER", "CER"],
     )
     return out
 

@@ -43,12 +43,26 @@ class Comparison:
     """The untouched base and an adapter scored on the same utterances."""
 
     base: Scores
-    adapter: Scores | None  # None: the base alone was scored
+    adapter: Scores | None  # None: the base alone was scored; decoded from 30 s windows, as every Whisper runtime does
     split: str | None = None  # which split of the corpus (train, dev, test)
+    # the adapter again with its short inputs encoded trimmed (``base/trim.py``), for an adapter whose encoder was
+    # trained so; None when not measured
+    trimmed: Scores | None = None
 
     @property
     def n(self) -> int:
         return self.base.n
+
+    @property
+    def trimmed_chosen(self) -> bool:
+        """Whether the adapter's short inputs are encoded trimmed: only where that was measured on the held-out split
+        and scored at least as well as 30 s windows (WER no higher). The one home of this rule."""
+        return self.trimmed is not None and self.adapter is not None and self.trimmed.wer <= self.adapter.wer
+
+    @property
+    def served(self) -> Scores | None:
+        """The adapter's scores as ``Transcriber`` decodes it (trimmed where chosen, else windows)."""
+        return self.trimmed if self.trimmed_chosen else self.adapter
 
     def change(self, metric: str = "cer") -> float | None:
         """Relative change of one metric from base to adapter (-0.4: 40% fewer errors)."""
@@ -59,12 +73,13 @@ class Comparison:
         return relative_change(getattr(self.base, metric), getattr(self.adapter, metric))
 
     def to_dict(self) -> dict:
-        """The ``metrics`` record of ``whisper_lora.json``: split, n, base, adapter."""
+        """The ``metrics`` record of ``whisper_lora.json``: split, n, base, adapter (and adapter_trimmed)."""
         return {
             "split": self.split,
             "n": self.n,
             "base": self.base.to_dict(),
             "adapter": None if self.adapter is None else self.adapter.to_dict(),
+            **({} if self.trimmed is None else {"adapter_trimmed": self.trimmed.to_dict()}),
         }
 
     @classmethod
@@ -73,4 +88,5 @@ class Comparison:
         if not d or not d.get("base"):
             return None
         adapter = Scores.from_dict(d["adapter"]) if d.get("adapter") else None
-        return cls(Scores.from_dict({"n": d.get("n", 0), **d["base"]}), adapter, d.get("split"))
+        trimmed = Scores.from_dict(d["adapter_trimmed"]) if d.get("adapter_trimmed") else None
+        return cls(Scores.from_dict({"n": d.get("n", 0), **d["base"]}), adapter, d.get("split"), trimmed)

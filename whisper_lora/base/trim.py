@@ -7,13 +7,13 @@ any input that is not 3000 frames long. ``allow_short_inputs`` is the one place 
 check, for one model instance: inputs of exactly 3000 frames still take transformers' own forward,
 shorter ones run the same computation with the positional embeddings sliced to their length.
 
-Training only: ``TrainConfig.trim_padding`` (``auto``: 1 s where every encoder layer is adapted) runs
-each training batch on its longest clip plus that much padding, about 4.5x faster per step on a CPU.
-The adapter is still decoded on 30 s windows everywhere (evaluation, ``Transcriber``, merged and
-exported models): on held-out real Czech that scores about as well as decoding trimmed input
-(WER 0.513 vs 0.537 for the batch-8 run, 0.583 vs 0.553 for batch 4; CER 0.209 vs 0.225 and 0.220 vs
-0.219), and it keeps adapters usable by any Whisper runtime. The base itself, never trained on trimmed
-input, loses on it (CER 0.330 -> 0.406), which is why only adapted encoders train this way.
+Training: ``TrainConfig.trim_padding`` (``auto``: 1 s where every encoder layer is adapted) runs each training batch
+on its longest clip plus that much padding, about 4.5x faster per step on a CPU. Inference: such an adapter is scored
+on the held-out split both on 30 s windows and trimmed (each clip at its own length plus the padding, ``trimmed_frames``),
+and ``Transcriber`` encodes its short inputs trimmed only where that scored at least as well
+(``AdapterMetadata.trimmed_input``; rows of different lengths decode together, ``decode.Inputs``). The base itself,
+never trained on trimmed input, loses on it (CER 0.330 -> 0.406 on held-out real Czech), and keeps 30 s windows, as do
+long-form and timestamped decoding, merged checkpoints and CTranslate2 exports.
 """
 
 from __future__ import annotations

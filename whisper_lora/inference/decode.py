@@ -18,6 +18,7 @@ References are never looked at: what is scored is what users get.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -28,12 +29,12 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from whisper_lora.base.language_tokens import added_ids
+from whisper_lora.base.trim import WINDOW_FRAMES, trimmed_frames
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.fallback import Attempt, Rows, final_text, needs_fallback
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
 from whisper_lora.inference.longform import (
-    N_FRAMES,
     DecodeOptions,
     Segment,
     StepHook,
@@ -81,16 +82,90 @@ def features(model, processor, audios: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 class EncoderStates:
-    """Encoder outputs of rows the ladder already decoded once: its next temperatures reuse them."""
+    """Encoder outputs of rows, for ``generate`` to decode from without encoding: the rows the ladder decoded once
+    (its next temperatures reuse them), or rows encoded apart because their inputs differ in length (trimmed input,
+    ``trim.py``). Rows shorter than the longest are padded with zeros and ``lengths`` says how many positions of each
+    are real: the decoder's cross-attention is masked past them (``cross_attention_mask``), so a row decodes as it
+    would alone."""
 
-    def __init__(self, states: torch.Tensor):
+    def __init__(self, states: torch.Tensor, lengths: Sequence[int] | None = None):
         self.states = states
+        self.lengths = list(lengths) if lengths is not None else [states.shape[1]] * len(states)
+
+    @classmethod
+    def stack(cls, rows: Sequence[torch.Tensor]) -> EncoderStates:
+        """One batch of rows of any lengths (each ``(positions, d_model)``), padded to the longest."""
+        lengths = [len(r) for r in rows]
+        longest = max(lengths)
+        if all(n == longest for n in lengths):
+            return cls(torch.stack(list(rows)))
+        states = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1])
+        for i, r in enumerate(rows):
+            states[i, : len(r)] = r
+        return cls(states, lengths)
+
+    def row(self, i: int) -> torch.Tensor:
+        """Row ``i`` without its padding."""
+        return self.states[i, : self.lengths[i]]
+
+    @property
+    def padded(self) -> bool:
+        return any(n < self.states.shape[1] for n in self.lengths)
 
     def __getitem__(self, rows) -> EncoderStates:  # the adapter pools take the rows of each group
-        return EncoderStates(self.states[rows])
+        idx = range(len(self))[rows] if isinstance(rows, slice) else list(rows)
+        return EncoderStates.stack([self.row(i) for i in idx])
 
     def __len__(self) -> int:
         return len(self.states)
+
+
+@contextlib.contextmanager
+def cross_attention_mask(model, states: EncoderStates):
+    """While a ``generate`` call decodes from ``states``, its decoder's cross-attention sees only each row's real
+    positions (transformers' Whisper decoder takes no encoder mask, its layers do). The mask is put on the layers'
+    calls that carry these very states (beam search repeats their rows), so decodes that run in between (a paused
+    decode lends the model out, ``StepHook``) are untouched."""
+    if not states.padded:
+        yield
+        return
+    from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer
+
+    keep = (
+        torch.arange(states.states.shape[1], device=states.states.device)[None, :]
+        < torch.tensor(states.lengths, device=states.states.device)[:, None]
+    )
+    mine: list[int] = []  # data_ptr of the states this call's decoder gets (repeated per beam before the first step)
+
+    def hook(module, args, kwargs):
+        enc = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        if enc is None or enc.shape[1] != keep.shape[1] or enc.shape[0] % len(keep):
+            return None
+        if not mine:
+            mine.append(enc.data_ptr())
+        if enc.data_ptr() != mine[0]:
+            return None
+        mask = keep.repeat_interleave(enc.shape[0] // len(keep), dim=0)[:, None, None, :]
+        return args, {**kwargs, "encoder_attention_mask": mask}
+
+    layers = [m for m in model.modules() if isinstance(m, WhisperDecoderLayer)]
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def encoder_outputs(model, feats: torch.Tensor, adapter_names: list[str] | None = None) -> torch.Tensor:
+    """The encoder's output for ``feats`` (any even frame count up to 3000 once ``trim.allow_short_inputs`` ran),
+    with the model's active adapter, or row ``i`` with ``adapter_names[i]`` (peft's mixed batch; it applies to a
+    whole forward call, so this runs one decoder step too)."""
+    if adapter_names is None:
+        return model.get_encoder()(feats).last_hidden_state
+    start = torch.full((len(feats), 1), model.config.decoder_start_token_id, dtype=torch.long, device=feats.device)
+    out = model(input_features=feats, decoder_input_ids=start, adapter_names=adapter_names)
+    return out.encoder_last_hidden_state
 
 
 def generate_attempts(
@@ -136,8 +211,10 @@ def generate_attempts(
         from transformers.modeling_outputs import BaseModelOutput
 
         states = feats.states
-        mask = torch.ones(len(states), N_FRAMES, dtype=torch.long, device=states.device)  # as for the features
-        ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask, **kw)
+        mask = torch.ones(len(states), 2 * states.shape[1], dtype=torch.long, device=states.device)  # as for features
+        with cross_attention_mask(model, feats):
+            out = BaseModelOutput(last_hidden_state=states)
+            ids = model.generate(encoder_outputs=out, attention_mask=mask, **kw)
     else:
         captured = []
         hook = model.get_encoder().register_forward_hook(
@@ -153,7 +230,8 @@ def generate_attempts(
     attempts = rows.attempts(texts) if rows else [Attempt(t, None) for t in texts]
     if states is None:
         return attempts
-    return [replace(a, states=states[r]) for r, a in enumerate(attempts)]
+    kept = feats if isinstance(feats, EncoderStates) else EncoderStates(states)
+    return [replace(a, states=kept.row(r)) for r, a in enumerate(attempts)]
 
 
 def long_segments(
@@ -269,16 +347,37 @@ def decode_steps(
 
 class Inputs:
     """What the ladder feeds ``generate`` for each row: its log-mel features the first time, then the encoder output
-    that first decode returned (``Attempt.states``), so no row is encoded twice."""
+    that first decode returned (``Attempt.states``), so no row is encoded twice.
 
-    def __init__(self, compute: Callable[[list[int]], torch.Tensor], states: dict[int, torch.Tensor] | None = None):
-        self.compute = compute
+    ``compute(rows)``: the rows' features (30 s windows). ``frames(row)``: how many frames of them the row's encoder
+    reads (``WINDOW_FRAMES``, or fewer for trimmed input, ``trim.py``); rows that read fewer are encoded apart, one
+    ``encode(rows, features)`` call per length (with the rows' adapters), and all are decoded together from their
+    padded ``EncoderStates``. A row's frames depend on the row alone, so its result does not depend on the batch."""
+
+    def __init__(
+        self,
+        compute: Callable[[list[int]], torch.Tensor],
+        states: dict[int, torch.Tensor] | None = None,
+        frames: Callable[[int], int] | None = None,
+        encode: Callable[[list[int], torch.Tensor], Sequence[torch.Tensor]] | None = None,
+    ):
+        if (frames is None) != (encode is None):
+            raise ValueError("Inputs takes frames and encode together")
+        self.compute, self.frames, self.encode = compute, frames, encode
         self.states = {} if states is None else states  # filled in place: a caller may pass them on
 
     def __call__(self, rows: list[int]) -> torch.Tensor | EncoderStates:
         if all(i in self.states for i in rows):
-            return EncoderStates(torch.stack([self.states[i] for i in rows]))
-        return self.compute(rows)
+            return EncoderStates.stack([self.states[i] for i in rows])
+        feats = self.compute(rows)
+        lengths = [self.frames(i) for i in rows] if self.frames else []
+        if all(n == WINDOW_FRAMES for n in lengths):
+            return feats  # ``generate`` encodes them
+        encoded: dict[int, torch.Tensor] = {}
+        for n in sorted(set(lengths)):
+            group = [k for k, m in enumerate(lengths) if m == n]
+            encoded.update(zip(group, self.encode([rows[k] for k in group], feats[group, :, :n]), strict=True))
+        return EncoderStates.stack([encoded[k] for k in range(len(rows))])
 
     def keep(self, rows: list[int], attempts: Sequence[Attempt]) -> list[Attempt]:
         """Remember the rows' encoder outputs; returns ``attempts``."""
@@ -295,14 +394,21 @@ def decode_texts(
     whisper_language: str,
     decoding: Decoding,
     states: dict[int, torch.Tensor] | None = None,
+    trim: float | None = None,
 ) -> list[str]:
     """Transcripts of ``audios`` with ``model`` as it is (one adapter active or none), in input order.
 
     ``states``: encoder outputs by position in ``audios``, read and filled in place. Pass the same dict to a second
     call on the same audio whose encoder computes the same thing (the base, then an adapter that leaves the encoder
-    untouched) and the second skips the encoder."""
+    untouched) and the second skips the encoder. ``trim``: encode each input of up to 30 s trimmed to its own length
+    plus this many seconds (``trim.py``; the model must be given ``allow_short_inputs``), not a 30 s window."""
 
-    inputs = Inputs(lambda rows: features(model, processor, [audios[i] for i in rows]), states)
+    compute = lambda rows: features(model, processor, [audios[i] for i in rows])  # noqa: E731
+    if trim is None:
+        inputs = Inputs(compute, states)
+    else:
+        frames = lambda i: trimmed_frames(len(audios[i]), trim)  # noqa: E731
+        inputs = Inputs(compute, states, frames, lambda rows, feats: encoder_outputs(model, feats))
 
     def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
         langs = [whisper_language] * len(rows)

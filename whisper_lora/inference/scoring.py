@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from whisper_lora.base.trim import allow_short_inputs
 from whisper_lora.data.features import Example
 from whisper_lora.inference.decode import Decoding, decode_texts
 from whisper_lora.languages import decoder_token, resolve_language
@@ -74,12 +75,14 @@ def transcribe_examples(
     desc: str = "decode",
     encoder_states: dict[int, torch.Tensor] | None = None,
     token: str | None = None,
+    trim: float | None = None,
 ) -> list[str]:
     """Transcripts of examples, decoded as ``transcribe`` decodes (``decode.decode_texts``), in input order.
 
     ``token``: the Whisper token code the decoder is prompted with (an adapter's ``whisper_language``); None: the
     language's own or proxy (``decoder_token``).
 
+    ``trim``: encode each clip trimmed to its length plus this many seconds (``decode_texts``), not a 30 s window.
     Batches group clips of similar duration (never by reference length: references are not read).
     ``encoder_states`` (by example index, read and filled): pass one dict to two calls whose encoders compute the
     same (``reuses_encoder``) and the second skips the encoder.
@@ -101,7 +104,7 @@ def transcribe_examples(
                 known = None
                 if encoder_states is not None:
                     known = {j: encoder_states[k] for j, k in enumerate(rows) if k in encoder_states}
-                texts = decode_texts(model, processor, audios, whisper, decoding, known)
+                texts = decode_texts(model, processor, audios, whisper, decoding, known, trim)
                 if known is not None:
                     encoder_states.update({rows[j]: state for j, state in known.items()})
                 for k, text in zip(rows, texts, strict=True):
@@ -126,13 +129,16 @@ def compare_base_and_adapter(
     split: str | None = None,
     base_scores: Scores | None = None,
     base_token: str | None = None,
+    trim: float | None = None,
     **kw,
 ) -> Comparison:
     """Scores of the untouched base (adapters disabled; ``base_scores`` when already known) and of the
     active adapter. An adapter that leaves the encoder untouched decodes from the base's encoder outputs.
 
     ``kw["token"]``: the Whisper token code the adapter decodes with; ``base_token``: the base's, when it differs
-    (an adapter that adds a token: the base decodes with the proxy, ``AdapterMetadata.base_token``)."""
+    (an adapter that adds a token: the base decodes with the proxy, ``AdapterMetadata.base_token``). ``trim``: the
+    adapter's encoder was trained on clips plus this many seconds (``base/trim.py``): it is scored a second time
+    with its inputs encoded so (``Comparison.trimmed``), which decides how ``Transcriber`` encodes them."""
     if base_scores is None:
         if reuses_encoder(peft_model, len(examples)):
             kw = {**kw, "encoder_states": {}}
@@ -140,7 +146,13 @@ def compare_base_and_adapter(
         with peft_model.disable_adapter():
             base_scores, _ = evaluate_examples(peft_model, processor, examples, language, desc="base", **base_kw)
     adapted, _ = evaluate_examples(peft_model, processor, examples, language, desc="adapter", **kw)
-    return Comparison(base_scores, adapted, split)
+    trimmed = None
+    if trim is not None:
+        allow_short_inputs(peft_model)
+        kw = {k: v for k, v in kw.items() if k != "encoder_states"}  # those are of 30 s windows
+        kw.update(desc="adapter, trimmed", trim=trim)
+        trimmed, _ = evaluate_examples(peft_model, processor, examples, language, **kw)
+    return Comparison(base_scores, adapted, split, trimmed)
 
 
 MAX_REUSED = 256  # clips whose encoder outputs scoring keeps for a second decode (whisper-base: 3 MB each)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from whisper_lora.base.model import load_base_model
+from whisper_lora.base.trim import WINDOW_FRAMES, allow_short_inputs, trimmed_frames
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, check_signal, load_audio
 from whisper_lora.errors import ConfigError, format_choices
 from whisper_lora.inference.decode import (
@@ -21,6 +22,7 @@ from whisper_lora.inference.decode import (
     Final,
     Inputs,
     decode_steps,
+    encoder_outputs,
     features,
     generate_attempts,
     long_segments,
@@ -72,6 +74,10 @@ class Transcriber:
     ``int8_threshold=0.0`` by default so that batch composition does not change a result (up to
     float rounding of batch-size-dependent kernels, which can flip a near-tie).
 
+    Short inputs of an adapter whose encoder trained on trimmed input are encoded at their own length plus the
+    training's padding instead of a 30 s window, where the adapter's held-out measurement chose it
+    (``AdapterMetadata.trimmed_input``; ``trimmed=False``: always windows): about 4x fewer seconds per short clip.
+
     Inputs past 30 s, and every input when ``timestamps=True``, are decoded the way Whisper's own
     ``transcribe`` does it (sequential windows, previous text as prompt, temperature fallback,
     no-speech skip; ``decode_options``), one input at a time with its adapter.
@@ -92,6 +98,7 @@ class Transcriber:
         decode_options: DecodeOptions | None = None,
         languages: Sequence[str] | None = None,
         row_indexed: bool | None = None,
+        trimmed: bool = True,
     ):
         problems = check_pool(mode, max_loaded)  # every problem at once, before anything loads
         if not 0 <= detect_threshold <= 1:
@@ -123,6 +130,8 @@ class Transcriber:
         self.mode = mode
         self.detect_threshold = detect_threshold  # routing's confidence floor: below it, ``auto`` gives the base
         self._pool = make_pool(mode, self.model, max_loaded, self.processor.tokenizer, row_indexed)
+        self.trimmed = trimmed  # short inputs of adapters that chose it are encoded trimmed (``_frames``)
+        allow_short_inputs(self.model)
         self._lock = threading.Lock()  # one decode at a time (a paused long-form decode releases it)
         self._refresh_lock = threading.Lock()
         self._unload_lock = threading.Lock()
@@ -347,7 +356,13 @@ class Transcriber:
     def _decode(self, arrays, plans, decoding: Decoding, timed: bool, gate: StepGate | None, final: Final):
         """Step 2: ``decode.decode_steps`` with the pool as its hooks (a mixed batch, or one input's windows)."""
 
-        inputs = Inputs(lambda rows: self.features([arrays[i] for i in rows]))
+        def encode(rows: list[int], feats: torch.Tensor) -> list[torch.Tensor]:  # rows of one trimmed length
+            entries = [plans[i].entry for i in rows]
+            langs = [plans[i].whisper for i in rows]
+            return self._pool.decode(feats, langs, entries, lambda m, f, _, names: list(encoder_outputs(m, f, names)))
+
+        compute = lambda rows: self.features([arrays[i] for i in rows])  # noqa: E731
+        inputs = Inputs(compute, None, lambda i: self._frames(plans[i], len(arrays[i])), encode)
 
         calls = [0]  # ``ladder`` calls ``batch`` once per temperature: from the second call on, rows fall back
 
@@ -390,6 +405,13 @@ class Transcriber:
             return self._pool.decode_groups([p.entry], run)[0]
 
         return decode_steps(arrays, decoding, timed, batch, windows, final, self._between(gate))
+
+    def _frames(self, plan: PlannedInput, n_samples: int) -> int:
+        """The log-mel frames a short input's encoder reads: its own length plus the adapter's training padding when
+        the adapter's held-out measurement chose trimmed input (``AdapterMetadata.trimmed_input``), else the 30 s
+        window (the base, and adapters trained or measured on windows)."""
+        pad = plan.entry.metadata.trimmed_input if self.trimmed and plan.entry is not None else None
+        return WINDOW_FRAMES if pad is None else trimmed_frames(n_samples, pad)
 
     def transcribe_batch(
         self,

@@ -80,6 +80,17 @@ class AdapterMetadata:
         return Comparison.from_dict(self.metrics)
 
     @property
+    def trimmed_input(self) -> float | None:
+        """Seconds of padding after the audio with which ``Transcriber`` encodes this adapter's short inputs
+        (``base/trim.py``), or None for 30 s windows: trimmed only for an encoder trained trimmed, where the held-out
+        measurement recorded in ``metrics`` chose it (``Comparison.trimmed_chosen``)."""
+        pad = self.training.get("trim_padding")
+        c = self.comparison
+        if isinstance(pad, bool) or not isinstance(pad, (int, float)) or c is None or not c.trimmed_chosen:
+            return None
+        return float(pad)
+
+    @property
     def new_token(self) -> str | None:
         """The code of the language token this adapter adds to its base (``language_token: new``); None when it
         decodes with one of Whisper's own tokens."""

@@ -90,13 +90,16 @@ def score_dev(run: Run, cfg: TrainConfig, language: str, state: TrainState, best
 
 
 def score_test(run: Run, cfg: TrainConfig, language: str, progress: bool, scorer: Scorer) -> dict:
-    """The ``metrics`` record: base and adapter on the test split; the base's scores cached (score_cache.py)."""
+    """The ``metrics`` record: base and adapter on the test split (the adapter also trimmed, where it trained so);
+    the base's scores cached (score_cache.py)."""
     decoding = scoring_decoding(cfg)
     cache = ScoreCache()
     model = scorer.current()
     base_token = run.token.proxy if run.token.mode == "new" else run.token.token  # the untouched base's token
     key = ScoreKey.for_run(scorer.info, model, run.test, "test", language, decoding, base_token)
-    kw = dict(decoding=decoding, progress=progress, token=run.token.token, base_token=base_token)
+    # an encoder trained trimmed is scored trimmed too: the better (or equal) decides how transcribe encodes
+    trim = cfg.trim_padding if isinstance(cfg.trim_padding, (int, float)) else None
+    kw = dict(decoding=decoding, progress=progress, token=run.token.token, base_token=base_token, trim=trim)
     result = compare_base_and_adapter(model, run.processor, run.test, language, "test", cache.get(key), **kw)
     cache.put(key, result.base)
     return {**result.to_dict(), **scored_with(scorer.info.precision, decoding)}
