@@ -145,7 +145,11 @@ def cross_attention_mask(model, states: EncoderStates):
             mine.append(enc.data_ptr())
         if enc.data_ptr() != mine[0]:
             return None
-        mask = keep.repeat_interleave(enc.shape[0] // len(keep), dim=0)[:, None, None, :]
+        rows = keep.repeat_interleave(enc.shape[0] // len(keep), dim=0)[:, None, None, :]
+        # additive (0 or the dtype's minimum): read alike by the sdpa and eager attention back-ends
+        mask = torch.zeros(rows.shape, dtype=enc.dtype, device=enc.device).masked_fill(
+            ~rows, torch.finfo(enc.dtype).min
+        )
         return args, {**kwargs, "encoder_attention_mask": mask}
 
     layers = [m for m in model.modules() if isinstance(m, WhisperDecoderLayer)]

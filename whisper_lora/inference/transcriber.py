@@ -256,36 +256,33 @@ class Transcriber:
     def _between(self, gate: StepGate | None) -> Callable[[], None] | None:
         """The hook between two temperatures of a batch's fallback: when ``gate`` says so, hand the lock over
         (the pool sets each call's adapters itself, so nothing else needs restoring)."""
-        if gate is None:
-            return None
-
-        def pause() -> None:
-            if not gate.should_yield():
-                return
-            self._lock.release()
-            try:
-                gate.wait()
-            finally:
-                self._lock.acquire()
-
-        return pause
+        return self._hand_over(gate)
 
     def _pause(self, gate: StepGate | None, entry: AdapterEntry | None) -> Callable[[], None] | None:
         """The step hook of one long-form decode: when ``gate`` says so, hand the model (and the lock) over
         and take it back with this decode's adapter active again."""
+        return self._hand_over(gate, lambda: self._pool.suspend(entry), lambda: self._pool.resume(entry))
+
+    def _hand_over(
+        self, gate: StepGate | None, leave: Callable[[], None] | None = None, back: Callable[[], None] | None = None
+    ) -> Callable[[], None] | None:
+        """A hook that, when ``gate`` says other work waits, gives the lock up (after ``leave``), waits for the
+        gate, and takes the lock back (then ``back``); None without a gate."""
         if gate is None:
             return None
 
         def pause() -> None:
             if not gate.should_yield():
                 return
-            self._pool.suspend(entry)
+            if leave is not None:
+                leave()
             self._lock.release()
             try:
                 gate.wait()
             finally:
                 self._lock.acquire()
-                self._pool.resume(entry)
+                if back is not None:
+                    back()
 
         return pause
 
