@@ -4,6 +4,7 @@ The set-up, the step, the checkpoints and the loop; what the run reports (scores
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -50,9 +51,12 @@ from whisper_lora.training.estimate import describe, estimate_phases
 from whisper_lora.training.language_token import choose_token
 from whisper_lora.training.lean_backward import make_backward_lean
 from whisper_lora.training.lora import apply_lora, count_parameters
+from whisper_lora.training.prefetch import Prefetcher
 from whisper_lora.training.report import Scorer, adapter_metadata, language_profile, score_dev, score_test
 from whisper_lora.training.run import Run, TrainState, load_trainable, trainable_state
 from whisper_lora.training.schedule import BudgetSchedule
+
+LOSS_SYNC_EVERY = 10  # steps whose losses an accelerator's host reads at once (``loss_sync_every``)
 
 log = logging.getLogger("whisper_lora")
 
@@ -239,15 +243,36 @@ def _save_checkpoint(run: Run, cfg: TrainConfig, ckpt_dir: Path, state: TrainSta
     )
 
 
-def _train_step(run: Run, cfg: TrainConfig, acc, step: int) -> float:
-    """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
+def prefetches(device: torch.device) -> bool:
+    """Whether batches are prepared ahead on a background thread (``prefetch.py``): on accelerators, where the host
+    is otherwise idle while the device computes; a CPU step already uses every core."""
+    return device.type != "cpu"
+
+
+def loss_sync_every(device: torch.device) -> int:
+    """Steps between two reads of the loss on the host: reading it waits for the device to finish the step, so on an
+    accelerator the losses of several steps are read at once (a CPU has nothing to wait for)."""
+    return 1 if device.type == "cpu" else LOSS_SYNC_EVERY
+
+
+def _make_batch(run: Run, cfg: TrainConfig, acc, step: int) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """This process's share of the global batch of ``step``: its indices and collated tensors (pinned on CUDA)."""
     idx = batch_indices(run.durations, cfg.batch_size, cfg.seed, step, cfg.batch_by_duration)
     idx = idx[acc.process_index :: acc.num_processes]
+    batch = collate([run.train[i] for i in idx], features=run.enc_cache is None, trim_padding=cfg.trim_padding)
+    if acc.device.type == "cuda":
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    return idx, batch
+
+
+def _train_step(run: Run, cfg: TrainConfig, acc, step: int, made: tuple[list[int], dict]) -> torch.Tensor:
+    """One optimizer step on ``made`` (``_make_batch`` of ``step``); returns the loss averaged over processes, on the
+    device (read it on the host when needed: ``loss_sync_every``)."""
+    idx, batch = made
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on the step only
     if cfg.spec_augment:
         np.random.seed((cfg.seed * 1_000_003 + step) % 2**32)  # and so do SpecAugment's (drawn with numpy)
-    batch = collate([run.train[i] for i in idx], features=run.enc_cache is None, trim_padding=cfg.trim_padding)
-    labels = batch["labels"].to(acc.device)
+    labels = batch["labels"].to(acc.device, non_blocking=True)
     # frozen states come from the cache at its own precision, outside the step's autocast
     cached = run.enc_cache.get(idx).to(run.hidden_dtype) if run.enc_cache is not None else None
     with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.bf16):
@@ -255,13 +280,15 @@ def _train_step(run: Run, cfg: TrainConfig, acc, step: int) -> float:
             hidden = encode_upper(run.encoder, cached, run.enc_cache.frozen_layers)  # the adapted top layers
             loss = run.model(encoder_outputs=(hidden,), labels=labels).loss
         else:
-            loss = run.model(input_features=batch["input_features"].to(acc.device), labels=labels).loss
+            loss = run.model(
+                input_features=batch["input_features"].to(acc.device, non_blocking=True), labels=labels
+            ).loss
     acc.backward(loss)
     acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
     run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
-    return acc.gather(loss.detach()[None]).mean().item()
+    return acc.gather(loss.detach()[None]).mean()
 
 
 def _minutes_since(started: float, acc) -> float:
@@ -286,7 +313,10 @@ def train_adapter(
     A checkpoint under ``<out>.checkpoint`` is written every ``checkpoint_every`` steps;
     ``resume=True`` continues from it and gives the same adapter as an uninterrupted run.
     ``callbacks`` are called after every optimizer step with the state and the (unwrapped) model;
-    one that returns True ends training there (the best adapter so far is then scored and saved).
+    one that returns True ends training there (the best adapter so far is then scored and saved). The state's
+    history holds the losses read so far: every step's on a CPU; on an accelerator they are read every
+    ``LOSS_SYNC_EVERY`` steps (and before each dev score and checkpoint), and the next batch is prepared while a step
+    runs (``prefetch.py``): the host does not make the device wait.
     The run holds ``<out>.lock``: a second run on the same ``out`` raises ``LockedError``. What a
     killed run left (an interrupted adapter or checkpoint write) is recovered first (atomic.py).
     """
@@ -365,31 +395,49 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     started = time.monotonic() - state.minutes * 60  # a resumed run continues its budget
     run.model.train()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {lang}", disable=not (progress and main))
-    while cfg.max_steps is None or state.step < cfg.max_steps:
-        state.minutes = run.schedule.minutes = _minutes_since(started, acc)
-        if cfg.max_minutes and state.minutes > cfg.max_minutes:
-            if main:
-                if cfg.max_steps:  # the steps were meant to end it: say that the clock did
-                    log.warning(
-                        "time budget of %s min spent at step %d of %d", cfg.max_minutes, state.step, cfg.max_steps
-                    )
-                else:
-                    log.info("time budget of %s min spent at step %d", cfg.max_minutes, state.step)
-            break
-        lr = run.opt.param_groups[0]["lr"]  # the rate this step uses
-        loss = _train_step(run, cfg, acc, state.step)
-        state.step += 1
-        state.history.append({"step": state.step, "loss": round(loss, 4), "lr": lr})
-        bar.update()
-        bar.set_postfix(loss=f"{loss:.3f}")
-        if cfg.eval_every and state.step % cfg.eval_every == 0:
-            evaluate_dev()
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-            if main:
-                _save_checkpoint(run, cfg, ckpt_dir, state, best)
-            acc.wait_for_everyone()
-        if any([bool(cb(state, run.raw)) for cb in callbacks]):  # every callback runs; one returning True stops
-            break
+    pending: list[tuple[int, float, torch.Tensor]] = []  # (step, lr, loss still on the device)
+
+    def read_losses() -> None:
+        """The pending losses into the history, read on the host with one synchronisation."""
+        if pending:
+            values = torch.stack([loss for _, _, loss in pending]).tolist()
+            for (step, lr, _), value in zip(pending, values, strict=True):
+                state.history.append({"step": step, "loss": round(value, 4), "lr": lr})
+            bar.set_postfix(loss=f"{values[-1]:.3f}")
+            pending.clear()
+
+    sync_every = loss_sync_every(acc.device)
+    make = lambda step: _make_batch(run, cfg, acc, step)  # noqa: E731
+    with Prefetcher(make) if prefetches(acc.device) else contextlib.nullcontext() as prefetcher:
+        while cfg.max_steps is None or state.step < cfg.max_steps:
+            state.minutes = run.schedule.minutes = _minutes_since(started, acc)
+            if cfg.max_minutes and state.minutes > cfg.max_minutes:
+                if main:
+                    if cfg.max_steps:  # the steps were meant to end it: say that the clock did
+                        log.warning(
+                            "time budget of %s min spent at step %d of %d", cfg.max_minutes, state.step, cfg.max_steps
+                        )
+                    else:
+                        log.info("time budget of %s min spent at step %d", cfg.max_minutes, state.step)
+                break
+            lr = run.opt.param_groups[0]["lr"]  # the rate this step uses
+            made = prefetcher.get(state.step) if prefetcher is not None else make(state.step)
+            pending.append((state.step + 1, lr, _train_step(run, cfg, acc, state.step, made)))
+            state.step += 1
+            bar.update()
+            due_eval = cfg.eval_every and state.step % cfg.eval_every == 0
+            due_checkpoint = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
+            if state.step % sync_every == 0 or due_eval or due_checkpoint:
+                read_losses()  # the history is complete before a dev score or a checkpoint is added to it
+            if due_eval:
+                evaluate_dev()
+            if due_checkpoint:
+                if main:
+                    _save_checkpoint(run, cfg, ckpt_dir, state, best)
+                acc.wait_for_everyone()
+            if any([bool(cb(state, run.raw)) for cb in callbacks]):  # every callback runs; one returning True stops
+                break
+    read_losses()
     bar.close()
 
     # pick the adapter to keep, score it on test, save
