@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from memory import build  # bench/memory.py: random-weight checkpoints of OpenAI's shapes
+from memory import build_with_processor  # bench/memory.py: random-weight checkpoints of OpenAI's shapes
 
 from whisper_lora import AdapterRegistry, TrainConfig, Transcriber, merge_adapter, train_adapter
 from whisper_lora.base.hardware import device_summary
@@ -27,18 +27,6 @@ from whisper_lora.base.model import pick_device
 from whisper_lora.base.resolve import resolve_base
 
 WORDS = ["jambo", "habari", "asante", "karibu", "ndiyo", "hapana", "rafiki", "chakula"]
-
-
-def tiny_whisper(out: Path, processor_dir: str) -> Path:
-    """whisper-tiny's shape with random weights (``memory.build``), plus the real tokenizer and generation config."""
-    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
-
-    path = build("tiny", out)
-    model = WhisperForConditionalGeneration.from_pretrained(path)
-    model.generation_config = GenerationConfig.from_pretrained(processor_dir)
-    model.save_pretrained(path)
-    WhisperProcessor.from_pretrained(processor_dir).save_pretrained(path)
-    return path
 
 
 def tone_corpus(root: Path) -> Path:
@@ -118,7 +106,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base = tiny_whisper(tmp / "tiny", a.processor or resolve_base("whisper-base"))
+        base = build_with_processor("tiny", tmp / "tiny", a.processor or resolve_base("whisper-base"))
         manifest = tone_corpus(tmp / "corpus")
         for prec in a.precisions:
             row = train_one(base, manifest, tmp / prec / "sw", prec, device, a.steps)

@@ -6,7 +6,7 @@
                               [--json bench/results/gpu_train.json]
     python bench/gpu_train.py --shapes tiny --batches 2 4 --precisions int8 fp32 --steps 3   # a CPU check
 
-Random-weight checkpoints of OpenAI's shapes (``memory.build``; the tokenizer of ``--processor``, default whisper-base)
+Random-weight checkpoints of OpenAI's shapes (``memory.build_with_processor``; the tokenizer of ``--processor``, default whisper-base)
 and a corpus of 64 tone clips of 3-8 s with 8-20 token transcripts: speed and memory, never quality. For each shape,
 precision and batch size it runs
 
@@ -24,7 +24,6 @@ a CPU the peak resident memory of the process). JSON goes to ``--json``; the dev
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,40 +31,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from memory import build_with_processor, status_kb  # bench/memory.py: random-weight checkpoints of OpenAI's shapes
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory import build  # noqa: E402  (bench/memory.py: random-weight checkpoints of OpenAI's shapes)
-
-from whisper_lora import TrainConfig, train_adapter  # noqa: E402
-from whisper_lora.base.hardware import device_summary  # noqa: E402
-from whisper_lora.base.model import pick_device  # noqa: E402
-from whisper_lora.base.resolve import resolve_base  # noqa: E402
-from whisper_lora.base.trim import trimmed_frames  # noqa: E402
-from whisper_lora.data.sampler import batch_indices  # noqa: E402
-from whisper_lora.training.profiling import step_profile  # noqa: E402
+from whisper_lora import TrainConfig, train_adapter
+from whisper_lora.base.hardware import device_summary
+from whisper_lora.base.model import pick_device
+from whisper_lora.base.resolve import resolve_base
+from whisper_lora.base.trim import trimmed_frames
+from whisper_lora.data.sampler import batch_indices
+from whisper_lora.training.profiling import step_profile
 
 WORDS = ["jambo", "habari", "asante", "karibu", "ndiyo", "hapana", "rafiki", "chakula", "maji", "nyumba", "shule"]
 CLIPS = 64
-
-
-def checkpoint(shape: str, root: Path, processor_dir: str) -> Path:
-    """``shape`` with random weights, with the real tokenizer, feature extractor and generation config."""
-    from transformers import (
-        GenerationConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-    )
-
-    path = build(shape, root)
-    if not (path / "tokenizer_config.json").exists():
-        model = WhisperForConditionalGeneration.from_pretrained(path)
-        model.generation_config = GenerationConfig.from_pretrained(processor_dir)
-        model.save_pretrained(path)
-        tokenizer = WhisperProcessor.from_pretrained(processor_dir).tokenizer
-        features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)  # large-v3 reads 128 mel bins
-        WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(path)
-    return path
 
 
 def corpus(root: Path) -> tuple[Path, list[float]]:
@@ -164,10 +141,7 @@ class Meter:
 def peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_kb("VmHWM") / 1024
 
 
 def reset_peak(device: torch.device) -> None:
@@ -263,7 +237,7 @@ def main():
         manifest, durations = corpus(tmp / "corpus")
         processor_dir = a.processor or str(resolve_base("whisper-base"))
         for shape in a.shapes:
-            base = checkpoint(shape, tmp / "bases", processor_dir)
+            base = build_with_processor(shape, tmp / "bases", processor_dir)
             for batch in a.batches:
                 runs = [("whisper-lora", prec) for prec in a.precisions]
                 runs += [] if a.no_reference else [("PEFT int8 recipe", "int8")]

@@ -62,6 +62,27 @@ def build(shape: str, root: Path) -> Path:
     return out
 
 
+def build_with_processor(shape: str, root: Path, processor_dir: str) -> Path:
+    """``build``, plus the tokenizer and generation config of ``processor_dir`` and a feature extractor of the shape's
+    mel bins (large-v3 reads 128): what training and decoding need (``gpu_check.py``, ``gpu_train.py``)."""
+    from transformers import (
+        GenerationConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+
+    path = build(shape, root)
+    if not (path / "tokenizer_config.json").exists():
+        model = WhisperForConditionalGeneration.from_pretrained(path)
+        model.generation_config = GenerationConfig.from_pretrained(processor_dir)
+        model.save_pretrained(path)
+        tokenizer = WhisperProcessor.from_pretrained(processor_dir).tokenizer
+        features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+        WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
 def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     import bitsandbytes  # noqa: F401  (its libraries count as "before" for every precision)
     import torch
@@ -71,7 +92,7 @@ def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     from whisper_lora.training.lora import LoraSpec, apply_lora
 
     dev = pick_device("auto")
-    before = _status_kb("VmRSS") * 1024
+    before = status_kb("VmRSS") * 1024
     bnb_backward = precision.endswith("-bnb")  # bitsandbytes' own backward, for comparison
     full = precision == "full-fp32"  # full fine-tuning: every weight trained (the figure LoRA is measured against)
     precision = "fp32" if full else precision.removesuffix("-bnb")
@@ -99,11 +120,11 @@ def one_step(path: str, precision: str, checkpointing: bool) -> dict:
     opt.step()
     if dev.type == "cuda":
         return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20, "device": "cuda"}
-    peak = _status_kb("VmHWM") * 1024
+    peak = status_kb("VmHWM") * 1024
     return {"peak_mb": (peak - before) / 2**20, "rss_peak_mb": peak / 2**20, "device": "cpu"}
 
 
-def _status_kb(key: str) -> int:
+def status_kb(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])

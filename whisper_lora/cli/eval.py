@@ -81,8 +81,7 @@ def run(a) -> int:
     key = ScoreKey.for_run(loaded.info, loaded.model, ex, a.split, a.language, decoding, base_token)
     known = None if a.no_cache else cache.get(key)
     if model is not None:
-        trim = meta.training.get("trim_padding")  # an encoder trained trimmed: scored both ways, as train does
-        trim = trim if isinstance(trim, (int, float)) and not isinstance(trim, bool) else None
+        trim = meta.trim_padding  # an encoder trained trimmed is scored both ways, as train does
         result = compare_base_and_adapter(
             model, loaded.processor, ex, a.language, a.split, known, base_token=base_token, trim=trim, **kw
         )

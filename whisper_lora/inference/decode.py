@@ -29,7 +29,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from whisper_lora.base.language_tokens import added_ids
-from whisper_lora.base.trim import WINDOW_FRAMES, trimmed_frames
+from whisper_lora.base.trim import WINDOW_FRAMES, allow_short_inputs, trimmed_frames
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.fallback import Attempt, Rows, final_text, needs_fallback
@@ -136,6 +136,7 @@ def cross_attention_mask(model, states: EncoderStates):
         < torch.tensor(states.lengths, device=states.states.device)[:, None]
     )
     mine: list[int] = []  # data_ptr of the states this call's decoder gets (repeated per beam before the first step)
+    masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # built once, read by every layer at every step
 
     def hook(module, args, kwargs):
         enc = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
@@ -145,12 +146,14 @@ def cross_attention_mask(model, states: EncoderStates):
             mine.append(enc.data_ptr())
         if enc.data_ptr() != mine[0]:
             return None
-        rows = keep.repeat_interleave(enc.shape[0] // len(keep), dim=0)[:, None, None, :]
-        # additive (0 or the dtype's minimum): read alike by the sdpa and eager attention back-ends
-        mask = torch.zeros(rows.shape, dtype=enc.dtype, device=enc.device).masked_fill(
-            ~rows, torch.finfo(enc.dtype).min
-        )
-        return args, {**kwargs, "encoder_attention_mask": mask}
+        key = (enc.shape[0], enc.dtype)
+        if key not in masks:
+            rows = keep.repeat_interleave(enc.shape[0] // len(keep), dim=0)[:, None, None, :]
+            # additive (0 or the dtype's minimum): read alike by the sdpa and eager attention back-ends
+            masks[key] = torch.zeros(rows.shape, dtype=enc.dtype, device=enc.device).masked_fill(
+                ~rows, torch.finfo(enc.dtype).min
+            )
+        return args, {**kwargs, "encoder_attention_mask": masks[key]}
 
     layers = [m for m in model.modules() if isinstance(m, WhisperDecoderLayer)]
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in layers]
@@ -405,12 +408,13 @@ def decode_texts(
     ``states``: encoder outputs by position in ``audios``, read and filled in place. Pass the same dict to a second
     call on the same audio whose encoder computes the same thing (the base, then an adapter that leaves the encoder
     untouched) and the second skips the encoder. ``trim``: encode each input of up to 30 s trimmed to its own length
-    plus this many seconds (``trim.py``; the model must be given ``allow_short_inputs``), not a 30 s window."""
+    plus this many seconds (``trim.py``), not a 30 s window."""
 
     compute = lambda rows: features(model, processor, [audios[i] for i in rows])  # noqa: E731
     if trim is None:
         inputs = Inputs(compute, states)
     else:
+        allow_short_inputs(model)
         frames = lambda i: trimmed_frames(len(audios[i]), trim)  # noqa: E731
         inputs = Inputs(compute, states, frames, lambda rows, feats: encoder_outputs(model, feats))
 

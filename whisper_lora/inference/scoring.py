@@ -12,7 +12,6 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from whisper_lora.base.trim import allow_short_inputs
 from whisper_lora.data.features import Example
 from whisper_lora.inference.decode import Decoding, decode_texts
 from whisper_lora.languages import decoder_token, resolve_language
@@ -148,7 +147,6 @@ def compare_base_and_adapter(
     adapted, _ = evaluate_examples(peft_model, processor, examples, language, desc="adapter", **kw)
     trimmed = None
     if trim is not None:
-        allow_short_inputs(peft_model)
         kw = {k: v for k, v in kw.items() if k != "encoder_states"}  # those are of 30 s windows
         kw.update(desc="adapter, trimmed", trim=trim)
         trimmed, _ = evaluate_examples(peft_model, processor, examples, language, **kw)

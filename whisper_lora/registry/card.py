@@ -90,7 +90,7 @@ A LoRA adapter trained with [whisper-lora](https://pypi.org/project/whisper-lora
 - LoRA r={meta.lora.get("r")}, alpha={meta.lora.get("alpha")} on {", ".join(meta.lora.get("targets", []))} of
   {", ".join(meta.lora.get("stacks", []))}{_cross_note(meta.lora)}; {t.get("steps", "?")} steps, batch {t.get("batch_size", "?")},
   lr {t.get("learning_rate", "?")}, base in {t.get("precision", meta.base.get("precision", "?"))},
-  {t.get("minutes", "?")} min{_trim_note(t)}
+  {t.get("minutes", "?")} min{_trim_note(meta)}
 
 ## Held-out results ({meta.metrics.get("split") or "test"} split, normalised WER/CER{how})
 
@@ -164,9 +164,9 @@ def _cross_note(lora: dict) -> str:
     return f" (cross-attention: {', '.join(cross)})" if cross and "decoder_cross" in lora.get("stacks", []) else ""
 
 
-def _trim_note(training: dict) -> str:
-    pad = training.get("trim_padding")
-    if not isinstance(pad, (int, float)):
+def _trim_note(meta: AdapterMetadata) -> str:
+    pad = meta.trim_padding
+    if pad is None:
         return ""
     return (
         f"; encoder trained on each clip + {pad:g} s instead of 30 s windows (`whisper-lora transcribe` encodes clips "

@@ -80,15 +80,18 @@ class AdapterMetadata:
         return Comparison.from_dict(self.metrics)
 
     @property
+    def trim_padding(self) -> float | None:
+        """Seconds of padding after the audio the encoder was trained on (``base/trim.py``); None: 30 s windows."""
+        pad = self.training.get("trim_padding")
+        return None if isinstance(pad, bool) or not isinstance(pad, (int, float)) else float(pad)
+
+    @property
     def trimmed_input(self) -> float | None:
         """Seconds of padding after the audio with which ``Transcriber`` encodes this adapter's short inputs
         (``base/trim.py``), or None for 30 s windows: trimmed only for an encoder trained trimmed, where the held-out
         measurement recorded in ``metrics`` chose it (``Comparison.trimmed_chosen``)."""
-        pad = self.training.get("trim_padding")
         c = self.comparison
-        if isinstance(pad, bool) or not isinstance(pad, (int, float)) or c is None or not c.trimmed_chosen:
-            return None
-        return float(pad)
+        return self.trim_padding if c is not None and c.trimmed_chosen else None
 
     @property
     def new_token(self) -> str | None:
