@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference benchmarks on the real whisper-base and the shipped adapters; prints tables, writes JSON.
 
-    python bench/inference.py [--precision int8] [--repeats 5] [--only swap mixed rtf adapters short]
+    python bench/inference.py [--precision int8] [--repeats 5] [--only swap mixed rtf adapters short auto]
                               [--json bench/results/inference.json]
 
 Sections: adapter swap latency; a mixed-language batch; real-time factor of base, unmerged and merged; and
@@ -12,6 +12,8 @@ eight adapters are copies of the shipped ones under eight names (real weights; `
 seconds per clip and WER of ``Transcriber`` on 30 s windows and on trimmed input (as its metadata chose), against
 faster-whisper int8 on the adapter's merged CTranslate2 export (``merge --ct2``; ``pip install faster-whisper``),
 one clip at a time as faster-whisper transcribes, on the same threads.
+``auto``: English speech (LibriVox, no adapter) with ``language="auto"``: the base decodes it from the encoder output
+routing computed, against encoding it a second time for the decode (what every version before 0.x did).
 All ratios are measured side by side in one run (the machines are noisy).
 """
 
@@ -32,7 +34,7 @@ from whisper_lora.inference.transcriber import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
-SECTIONS = ("swap", "mixed", "rtf", "adapters", "short")
+SECTIONS = ("swap", "mixed", "rtf", "adapters", "short", "auto")
 TOKENS = 32  # tokens every row decodes in the adapters section (forced: the same work whatever the weights)
 
 
@@ -82,6 +84,8 @@ def main():
 
     if "short" in a.only:
         results["short"] = short_clips(a)
+    if "auto" in a.only:
+        results["auto"] = auto_to_base(a, audio["en"])
     if "adapters" in a.only:
         results["adapters"] = spread_over_adapters(a, [x for xs in audio.values() for x in xs])
     if "swap" in a.only:
@@ -269,6 +273,36 @@ def spread_over_adapters(a, clips) -> dict:
         f"{a.precision} whisper-base, {torch.get_num_threads()} threads",
         table_rows,
         ["adapters", "path", "tokens/s", "vs base", "vs one adapter"],
+    )
+    return out
+
+
+def auto_to_base(a, clips) -> dict:
+    """6. ``auto`` inputs that route to the base: decoded from routing's encoder pass, or encoded again."""
+    t = Transcriber("whisper-base", a.adapters, precision=a.precision)
+    reuse = t._decodes_from_base_encoding
+    rows, out = [], {}
+    for batch in (1, 4):
+        xs = (clips * 4)[:batch]
+        times, texts = {}, {}
+        for name, choice in (("decoded from routing's encoding", reuse), ("encoded again", lambda *_: False)):
+            t._decodes_from_base_encoding = choice  # the older path, side by side on the same instance
+            run = lambda xs=xs: t.transcribe_batch(xs, "auto")  # noqa: E731
+            texts[name] = [r.text for r in run()]
+            times[name] = timed(run, a.repeats)
+        first = next(iter(times.values()))
+        for name, seconds in times.items():
+            rows.append(
+                {"batch": batch, "path": name, "s": seconds, "vs encoded again": seconds / times["encoded again"]}
+            )
+        same = len(set(map(tuple, texts.values()))) == 1
+        out[f"batch {batch}"] = {**times, "same_text": same, "ratio": first / times["encoded again"]}
+    t._decodes_from_base_encoding = reuse
+    table(
+        f"auto inputs the base decodes (English LibriVox clips, {a.precision} whisper-base, {torch.get_num_threads()} "
+        "threads; seconds per batch)",
+        rows,
+        ["batch", "path", "s", "vs encoded again"],
     )
     return out
 

@@ -1,3 +1,4 @@
+import contextlib
 import threading
 
 import numpy as np
@@ -256,3 +257,61 @@ def test_bad_settings_are_all_reported_before_anything_loads(tmp_path):
     for problem in ("invalid mode 'sideways'; valid: hotswap, routed", "max_loaded=0", "detect_threshold=2.0"):
         assert problem in message
     assert "unknown language 'klingon'" in message and "num_beams=0" in message
+
+
+@contextlib.contextmanager
+def encoded_rows(t: Transcriber):
+    """The number of rows of each call of ``t``'s encoder while the block runs (a list, filled as they come)."""
+    from whisper_lora.base.trim import find_encoder
+
+    rows: list[int] = []
+
+    def count(module, args, kwargs):
+        rows.append(len(args[0] if args else kwargs["input_features"]))
+
+    hook = find_encoder(t.model).register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield rows
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("mode", ["routed", "routed-peft", "hotswap"])
+def test_auto_inputs_the_base_decodes_are_encoded_once(tiny_dir, tiny_registry, mode):
+    """Routing already ran the base's encoder over an ``auto`` input's 30 s window: an input the base then decodes starts
+    from that encoding (the decode encodes only the adapters' rows), and every answer equals the input's alone."""
+    kw = {"mode": "hotswap"} if mode == "hotswap" else {"row_indexed": mode == "routed"}
+    # threshold 1: Whisper's language ID (these adapters have no profile) never reaches it, so auto gives the base
+    t = Transcriber(
+        str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=8, detect_threshold=1.0, **kw
+    )
+    audio, langs = AUDIO[:5], ["auto", "sw", "auto", "cs", "auto"]
+    alone = [t.transcribe(a, lang) for a, lang in zip(audio, langs, strict=True)]
+    with encoded_rows(t) as encoded:
+        mixed = t.transcribe_batch(audio, langs)
+    assert [m.adapter for m in mixed] == [None, "sw", None, "cs", None]
+    assert sum(encoded) == 3 + 2  # routing encodes the three auto inputs; the decode only the rows of sw and cs
+    assert [m.text for m in mixed] == [a.text for a in alone]
+    assert [m.route for m in mixed] == [a.route for a in alone]
+
+
+def test_auto_inputs_of_a_decoder_only_adapter_are_encoded_once(tiny_dir, tmp_path):
+    """An adapter without LoRA in the encoder encodes as the base does: its auto inputs start from routing's pass too;
+    an adapter that adapts the encoder encodes its inputs itself."""
+    from tests.conftest import make_tiny_adapter
+    from whisper_lora.registry.adapter_io import touches_encoder
+    from whisper_lora.training.lora import LoraSpec
+
+    decoder_only = LoraSpec(r=4, alpha=8, targets=("q", "v"), stacks=("decoder_self", "decoder_cross"))
+    sw = make_tiny_adapter(tiny_dir, tmp_path, "sw", 0, spec=decoder_only)
+    cs = make_tiny_adapter(tiny_dir, tmp_path, "cs", 1)
+    assert not touches_encoder(sw) and touches_encoder(cs)
+    for language, decode_rows in (("sw", 0), ("cs", 3)):
+        # one candidate language: Whisper's language ID names it with probability 1, so auto gives its adapter
+        t = Transcriber(str(tiny_dir), tmp_path, precision="fp32", device="cpu", max_new_tokens=8, languages=[language])
+        alone = [t.transcribe(a) for a in AUDIO[:3]]
+        with encoded_rows(t) as encoded:
+            mixed = t.transcribe_batch(AUDIO[:3])
+        assert [m.adapter for m in mixed] == [language] * 3
+        assert sum(encoded) == 3 + decode_rows
+        assert [m.text for m in mixed] == [a.text for a in alone]

@@ -359,7 +359,9 @@ class Inputs:
     ``compute(rows)``: the rows' features (30 s windows). ``frames(row)``: how many frames of them the row's encoder
     reads (``WINDOW_FRAMES``, or fewer for trimmed input, ``trim.py``); rows that read fewer are encoded apart, one
     ``encode(rows, features)`` call per length (with the rows' adapters), and all are decoded together from their
-    padded ``EncoderStates``. A row's frames depend on the row alone, so its result does not depend on the batch."""
+    padded ``EncoderStates``. A row's frames depend on the row alone, so its result does not depend on the batch.
+    ``states``: encoder outputs known before the first decode (routing's pass of the base, ``Transcriber``); with
+    ``encode``, the other rows of a batch are then encoded apart, and only they."""
 
     def __init__(
         self,
@@ -374,16 +376,21 @@ class Inputs:
         self.states = {} if states is None else states  # filled in place: a caller may pass them on
 
     def __call__(self, rows: list[int]) -> torch.Tensor | EncoderStates:
-        if all(i in self.states for i in rows):
+        known = [k for k, i in enumerate(rows) if i in self.states]
+        if len(known) == len(rows):
             return EncoderStates.stack([self.states[i] for i in rows])
-        feats = self.compute(rows)
-        lengths = [self.frames(i) for i in rows] if self.frames else []
-        if all(n == WINDOW_FRAMES for n in lengths):
+        if self.encode is None:  # nothing to encode some rows apart with: every row from its features
+            known = []
+        encoded = {k: self.states[rows[k]] for k in known}
+        todo = [k for k in range(len(rows)) if k not in encoded]
+        feats = self.compute([rows[k] for k in todo])
+        lengths = [self.frames(rows[k]) for k in todo] if self.frames else []
+        if not encoded and all(n == WINDOW_FRAMES for n in lengths):
             return feats  # ``generate`` encodes them
-        encoded: dict[int, torch.Tensor] = {}
         for n in sorted(set(lengths)):
-            group = [k for k, m in enumerate(lengths) if m == n]
-            encoded.update(zip(group, self.encode([rows[k] for k in group], feats[group, :, :n]), strict=True))
+            group = [j for j, m in enumerate(lengths) if m == n]
+            outs = self.encode([rows[todo[j]] for j in group], feats[group, :, :n])
+            encoded.update(zip([todo[j] for j in group], outs, strict=True))
         return EncoderStates.stack([encoded[k] for k in range(len(rows))])
 
     def keep(self, rows: list[int], attempts: Sequence[Attempt]) -> list[Attempt]:

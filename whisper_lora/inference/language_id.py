@@ -70,19 +70,31 @@ def language_tokens(model, processor) -> dict[str, int]:
 def language_evidence(model, processor, audios: Sequence[np.ndarray], progress: bool = False) -> LanguageEvidence:
     """``LanguageEvidence`` of each input (its first 30 s), computed with ``model`` as it is: pass the
     untouched base (a PeftModel inside ``disable_adapter()``)."""
+    return evidence_and_states(model, processor, audios, progress, keep_states=False)[0]
+
+
+@torch.no_grad()
+def evidence_and_states(
+    model, processor, audios: Sequence[np.ndarray], progress: bool = False, keep_states: bool = True
+) -> tuple[LanguageEvidence, list[torch.Tensor]]:
+    """``language_evidence``, and each input's encoder output ``(1500, d_model)`` on the model's device (``[]`` when
+    not ``keep_states``): the base's encoding of the input's 30 s window, which an input the base then decodes need
+    not compute again (``Transcriber``)."""
     from tqdm.auto import tqdm
 
     whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not len(audios):
         codes = tuple(language_tokens(model, processor))
         empty = np.zeros((0, len(codes)), np.float32), np.zeros((0, whisper.config.d_model), np.float32)
-        return LanguageEvidence(codes, *empty)
-    parts = []
+        return LanguageEvidence(codes, *empty), []
+    parts, kept = [], []
     for start in tqdm(range(0, len(audios), BATCH), desc="language evidence", disable=not progress, unit="batch"):
         chunk = [np.asarray(a)[:N_SAMPLES] for a in audios[start : start + BATCH]]
         states = whisper.model.encoder(features(model, processor, chunk)).last_hidden_state
         parts.append(evidence_of_states(model, processor, states, [len(a) for a in chunk]))
-    return LanguageEvidence.concat(parts)
+        if keep_states:
+            kept += list(states.unbind(0))
+    return LanguageEvidence.concat(parts), kept
 
 
 @torch.no_grad()

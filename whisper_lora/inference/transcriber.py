@@ -28,7 +28,7 @@ from whisper_lora.inference.decode import (
     long_segments,
 )
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
-from whisper_lora.inference.language_id import LanguageEvidence, language_evidence, language_tokens
+from whisper_lora.inference.language_id import LanguageEvidence, evidence_and_states, language_tokens
 from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.plan import PlannedInput, needs_routing, plan
 from whisper_lora.inference.pool import check_pool, make_pool
@@ -222,11 +222,13 @@ class Transcriber:
     def language_evidence(self, audios: Sequence[np.ndarray]) -> LanguageEvidence:
         """What routing looks at (``inference/language_id.py``), from one pass of the untouched base."""
         with self._lock:
-            return self._evidence(audios)
+            return self._evidence(audios)[0]
 
-    def _evidence(self, audios: Sequence[np.ndarray]) -> LanguageEvidence:
+    def _evidence(
+        self, audios: Sequence[np.ndarray], keep_states: bool = False
+    ) -> tuple[LanguageEvidence, list[torch.Tensor]]:
         with self._pool.base_model() as model:
-            return language_evidence(model, self.processor, audios)
+            return evidence_and_states(model, self.processor, audios, keep_states=keep_states)
 
     def detect_language(self, audios: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         """Whisper's own language ID on the untouched base: (code, probability) per input."""
@@ -237,7 +239,7 @@ class Transcriber:
         self._router()  # before any file is read
         arrays = [a if isinstance(a, np.ndarray) else load_audio(a) for a in audios]
         with self._lock:
-            return self._route(arrays)
+            return self._route(arrays)[0]
 
     def _router(self) -> Router:
         router = self.router  # one read: refresh_adapters() may replace it meanwhile
@@ -245,8 +247,13 @@ class Transcriber:
             raise ConfigError("this base model is English-only: it has no language tokens to route with")
         return router
 
-    def _route(self, arrays: Sequence[np.ndarray]) -> list[RouteDecision]:
-        return self._router().route(self._evidence([a[:N_SAMPLES] for a in arrays]), self.detect_threshold)
+    def _route(
+        self, arrays: Sequence[np.ndarray], keep_states: bool = False
+    ) -> tuple[list[RouteDecision], list[torch.Tensor]]:
+        """Each input's route, and (``keep_states``) the base's encoder output of its first 30 s that routing computed."""
+        router = self._router()
+        evidence, states = self._evidence([a[:N_SAMPLES] for a in arrays], keep_states)
+        return router.route(evidence, self.detect_threshold), states
 
     def routing(self) -> dict | None:
         """How each adapter is routed (router or Whisper's language ID, and why), for health checks."""
@@ -311,7 +318,7 @@ class Transcriber:
         arrays = [self._samples(r, i) for i, r in enumerate(requests)]
         results: list[Transcription | None] = [None] * len(requests)
         with self._lock:
-            plans = self._plan(requests, arrays)
+            plans, encoded = self._plan(requests, arrays)
             self._apply_unloads({p.entry.name for p in plans if p.entry})
 
             def settle(i: int, text: str, segments: tuple[Segment, ...] | None) -> None:
@@ -333,7 +340,8 @@ class Transcriber:
                 groups.setdefault((decodings[i], r.timed), []).append(i)
             for (decoding, timed), rows in groups.items():
                 final = lambda k, text, segs, rows=rows: settle(rows[k], text, segs)  # noqa: E731
-                self._decode([arrays[i] for i in rows], [plans[i] for i in rows], decoding, timed, gate, final)
+                states = {k: encoded[i] for k, i in enumerate(rows) if i in encoded}
+                self._decode([arrays[i] for i in rows], [plans[i] for i in rows], decoding, timed, gate, final, states)
         return results
 
     @staticmethod
@@ -344,14 +352,44 @@ class Transcriber:
             return check_signal(request.audio, f"input {i}")
         return load_audio(request.audio)
 
-    def _plan(self, requests: Sequence[Request], arrays: Sequence[np.ndarray]) -> list[PlannedInput]:
-        """Step 1: route the ``auto`` inputs not routed yet (their first 30 s, in one pass), then plan each."""
+    def _plan(
+        self, requests: Sequence[Request], arrays: Sequence[np.ndarray]
+    ) -> tuple[list[PlannedInput], dict[int, torch.Tensor]]:
+        """Step 1: route the ``auto`` inputs not routed yet (their first 30 s, in one pass), then plan each. Also
+        returns, by request, the base's encoder outputs routing computed that the decode can start from
+        (``_decodes_from_base_encoding``), so those inputs are encoded once."""
         todo = [i for i, r in enumerate(requests) if needs_routing(r)]
-        decided = dict(zip(todo, self._route([arrays[i] for i in todo]), strict=True)) if todo else {}
-        return [plan(self.registry, r, decided.get(i)) for i, r in enumerate(requests)]
+        decisions, states = self._route([arrays[i] for i in todo], keep_states=True) if todo else ([], [])
+        decided = dict(zip(todo, decisions, strict=True))
+        plans = [plan(self.registry, r, decided.get(i)) for i, r in enumerate(requests)]
+        encoded = {
+            i: s
+            for i, s in zip(todo, states, strict=True)
+            if self._decodes_from_base_encoding(requests[i], plans[i], len(arrays[i]))
+        }
+        return plans, encoded
 
-    def _decode(self, arrays, plans, decoding: Decoding, timed: bool, gate: StepGate | None, final: Final):
-        """Step 2: ``decode.decode_steps`` with the pool as its hooks (a mixed batch, or one input's windows)."""
+    def _decodes_from_base_encoding(self, request: Request, plan: PlannedInput, n_samples: int) -> bool:
+        """Whether an input's decode starts from the base's encoding of its 30 s window: a short input decoded in one
+        piece (no timestamps) by the base or by an adapter that leaves the encoder untouched."""
+        if request.timed or n_samples > N_SAMPLES:
+            return False
+        if plan.entry is None:
+            return True
+        return not plan.entry.touches_encoder and self._frames(plan, n_samples) == WINDOW_FRAMES
+
+    def _decode(
+        self,
+        arrays,
+        plans,
+        decoding: Decoding,
+        timed: bool,
+        gate: StepGate | None,
+        final: Final,
+        states: dict[int, torch.Tensor] | None = None,
+    ):
+        """Step 2: ``decode.decode_steps`` with the pool as its hooks (a mixed batch, or one input's windows);
+        ``states``: encoder outputs some rows start from (``_plan``)."""
 
         def encode(rows: list[int], feats: torch.Tensor) -> list[torch.Tensor]:  # rows of one trimmed length
             entries = [plans[i].entry for i in rows]
@@ -359,7 +397,7 @@ class Transcriber:
             return self._pool.decode(feats, langs, entries, lambda m, f, _, names: list(encoder_outputs(m, f, names)))
 
         compute = lambda rows: self.features([arrays[i] for i in rows])  # noqa: E731
-        inputs = Inputs(compute, None, lambda i: self._frames(plans[i], len(arrays[i])), encode)
+        inputs = Inputs(compute, states, lambda i: self._frames(plans[i], len(arrays[i])), encode)
 
         calls = [0]  # ``ladder`` calls ``batch`` once per temperature: from the second call on, rows fall back
 

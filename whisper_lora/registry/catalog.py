@@ -27,7 +27,13 @@ from pathlib import Path
 from whisper_lora.atomic import recover_all
 from whisper_lora.errors import AdapterError, BrokenAdapterError, format_choices
 from whisper_lora.languages import resolve_language
-from whisper_lora.registry.adapter_io import METADATA_FILE, PEFT_FILES, AdapterMetadata, validate_adapter
+from whisper_lora.registry.adapter_io import (
+    METADATA_FILE,
+    PEFT_FILES,
+    AdapterMetadata,
+    touches_encoder,
+    validate_adapter,
+)
 
 ENV_VAR = "WHISPER_LORA_ADAPTERS"
 DEFAULT_DIR = "adapters"  # relative to the working directory
@@ -43,6 +49,7 @@ class AdapterEntry:
     path: Path  # absolute adapter directory
     metadata: AdapterMetadata
     version: str = ""  # what is on disk (``dir_version``): a replaced or rewritten adapter gets a new one
+    touches_encoder: bool = True  # a LoRA module sits in the encoder (``adapter_io.touches_encoder``)
 
     @property
     def language(self) -> str:
@@ -224,7 +231,7 @@ class AdapterRegistry:
         real = path.resolve()
         if real.parent != real_root:  # symlinks or odd names must not lead outside the registry
             raise AdapterError(f"adapter {name!r} resolves outside the registry ({real})")
-        entry = AdapterEntry(name, real, validate_adapter(real), dir_version(real))
+        entry = AdapterEntry(name, real, validate_adapter(real), dir_version(real), touches_encoder(real))
         if self.base is not None:
             check_compatible(entry, self.base)
         return entry

@@ -1,0 +1,33 @@
+"""Hand memory freed by finished work back to the operating system, so a server's resident size follows its load.
+
+glibc keeps what Python, numpy and torch free (an upload's decoded samples, a batch's activations) in its heap for
+reuse; after a burst of large uploads a server's resident memory stays near its peak although nothing uses it, and a
+container limit counts it. ``malloc_trim`` returns those free pages. The scheduler calls ``release_free_memory`` when
+it runs out of work (``Scheduler``), at most every ``MIN_INTERVAL`` seconds; each call costs milliseconds. Where the
+C library is not glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+MIN_INTERVAL = 1.0  # seconds between two releases
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim(0)``); False where that is not available."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
