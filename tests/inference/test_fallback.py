@@ -5,7 +5,7 @@ import pytest
 from tests.conftest import LIBRIVOX
 from whisper_lora.data.audio import load_audio
 from whisper_lora.inference.decode import Decoding, decode_texts, features, generate_attempts, ladder
-from whisper_lora.inference.fallback import LOOP_SPAN, Attempt, needs_fallback, stuck
+from whisper_lora.inference.fallback import LOOP_SPAN, Attempt, kept_text, needs_fallback, silent, stuck
 from whisper_lora.inference.longform import DecodeOptions
 from whisper_lora.inference.transcriber import Transcriber
 
@@ -77,6 +77,44 @@ def test_fallback_rules():
     assert not needs_fallback(Attempt("fine", -3.0), options, 0)  # the first step: the loop guard alone
     assert needs_fallback(Attempt("fine", -3.0), options, 1)  # later: a low log-probability too, as Whisper
     assert not needs_fallback(Attempt("fine", None), options, 1)  # beam search reports none
+
+
+def test_a_silent_row_neither_falls_back_nor_keeps_its_made_up_text():
+    """Whisper's rule: likely silent (no-speech probability over the threshold) and an unlikely text: no text, and no
+    hotter decode; likely silent but a likely text, or no silence detection: as before."""
+    options = DecodeOptions()
+    silence = Attempt("la " * 40, -1.5, no_speech_prob=0.9)
+    assert silent(silence, options) and not needs_fallback(silence, options, 0) and kept_text(silence, options) == ""
+    confident = Attempt("la " * 40, -0.5, no_speech_prob=0.9)  # a loop Whisper is sure of: it falls back
+    assert not silent(confident, options) and needs_fallback(confident, options, 0)
+    assert not silent(Attempt("you", -1.5, no_speech_prob=0.5), options)
+    assert not silent(Attempt("you", None, no_speech_prob=0.9), options)  # beam search: no log-probability
+    assert not silent(silence, DecodeOptions(no_speech_threshold=None))
+    assert silent(Attempt("you", -0.1, no_speech_prob=0.9), DecodeOptions(logprob_threshold=None))
+
+    calls = []
+
+    def batch(rows, temperature, cut):
+        calls.append(rows)
+        return [silence if i == 1 else Attempt(f"row {i}", -0.1, no_speech_prob=0.0) for i in rows]
+
+    assert ladder([0, 1], Decoding(options=options), batch) == ["row 0", ""]
+    assert calls == [[0, 1]]
+
+
+@pytest.mark.slow
+def test_real_base_gives_no_text_for_noise_and_the_same_text_for_speech():
+    """Real whisper-base: a second of faint noise was transcribed "you" (the classic made-up text); its no-speech
+    probability is over 0.9 and the text unlikely, so it now gives none. Speech keeps its text, and
+    ``no_speech_threshold=None`` brings the old behaviour back."""
+    import numpy as np
+
+    t = Transcriber("whisper-base", precision="int8")
+    noise = np.random.default_rng(0).normal(0, 1e-3, 16000).astype(np.float32)
+    speech = load_audio(sorted(LIBRIVOX.glob("*.wav"))[0])
+    assert [r.text for r in t.transcribe_batch([noise, speech], "en")] == ["", t.transcribe(speech, "en").text]
+    assert t.transcribe(speech, "en").text
+    assert t.transcribe(noise, "en", options=DecodeOptions(no_speech_threshold=None)).text
 
 
 @pytest.fixture(scope="module")

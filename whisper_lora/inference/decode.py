@@ -32,7 +32,7 @@ from whisper_lora.base.language_tokens import added_ids
 from whisper_lora.base.trim import WINDOW_FRAMES, allow_short_inputs, trimmed_frames
 from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
-from whisper_lora.inference.fallback import Attempt, Rows, final_text, needs_fallback
+from whisper_lora.inference.fallback import Attempt, Rows, final_text, kept_text, needs_fallback
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
 from whisper_lora.inference.longform import (
     DecodeOptions,
@@ -238,7 +238,24 @@ def generate_attempts(
     if states is None:
         return attempts
     kept = feats if isinstance(feats, EncoderStates) else EncoderStates(states)
-    return [replace(a, states=kept.row(r)) for r, a in enumerate(attempts)]
+    silence = no_speech_probs(model, kept, adapter_names) if decoding.options.no_speech_threshold is not None else None
+    return [
+        replace(a, states=kept.row(r), no_speech_prob=None if silence is None else silence[r])
+        for r, a in enumerate(attempts)
+    ]
+
+
+@torch.no_grad()
+def no_speech_probs(model, states: EncoderStates, adapter_names: list[str] | None = None) -> list[float]:
+    """Each row's ``<|nospeech|>`` probability after ``<|startoftranscript|>`` (one decoder step on its encoder output,
+    with the row's adapter), over the base's own vocabulary, as openai-whisper and the long-form windows compute it."""
+    gen = model.generation_config
+    start = torch.full((len(states), 1), gen.decoder_start_token_id, dtype=torch.long, device=states.states.device)
+    kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    with cross_attention_mask(model, states):
+        logits = model(encoder_outputs=(states.states,), decoder_input_ids=start, **kw).logits[:, -1].float()
+    logits[:, added_ids(gen)] = -float("inf")  # tokens adapters add change nothing here
+    return logits.softmax(-1)[:, gen.no_timestamps_token_id - 1].tolist()
 
 
 def long_segments(
@@ -302,9 +319,9 @@ def ladder(
             if len(temperatures) > 1 and needs_fallback(a, options, step):
                 retry.append(i)
             else:
-                texts[i] = a.text
+                texts[i] = kept_text(a, options)
                 if final is not None:
-                    final(i, a.text, None)
+                    final(i, texts[i], None)
         if retry and not last:
             log.debug("%d transcript(s) fall back to temperature %s", len(retry), temperatures[step + 1])
         pending = retry

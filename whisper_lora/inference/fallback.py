@@ -37,14 +37,33 @@ class Attempt:
     text: str
     avg_logprob: float | None  # mean log-probability of its tokens (end of text included); None under beam search
     cut: bool = False  # stopped as a repetition loop: it fails the loop guard whatever would have followed
+    no_speech_prob: float | None = None  # Whisper's <|nospeech|> probability after <|startoftranscript|>, this row
     # the row's encoder output, so that the next temperature decodes without encoding again (not part of the result)
     states: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+
+def silent(attempt: Attempt, options: DecodeOptions) -> bool:
+    """Whisper's silence test (openai-whisper's ``transcribe``, and the long-form windows here): the row's no-speech
+    probability is over ``no_speech_threshold`` and its text is unlikely (average log-probability under
+    ``logprob_threshold``; unknown under beam search: not silent). What is decoded from silence is made up."""
+    threshold, p, low = options.no_speech_threshold, attempt.no_speech_prob, options.logprob_threshold
+    if threshold is None or p is None or p <= threshold:
+        return False
+    return low is None or (attempt.avg_logprob is not None and attempt.avg_logprob < low)
+
+
+def kept_text(attempt: Attempt, options: DecodeOptions) -> str:
+    """The text a row settles with: none when it is ``silent``, else its text."""
+    return "" if silent(attempt, options) else attempt.text
 
 
 def needs_fallback(attempt: Attempt, options: DecodeOptions, step: int) -> bool:
     """Whether a row decodes again at the next temperature: a loop (cut, or compression ratio over the threshold);
     from the second step on also a low average log-probability, as Whisper's own fallback (the first step keeps
-    the loop guard alone, so a greedy text is only replaced when it loops)."""
+    the loop guard alone, so a greedy text is only replaced when it loops). Never a ``silent`` row (Whisper's rule:
+    decoding silence hotter only makes up other text)."""
+    if silent(attempt, options):
+        return False
     limit = options.compression_ratio_threshold
     if attempt.cut or (limit and compression_ratio(attempt.text) > limit):
         return True

@@ -22,7 +22,7 @@ from whisper_lora.inference.decode import Decoding
 from whisper_lora.inference.scoring import Scores
 
 log = logging.getLogger("whisper_lora")
-CACHE_VERSION = 2  # bump when the scoring itself changes (2: the batched fallback ladder, fallback.py)
+CACHE_VERSION = 3  # bump when the scoring itself changes (2: the batched fallback ladder, fallback.py; 3: silence)
 
 
 def corpus_fingerprint(examples: Sequence) -> str:
