@@ -2,7 +2,7 @@
 """Training speed on a GPU (and, with a small shape, on a CPU): whisper-lora's step against PEFT's int8 recipe.
 
     python bench/gpu_train.py [--shapes base large-v3] [--batches 8 32] [--precisions int8 nf4 bf16]
-                              [--steps 6] [--warmup 3] [--processor DIR] [--no-reference]
+                              [--steps 6] [--warmup 3] [--processor DIR] [--root DIR] [--no-reference]
                               [--json bench/results/gpu_train.json]
     python bench/gpu_train.py --shapes tiny --batches 2 4 --precisions int8 fp32 --steps 3   # a CPU check
 
@@ -226,6 +226,7 @@ def main():
         "--processor", default=None, help="a Whisper checkpoint dir for the tokenizer (default whisper-base)"
     )
     p.add_argument("--no-reference", action="store_true", help="skip PEFT's int8 recipe")
+    p.add_argument("--root", default=None, help="where random checkpoints are built and kept (gpu_decode.py's too)")
     p.add_argument("--json", default="bench/results/gpu_train.json")
     a = p.parse_args()
     device = pick_device(a.device)
@@ -237,7 +238,7 @@ def main():
         manifest, durations = corpus(tmp / "corpus")
         processor_dir = a.processor or str(resolve_base("whisper-base"))
         for shape in a.shapes:
-            base = build_with_processor(shape, tmp / "bases", processor_dir)
+            base = build_with_processor(shape, Path(a.root or tmp) / "bases", processor_dir)
             for batch in a.batches:
                 runs = [("whisper-lora", prec) for prec in a.precisions]
                 runs += [] if a.no_reference else [("PEFT int8 recipe", "int8")]

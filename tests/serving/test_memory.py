@@ -41,7 +41,7 @@ def test_the_scheduler_releases_memory_when_it_runs_out_of_work(monkeypatch, tin
 
     calls = []
     monkeypatch.setattr(
-        "whisper_lora.serving.scheduler.release_free_memory", lambda: calls.append(time.monotonic()) or True
+        "whisper_lora.serving.memory.release_free_memory", lambda: calls.append(time.monotonic()) or True
     )
     t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", max_new_tokens=4)
     scheduler = Scheduler(t, max_wait_ms=5)
@@ -54,7 +54,7 @@ def test_the_scheduler_releases_memory_when_it_runs_out_of_work(monkeypatch, tin
             time.sleep(0.01)
         assert calls and scheduler.stats()["memory_releases"] == len(calls)
         first = len(calls)
-        monkeypatch.setattr("whisper_lora.serving.scheduler.MIN_INTERVAL", 3600.0)
+        scheduler._release_memory.interval = 3600.0
         scheduler.transcribe(Request(AUDIO[0], "sw"), timeout=60)  # idle again, but within the interval: no release
         time.sleep(0.1)
         assert len(calls) == first

@@ -164,6 +164,7 @@ def cross_attention_mask(model, states: EncoderStates):
             h.remove()
 
 
+@torch.no_grad()  # inference only (and peft's mixed batch adds in place on bitsandbytes' int8 outputs: forbidden with grad)
 def encoder_outputs(model, feats: torch.Tensor, adapter_names: list[str] | None = None) -> torch.Tensor:
     """The encoder's output for ``feats`` (any even frame count up to 3000 once ``trim.allow_short_inputs`` ran),
     with the model's active adapter, or row ``i`` with ``adapter_names[i]`` (peft's mixed batch; it applies to a

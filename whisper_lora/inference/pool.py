@@ -28,6 +28,24 @@ from whisper_lora.registry.adapter_io import load_adapter, read_lora
 from whisper_lora.registry.catalog import AdapterEntry
 
 BASE = "__base__"  # peft's name for "no adapter" in mixed batches
+
+
+def drop_leaked_adapter_names(model: torch.nn.Module) -> int:
+    """Remove the ``adapter_names`` hooks a failed peft call left behind; returns how many.
+
+    peft (0.21) puts a forward pre-hook carrying a call's ``adapter_names`` on every LoRA layer and removes them when
+    the call returns, but not when it raises: every later call, of any batch, would then get that call's adapter per
+    row (or fail on the row count). Call this after a mixed-batch call raised."""
+    dropped = 0
+    for m in model.modules():
+        for key, hook in list(m._forward_pre_hooks.items()):
+            if getattr(getattr(hook, "func", None), "__name__", "") == "_adapter_names_pre_forward_hook":
+                del m._forward_pre_hooks[key]
+                m._forward_pre_hooks_with_kwargs.pop(key, None)
+                dropped += 1
+    return dropped
+
+
 HOTSWAP_SLOT = "active"
 
 # (model to call, features, Whisper language per row, peft adapter name per row or None) -> one result per row
@@ -219,7 +237,11 @@ class RoutedPool(_PeftHolder):
             if len(needed) == 1 and all(e is not None for e in entries):
                 self.peft.set_adapter(self._names[next(iter(needed))])
                 return generate(self.peft, feats, langs, None)
-            return generate(self.peft, feats, langs, [n or BASE for n in names])
+            try:
+                return generate(self.peft, feats, langs, [n or BASE for n in names])
+            except BaseException:
+                drop_leaked_adapter_names(self.peft)
+                raise
 
     def _row_mode(self, names) -> bool:
         """Whether these adapters (registry names) decode row-indexed (``row_lora``), else through peft's layers."""

@@ -2,9 +2,9 @@
 
 glibc keeps what Python, numpy and torch free (an upload's decoded samples, a batch's activations) in its heap for
 reuse; after a burst of large uploads a server's resident memory stays near its peak although nothing uses it, and a
-container limit counts it. ``malloc_trim`` returns those free pages. The scheduler calls ``release_free_memory`` when
-it runs out of work (``Scheduler``), at most every ``MIN_INTERVAL`` seconds; each call costs milliseconds. Where the
-C library is not glibc it does nothing.
+container limit counts it. ``malloc_trim`` returns those free pages. The scheduler (``Scheduler``) and the Ray ingress
+(``ray_front``) call a ``Releaser`` when they run out of work: at most every ``MIN_INTERVAL`` seconds, each call costing
+milliseconds. Where the C library is not glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import time
 
 MIN_INTERVAL = 1.0  # seconds between two releases
 
@@ -31,3 +32,20 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+class Releaser:
+    """``release_free_memory`` at most every ``interval`` seconds; ``count``: how many times it ran."""
+
+    def __init__(self, interval: float = MIN_INTERVAL):
+        self.interval, self.count = interval, 0
+        self._last: float | None = None
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        done = release_free_memory()
+        self.count += done
+        return done

@@ -31,6 +31,7 @@ from whisper_lora.inference.plan import adapter_name, needs_routing
 from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
 from whisper_lora.serving.engine import Unavailable
+from whisper_lora.serving.memory import Releaser
 from whisper_lora.serving.ray_replica import Decoder, ReplicaInfo, ReplicaSpec, publish_digest
 from whisper_lora.serving.scheduler import Cancelled, QueueFull
 
@@ -38,6 +39,7 @@ log = logging.getLogger("whisper_lora")
 
 DESCRIBE_TIMEOUT = 10.0  # seconds /health waits for the replicas' answers
 DESCRIBE_CACHE = 2.0  # seconds the replicas' answers serve /health before they are asked again (one broadcast)
+RELEASE_AFTER = 0.5  # seconds after the last answer before the ingress hands freed memory back (``memory.py``)
 
 
 class _RayPending:
@@ -48,12 +50,16 @@ class _RayPending:
 
     async def result(self) -> Transcription:
         request, name = self.request, None
-        if self.engine.spec.multiplexed and request.adapter is not None:  # the adapter picks the replica: choose it
-            if needs_routing(request):  # routing first, on any replica
-                decision = await self._call("route", None, request.audio[:N_SAMPLES])
-                request = replace(request, decision=decision)
-            name = adapter_name(self.engine.registry, request)
-        return await self._call("transcribe", name, request)
+        self.engine.started()
+        try:
+            if self.engine.spec.multiplexed and request.adapter is not None:  # the adapter picks the replica
+                if needs_routing(request):  # routing first, on any replica
+                    decision = await self._call("route", None, request.audio[:N_SAMPLES])
+                    request = replace(request, decision=decision)
+                name = adapter_name(self.engine.registry, request)
+            return await self._call("transcribe", name, request)
+        finally:
+            self.engine.finished()
 
     async def _call(self, method: str, adapter: str | None, *args):
         e = self.engine
@@ -99,6 +105,8 @@ class RayEngine:
         self.base_info, self._routing = info.base_info, info.routing
         self.registry = AdapterRegistry(root, self.base_info, missing_ok=spec.registry_missing_ok)
         self.replica_failures = 0
+        self._in_flight = 0  # requests being answered (``started``, ``finished``; on the event loop only)
+        self._release_memory = Releaser()
         self._looked = time.monotonic()
         self._described: tuple[float, list] | None = None  # (when, the replicas' answers to describe)
         self._describing: asyncio.Future | None = None  # the broadcast under way, shared by /health calls
@@ -123,6 +131,16 @@ class RayEngine:
 
     def submit(self, request: Request) -> _RayPending:
         return _RayPending(self, request)
+
+    def started(self) -> None:
+        self._in_flight += 1
+
+    def finished(self) -> None:
+        """One request is answered; when none is left, the memory their uploads took goes back to the system once their
+        handlers have let go of the samples (``memory.Releaser``, at most once a second)."""
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            asyncio.get_running_loop().call_later(RELEASE_AFTER, self._release_memory)
 
     async def _descriptions(self) -> list:
         """The replicas' answers to ``describe``: at most one broadcast every ``DESCRIBE_CACHE`` s, shared by the
@@ -163,6 +181,7 @@ class RayEngine:
             "replica_failures": self.replica_failures,
             "in_flight": sum(r["in_flight"] for r in replicas),
             "served": sum(r["served"] for r in replicas),
+            "ingress_memory_releases": self._release_memory.count,
         }
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from whisper_lora.data.audio import N_SAMPLES, load_audio
 from whisper_lora.inference.request import Request
 from whisper_lora.inference.transcriber import Transcriber, Transcription
-from whisper_lora.serving.memory import MIN_INTERVAL, release_free_memory
+from whisper_lora.serving.memory import Releaser
 
 log = logging.getLogger("whisper_lora")
 
@@ -116,9 +116,9 @@ class Scheduler:
         self._in_flight = 0
         self._closed = False
         self._batch_seconds = 1.0  # running estimate of one short batch, for Retry-After
-        self._released = 0.0  # when freed memory was last handed back (``_when_idle``)
+        self._release_memory = Releaser()  # hands freed memory back when the model goes idle (``memory.py``)
         # counters for /health and the load report
-        self.batches = self.served = self.cancelled = self.rejected = self.long_yields = self.releases = 0
+        self.batches = self.served = self.cancelled = self.rejected = self.long_yields = 0
         self._worker = threading.Thread(target=self._run_short, name="whisper-lora-batcher", daemon=True)
         self._worker.start()
 
@@ -172,7 +172,7 @@ class Scheduler:
             "cancelled": self.cancelled,
             "rejected": self.rejected,
             "long_yields": self.long_yields,
-            "memory_releases": self.releases,
+            "memory_releases": self._release_memory.count,
         }
 
     def healthy(self) -> bool:
@@ -249,16 +249,8 @@ class Scheduler:
                 self._wait_long(who)  # in order of arrival: an earlier one keeps its place ahead
             self._cv.notify_all()
             idle = self._owner is None and not self._short and not self._long_waiting
-        if idle:
-            self._when_idle()
-
-    def _when_idle(self) -> None:
-        """Nothing is waiting: hand the memory the finished work freed back to the system (``memory.py``), at most
-        every ``MIN_INTERVAL`` seconds."""
-        now = time.monotonic()
-        if now - self._released >= MIN_INTERVAL:
-            self._released = now
-            self.releases += release_free_memory()
+        if idle:  # nothing waits: hand what the finished work freed back to the system
+            self._release_memory()
 
     # ------------------------------------------------------------------ work
     def _run_long(self, job: Job) -> None:
