@@ -122,7 +122,7 @@ def main():
                 run()
 
         tokens = a.batch * a.tokens
-        results = {}
+        results = Results(a, machine)  # written to --json after every row: a deadline leaves the rows measured
         results["base"] = timed(base_only, a.repeats, device)
         model.set_adapter(names[0])
         results["one adapter, peft"] = timed(run, a.repeats, device)
@@ -132,7 +132,8 @@ def main():
             results["one adapter, merged"] = timed(run, a.repeats, device)
             model.unmerge_adapter()
         for k in (1, 2, 4, 8):
-            spread = [None if i % 4 == 3 else names[i % k] for i in range(a.batch)]
+            # every 4th row on the base; the adapter rows cycle through all k adapters
+            spread = [None if i % 4 == 3 else names[(i - i // 4) % k] for i in range(a.batch)]
             results[f"{k} adapters + base rows, row-indexed"] = timed(
                 lambda s=spread: spread_rows(s), a.repeats, device
             )
@@ -140,6 +141,8 @@ def main():
                 lambda s=spread: run([n or "__base__" for n in s]), a.repeats, device
             )
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        results.peak = peak
+        results.write()
 
     t_base = results["base"]
     title = (
@@ -151,24 +154,28 @@ def main():
         print(f"| {path} | {s:.3f} | {tokens / s:.1f} | {t_base / s:.2f} |")
     if peak is not None:
         print(f"\npeak CUDA memory: {peak:.0f} MB")
-    out = Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "shape": a.shape,
-                "precision": a.precision,
-                "batch": a.batch,
-                "tokens": a.tokens,
-                "seconds": results,
-                "vs_base": {k: t_base / s for k, s in results.items()},
-                "peak_cuda_mb": peak,
-            },
-            indent=2,
-        )
-    )
-    print(f"\nwrote {out}")
+    print(f"\nwrote {a.json}")
+
+
+class Results(dict):
+    """Seconds per path, written to ``--json`` with every row added."""
+
+    def __init__(self, a, machine: str):
+        super().__init__()
+        self.a, self.machine, self.peak = a, machine, None
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.write()
+
+    def write(self) -> None:
+        a, base = self.a, self.get("base")
+        out = Path(a.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"machine": self.machine, "shape": a.shape, "precision": a.precision, "batch": a.batch}
+        doc |= {"tokens": a.tokens, "seconds": dict(self), "peak_cuda_mb": self.peak}
+        doc["vs_base"] = {k: base / s for k, s in self.items()} if base else {}
+        out.write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

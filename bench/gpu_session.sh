@@ -3,7 +3,8 @@
 # first; on the device: carry [".whl", ".gpu"], command `OUT=$OUT bash bench/gpu_session.sh`):
 #   1. bench/gpu_decode.py: a batch of 16 windows spread over 1-8 adapters plus base rows, large-v3 shape, bf16;
 #   2. bench/gpu_train.py: training steps, large-v3 shape, int8 and bf16 at batches 8 and 32, against PEFT's recipe.
-# Each part has its own deadline, so one that runs long leaves the others their time. Results go to $OUT.
+# The random checkpoint is built first; then each part has its own deadline, so one that runs long leaves the other its
+# time, and gpu_decode.py writes its JSON after every row. Results go to $OUT.
 # A CPU check of the same script: SHAPE=tiny DECODE="--precision fp32 --batch 4 --tokens 8 --repeats 1"
 #   TRAIN="--batches 2 --precisions fp32 --steps 2 --warmup 1 --no-reference" bash bench/gpu_session.sh
 set -uo pipefail
@@ -20,6 +21,11 @@ SHAPE=${SHAPE:-large-v3}
 ROOT=$(mktemp -d)
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no GPU") | tee "$OUT/device.txt"
 start=$(date +%s)
+# the random checkpoint, once, before either deadline starts (written whole or not at all: memory.build_with_processor)
+timeout "${BUILD_SECONDS:-180}" python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path
+from memory import build_with_processor; print(build_with_processor('$SHAPE', Path('$ROOT') / 'bases', '$PROC'))" \
+  || { echo "building the $SHAPE checkpoint failed or ran out of time"; exit 1; }
+echo "checkpoint built after $(( $(date +%s) - start )) s"
 # shellcheck disable=SC2086
 timeout "${DECODE_SECONDS:-120}" python3 bench/gpu_decode.py --shape "$SHAPE" --processor "$PROC" --root "$ROOT" \
   ${DECODE:-} --json "$OUT/gpu_decode.json" > "$OUT/gpu_decode.log" 2>&1

@@ -20,6 +20,7 @@ import argparse
 import ctypes
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,11 +38,8 @@ SHAPES = {
 }
 
 
-def build(shape: str, root: Path) -> Path:
-    """Save a random-weight checkpoint of ``shape`` once (from_pretrained then quantises it like a real one)."""
-    out = root / shape
-    if (out / "config.json").exists():
-        return out
+def random_model(shape: str):
+    """A random-weight Whisper of ``shape`` (seeded: the same weights every time)."""
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -58,29 +56,47 @@ def build(shape: str, root: Path) -> Path:
         decoder_ffn_dim=ffn,
         num_mel_bins=mels,
     )
-    WhisperForConditionalGeneration(cfg).save_pretrained(out)
+    return WhisperForConditionalGeneration(cfg)
+
+
+def _saved(out: Path, save) -> Path:
+    """``save(folder)`` into a temporary folder renamed to ``out`` once whole (a run killed mid-save leaves none)."""
+    part = out.with_name(f".{out.name}.part")
+    shutil.rmtree(part, ignore_errors=True)
+    save(part)
+    part.rename(out)
     return out
+
+
+def build(shape: str, root: Path) -> Path:
+    """Save a random-weight checkpoint of ``shape`` once (from_pretrained then quantises it like a real one)."""
+    out = root / shape
+    if (out / "config.json").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    return _saved(out, random_model(shape).save_pretrained)
 
 
 def build_with_processor(shape: str, root: Path, processor_dir: str) -> Path:
     """``build``, plus the tokenizer and generation config of ``processor_dir`` and a feature extractor of the shape's
-    mel bins (large-v3 reads 128): what training and decoding need (``gpu_check.py``, ``gpu_train.py``)."""
-    from transformers import (
-        GenerationConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-    )
+    mel bins (large-v3 reads 128): what training and decoding need (``gpu_check.py``, ``gpu_train.py``,
+    ``gpu_decode.py``)."""
+    from transformers import GenerationConfig, WhisperFeatureExtractor, WhisperProcessor
 
-    path = build(shape, root)
-    if not (path / "tokenizer_config.json").exists():
-        model = WhisperForConditionalGeneration.from_pretrained(path)
+    out = root / f"{shape}-with-processor"
+    if (out / "tokenizer_config.json").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+
+    def save(folder: Path) -> None:
+        model = random_model(shape)
         model.generation_config = GenerationConfig.from_pretrained(processor_dir)
-        model.save_pretrained(path)
+        model.save_pretrained(folder)
         tokenizer = WhisperProcessor.from_pretrained(processor_dir).tokenizer
         features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
-        WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(path)
-    return path
+        WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+
+    return _saved(out, save)
 
 
 def one_step(path: str, precision: str, checkpointing: bool) -> dict:

@@ -293,6 +293,10 @@ def test_auto_inputs_the_base_decodes_are_encoded_once(tiny_dir, tiny_registry, 
     assert sum(encoded) == 3 + 2  # routing encodes the three auto inputs; the decode only the rows of sw and cs
     assert [m.text for m in mixed] == [a.text for a in alone]
     assert [m.route for m in mixed] == [a.route for a in alone]
+    # and equal to the base given the detected language, whose decode encodes its input itself
+    for m, a in zip(mixed, audio, strict=True):
+        if m.adapter is None:
+            assert t.transcribe(a, m.language, adapter=None).text == m.text
 
 
 def test_auto_inputs_of_a_decoder_only_adapter_are_encoded_once(tiny_dir, tmp_path):
@@ -315,3 +319,5 @@ def test_auto_inputs_of_a_decoder_only_adapter_are_encoded_once(tiny_dir, tmp_pa
         assert [m.adapter for m in mixed] == [language] * 3
         assert sum(encoded) == 3 + decode_rows
         assert [m.text for m in mixed] == [a.text for a in alone]
+        forced = t.transcribe_batch(AUDIO[:3], language, adapter=language)  # encoded inside generate
+        assert [m.text for m in mixed] == [f.text for f in forced]

@@ -53,9 +53,12 @@ class _Decoders:
 def test_a_retry_cancels_the_call_on_the_unreachable_replica_first():
     decoders = _Decoders(ActorUnavailableError("unreachable", None), "the answer")
     spec = SimpleNamespace(multiplexed=False, ray=RayConfig(), server=ServerConfig())
+    counted = []  # the ingress counts requests in flight (it hands freed memory back when none is left)
     engine = SimpleNamespace(spec=spec, decoders=decoders, replica_failures=0, registry=None)
+    engine.started, engine.finished = lambda: counted.append(1), lambda: counted.append(-1)
     pending = ray_front._RayPending(engine, Request(np.zeros(16000, np.float32), "sw"))
     assert asyncio.run(pending.result()) == "the answer"
+    assert counted == [1, -1]
     first, second = decoders.responses
     assert first.cancelled and not second.cancelled  # the first copy may still run: it was told to stop
     assert engine.replica_failures == 1

@@ -131,13 +131,13 @@ def check_weights(adapter_dir: str | Path) -> None:
 
 
 def touches_encoder(adapter_dir: str | Path) -> bool:
-    """Whether the adapter has a LoRA module in Whisper's encoder (read from its weights' header, not loaded): if not,
-    its encoder outputs are the base's."""
+    """Whether the adapter holds any weight of Whisper's encoder, LoRA or saved whole (``modules_to_save``), read from
+    its weights' header without loading them: if not, its encoder outputs are the base's."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(Path(adapter_dir) / PEFT_FILES[1]), framework="pt") as f:
-            return any(".encoder." in k and "lora_" in k for k in f.keys())
+            return any(".encoder." in k for k in f.keys())
     except (SafetensorError, OSError):
         return True  # unreadable (replaced meanwhile): assume it does; loading it will say what is wrong
 

@@ -49,7 +49,7 @@ class AdapterEntry:
     path: Path  # absolute adapter directory
     metadata: AdapterMetadata
     version: str = ""  # what is on disk (``dir_version``): a replaced or rewritten adapter gets a new one
-    touches_encoder: bool = True  # a LoRA module sits in the encoder (``adapter_io.touches_encoder``)
+    touches_encoder: bool = True  # it holds encoder weights (``adapter_io.touches_encoder``)
 
     @property
     def language(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import threading
 import time
 
 MIN_INTERVAL = 1.0  # seconds between two releases
@@ -35,17 +36,24 @@ def release_free_memory() -> bool:
 
 
 class Releaser:
-    """``release_free_memory`` at most every ``interval`` seconds; ``count``: how many times it ran."""
+    """``release_free_memory`` at most every ``interval`` seconds, from any thread (a call while another one runs
+    returns at once); ``count``: how many times it ran."""
 
     def __init__(self, interval: float = MIN_INTERVAL):
         self.interval, self.count = interval, 0
         self._last: float | None = None
+        self._lock = threading.Lock()
 
     def __call__(self) -> bool:
-        now = time.monotonic()
-        if self._last is not None and now - self._last < self.interval:
+        if not self._lock.acquire(blocking=False):
             return False
-        self._last = now
-        done = release_free_memory()
-        self.count += done
-        return done
+        try:
+            now = time.monotonic()
+            if self._last is not None and now - self._last < self.interval:
+                return False
+            self._last = now
+            done = release_free_memory()
+            self.count += done
+            return done
+        finally:
+            self._lock.release()

@@ -140,7 +140,11 @@ class RayEngine:
         handlers have let go of the samples (``memory.Releaser``, at most once a second)."""
         self._in_flight -= 1
         if self._in_flight == 0:
-            asyncio.get_running_loop().call_later(RELEASE_AFTER, self._release_memory)
+            asyncio.get_running_loop().call_later(RELEASE_AFTER, self._release_if_idle)
+
+    def _release_if_idle(self) -> None:
+        if self._in_flight == 0:  # still nothing in flight: trim on a worker thread, not on the event loop
+            asyncio.get_running_loop().run_in_executor(None, self._release_memory)
 
     async def _descriptions(self) -> list:
         """The replicas' answers to ``describe``: at most one broadcast every ``DESCRIBE_CACHE`` s, shared by the
