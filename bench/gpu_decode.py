@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from inference import forced_decode  # bench/inference.py: the adapters measurement's decode
 from memory import build_with_processor  # bench/memory.py: random-weight checkpoints of OpenAI's shapes
 
 from whisper_lora.base.hardware import device_summary
@@ -102,16 +103,7 @@ def main():
         feats = feats.to(model.device, next(p.dtype for p in model.parameters() if p.is_floating_point()))
 
         def run(adapter_names=None):
-            kw = {"adapter_names": adapter_names} if adapter_names else {}
-            with torch.no_grad():
-                model.generate(
-                    input_features=feats,
-                    language="en",
-                    task="transcribe",
-                    min_new_tokens=a.tokens,
-                    max_new_tokens=a.tokens,
-                    **kw,
-                )
+            forced_decode(model, feats, a.tokens, adapter_names)
 
         def base_only():
             with model.disable_adapter():

@@ -189,6 +189,16 @@ def rtf_section(a, results, audio, seconds):
     )
 
 
+def forced_decode(model, feats, tokens: int, adapter_names=None) -> None:
+    """Every row decodes exactly ``tokens`` tokens (the same work whatever the weights): the adapters measurement
+    (here and ``gpu_decode.py``); ``adapter_names``: peft's per-row adapters."""
+    kw = {"adapter_names": adapter_names} if adapter_names else {}
+    with torch.no_grad():
+        model.generate(
+            input_features=feats, language="en", task="transcribe", min_new_tokens=tokens, max_new_tokens=tokens, **kw
+        )
+
+
 def spread_over_adapters(a, clips) -> dict:
     """4. One batch of ``a.batch`` rows spread over 1, 2, 4 and 8 adapters plus base rows (every 4th row), each
     row decoding ``TOKENS`` tokens: tokens/s of the row-indexed path and of peft's ``adapter_names``, relative to the
@@ -211,16 +221,7 @@ def spread_over_adapters(a, clips) -> dict:
     feats = feats.to(model.device, next(p for p in model.parameters() if p.is_floating_point()).dtype)
 
     def run(adapter_names=None):
-        kw = {"adapter_names": adapter_names} if adapter_names else {}
-        with torch.no_grad():
-            model.generate(
-                input_features=feats,
-                language="en",
-                task="transcribe",
-                min_new_tokens=TOKENS,
-                max_new_tokens=TOKENS,
-                **kw,
-            )
+        forced_decode(model, feats, TOKENS, adapter_names)
 
     def base():
         with model.disable_adapter():
