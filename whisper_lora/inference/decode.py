@@ -40,6 +40,7 @@ from whisper_lora.inference.longform import (
     StepHook,
     compression_ratio,
     decode_segments,
+    no_speech_probability,
 )
 from whisper_lora.languages import token_text
 
@@ -254,9 +255,8 @@ def no_speech_probs(model, states: EncoderStates, adapter_names: list[str] | Non
     start = torch.full((len(states), 1), gen.decoder_start_token_id, dtype=torch.long, device=states.states.device)
     kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
     with cross_attention_mask(model, states):
-        logits = model(encoder_outputs=(states.states,), decoder_input_ids=start, **kw).logits[:, -1].float()
-    logits[:, added_ids(gen)] = -float("inf")  # tokens adapters add change nothing here
-    return logits.softmax(-1)[:, gen.no_timestamps_token_id - 1].tolist()
+        logits = model(encoder_outputs=(states.states,), decoder_input_ids=start, **kw).logits[:, -1]
+    return no_speech_probability(gen, logits).tolist()
 
 
 def long_segments(

@@ -141,13 +141,20 @@ def long_features(feature_extractor, audios: Sequence[np.ndarray]) -> tuple[torc
     return out.input_features, out.attention_mask
 
 
+def no_speech_probability(generation_config, logits: torch.Tensor) -> torch.Tensor:
+    """Per row, the probability of ``<|nospeech|>`` in ``logits`` (the decoder's step after ``<|startoftranscript|>``),
+    over the base's own vocabulary: language tokens adapters add (``language_tokens.py``) change nothing here."""
+    logits = logits.float()
+    logits[:, added_ids(generation_config)] = -math.inf
+    return logits.softmax(-1)[:, generation_config.no_timestamps_token_id - 1]
+
+
 class _NoSpeechRecorder:
     """``monitor_progress`` hook of ``generate``: at each window, the no-speech probability of the input
     (Whisper's ``<|nospeech|>`` after ``<|startoftranscript|>``, on that window)."""
 
-    def __init__(self, model, feats: torch.Tensor, sot: int, no_speech: int):
-        self.model, self.feats, self.sot, self.no_speech = model, feats, sot, no_speech
-        self.added = added_ids(model.generation_config)
+    def __init__(self, model, feats: torch.Tensor, sot: int):
+        self.model, self.feats, self.sot = model, feats, sot
         self.windows: list[tuple[int, float]] = []  # (seek frame, probability)
 
     def __call__(self, seek_and_max: torch.Tensor) -> None:
@@ -158,9 +165,8 @@ class _NoSpeechRecorder:
         window = torch.nn.functional.pad(window, (0, N_FRAMES - window.shape[-1]))
         dec = torch.full((1, 1), self.sot, dtype=torch.long, device=self.feats.device)
         with torch.no_grad():  # transformers calls this hook outside generate's no_grad
-            logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0].float()
-        logits[:, self.added] = -math.inf  # over the base's own vocabulary: tokens adapters add change nothing here
-        self.windows.append((seek, float(logits.softmax(-1)[0, self.no_speech])))
+            logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0]
+        self.windows.append((seek, float(no_speech_probability(self.model.generation_config, logits)[0])))
 
     def at(self, start: float) -> float | None:
         """The probability of the window a segment starting at ``start`` seconds was decoded in."""
@@ -246,7 +252,7 @@ def decode_segments(
     recorder = None
     if options.no_speech_threshold is not None:
         sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-        recorder = _NoSpeechRecorder(model, feats, sot, gen.no_timestamps_token_id - 1)
+        recorder = _NoSpeechRecorder(model, feats, sot)
     kw = dict(
         input_features=feats,
         attention_mask=mask.to(model.device),  # the input's own length (word timing needs it)
