@@ -15,7 +15,9 @@ against a server with an API key and limits: server RSS over time, wrong answers
 not answered 4xx. `--scenario abuse`: --abuse-minutes of good short requests from 2 threads while 2 threads send
 crafted and mutated uploads (tests/serving/hostile.py) and 300 idle plus 150 trickling sockets are held open and
 reopened: good answers wrong or lost (goal 0), 5xx (goal 0), p95 of good requests against their latency alone (goal
-at most 3x), server RSS over time (goal: within 1.5x of warm idle after the run).
+at most 3x), server RSS over time (goal: within 1.5x of warm idle after the run). `--hostile-uploads crafted`: only
+uploads that must be refused (pure abuse); `control`: the other two clients send the clip unharmed and hold no sockets,
+the same decoding work without any abuse (what 4 clients cost on this machine).
 
 Starts `whisper-lora serve` as a real process on a free loopback port with the shipped adapters,
 checks every concurrent answer against an isolated request, and reports requests/s, p50/p95, errors.
@@ -312,12 +314,15 @@ def abuse(a, short_cases) -> dict:
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from tests.serving.hostile import crafted, mutated
+    from tests.serving.hostile import crafted, mutated, valid
     from whisper_lora.data.audio import load_audio
 
     key = "bench-key-0123456789"
     speech = load_audio(ROOT / "tests/assets/librivox/sense_and_sensibility_01_austen_64kb-0880.wav")
-    hostile = list(crafted().values())  # each must be refused
+    if a.hostile_uploads == "control":  # no hostility: the same two clients send the clip unharmed, no sockets held
+        hostile = list(valid(speech).values())
+    else:
+        hostile = list(crafted().values())  # each must be refused
     if a.hostile_uploads == "all":  # and real speech mutated: some decode (valid work), some are refused
         hostile += list(mutated(count=40, clip=speech).values())
     args = ["serve", "--precision", a.precision, "--max-new-tokens", "96", "--api-key", key]
@@ -334,7 +339,8 @@ def abuse(a, short_cases) -> dict:
             alone.append(s)
         rss = [(0.0, _server_rss_mb(port))]
         stop, opened = threading.Event(), []
-        holder = threading.Thread(target=_hold_sockets, args=(port, 300, 150, stop, opened))
+        held = (0, 0) if a.hostile_uploads == "control" else (300, 150)
+        holder = threading.Thread(target=_hold_sockets, args=(port, *held, stop, opened))
         holder.start()
         started = time.monotonic()
         end = started + a.abuse_minutes * 60
@@ -419,9 +425,10 @@ def main():
     p.add_argument("--abuse-minutes", type=float, default=5.0)
     p.add_argument(
         "--hostile-uploads",
-        choices=("all", "crafted"),
+        choices=("all", "crafted", "control"),
         default="all",
-        help="abuse: crafted uploads (all refused) and mutated speech (some decode: real work), or crafted only",
+        help="abuse: crafted uploads (all refused) and mutated speech (some decode: real work), or crafted only; "
+        "control: the same two clients send the clip unharmed and hold no sockets (the load without the abuse)",
     )
     p.add_argument("--json", help="default: bench/results/serve_load[_vllm|_mixed|_soak].json")
     a = p.parse_args()

@@ -257,3 +257,67 @@ def test_an_ffmpeg_decode_that_stalls_is_killed_at_its_deadline(tmp_path, monkey
     with pytest.raises(AudioError, match=r"ffmpeg did not finish within 1 s \(killed\)"):
         load_audio(_write(tmp_path, "talk.webm", WEBM))
     assert time.monotonic() - started < 10
+
+
+def _spawns(monkeypatch) -> list[list[str]]:
+    """Every command ``load_audio`` starts (they are then started as usual)."""
+    import whisper_lora.data.audio as audio
+
+    started, popen = [], subprocess.Popen
+
+    def recording(args, *a, **kw):
+        started.append(list(args))
+        return popen(args, *a, **kw)
+
+    monkeypatch.setattr(audio.subprocess, "Popen", recording)
+    return started
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed: nothing could start it")
+def test_bytes_that_start_like_no_container_never_start_ffmpeg(tmp_path, monkeypatch):
+    """Starting ffmpeg costs about 60 ms of CPU: an upload of random bytes must not buy it (a flood of them took the
+    CPU from transcription), and the error still names what is readable."""
+    started = _spawns(monkeypatch)
+    noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    noise = b"\x00" + noise[1:]  # no frame sync at the start
+    with pytest.raises(AudioUnsupported, match="readable here: wav, flac") as e:
+        load_audio(_write(tmp_path, "noise.wav", noise))
+    assert started == [] and "ffmpeg: not started: the file starts like none of webm" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("head", "container"),
+    [
+        (WEBM[:64], "matroska"),
+        (b"\x00\x00\x00\x20ftypM4A ", "mov"),
+        (b"RIFF\x24\x00\x00\x00WAVE", "wav"),
+        (b"fLaC\x00\x00\x00\x22", "flac"),
+        (b"OggS\x00\x02", "ogg"),
+        (b"ID3\x04\x00", "mp3"),
+        (b"\xff\xfb\x90\x64", "mp3"),
+        (b"\xff\xf1\x50\x80", "mp3"),  # ADTS aac: ffmpeg probes it
+        (b"#!AMR\n", "amr"),
+        (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9", "asf"),
+        (b"\x00\x01\x02\x03", None),
+        (b"hello, world", None),
+        (b"", None),
+    ],
+)
+def test_container_signatures(head, container):
+    from whisper_lora.data.audio import container_signature
+
+    assert container_signature(head) == container
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+def test_ffmpeg_runs_below_the_process_priority(tmp_path, monkeypatch):
+    """A container only ffmpeg reads is decoded by an ffmpeg started through ``nice``: a flood of such uploads waits
+    for the CPU instead of slowing transcription down."""
+    from whisper_lora.data.audio import FFMPEG_NICE
+
+    path = tmp_path / "short.webm"
+    _ffmpeg("-f", "lavfi", "-i", "sine=d=1", "-c:a", "libopus", str(path))
+    started = _spawns(monkeypatch)
+    assert len(load_audio(path)) == pytest.approx(SAMPLE_RATE, abs=400)
+    assert len(started) == 1 and started[0][1:3] == ["-n", str(FFMPEG_NICE)], started
+    assert started[0][0].endswith("nice") and started[0][3].endswith("ffmpeg")

@@ -9,7 +9,9 @@ block (``BLOCK_BYTES``, 16 MiB, and its mono mix), whatever the file's rate and 
 
 Decoders, tried in order: libsndfile (wav, flac, ogg vorbis/opus, mp3, aiff, ...), then, for containers it cannot
 read (webm, m4a, aac, ...), ffmpeg where it is on ``PATH``: a subprocess whose PCM comes through a pipe, so ffmpeg
-waits while the pipe is full and is killed at the limit. Without ffmpeg those containers are refused
+waits while the pipe is full and is killed at the limit. It is started only for a file whose first bytes are one of
+its containers' signatures (``container_signature``), at a lower CPU priority (``FFMPEG_NICE``): a server flooded with
+undecodable uploads keeps its CPU for transcription. Without ffmpeg those containers are refused
 (``AudioUnsupported``), never decoded whole.
 """
 
@@ -45,6 +47,8 @@ LIBSNDFILE_FORMATS = "wav, flac, ogg (vorbis, opus), mp3, aiff"  # what libsndfi
 FFMPEG_DEMUXERS = "matroska,webm,mov,mp4,m4a,aac,mp3,ogg,wav,flac,asf,amr"  # the only containers given to ffmpeg
 FFMPEG_FORMATS = "webm, mkv, mp4/m4a, aac, wma, amr"  # the same, as users name them
 FFMPEG_SECONDS = 120.0  # wall clock one ffmpeg decode may take (it decodes 30 min of audio in a few seconds)
+FFMPEG_NICE = 10  # ffmpeg's CPU priority below the process's own: decoding uploads never starves transcription
+SIGNATURE_BYTES = 64  # what ``container_signature`` reads of a file
 
 
 class AudioError(DataError):
@@ -209,15 +213,47 @@ def _libsndfile(path: Path) -> _Stream:
     return _Stream(f.samplerate, f.channels, frames, blocks(), f.close)
 
 
+def container_signature(head: bytes) -> str | None:
+    """The container (of ``FFMPEG_DEMUXERS``) a file's first bytes announce, or None: ffmpeg is started only for a
+    file that starts like one (starting it costs about 60 ms of CPU, which random bytes should not buy)."""
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # and webm
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mov"  # and mp4, m4a
+    for magic, name in (
+        (b"RIFF", "wav"),
+        (b"RF64", "wav"),
+        (b"BW64", "wav"),
+        (b"fLaC", "flac"),
+        (b"OggS", "ogg"),
+        (b"ID3", "mp3"),  # an ID3 tag may also front flac or aac: ffmpeg probes past it
+        (b"#!AMR", "amr"),
+        (b"ADIF", "aac"),
+        (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "asf"),
+    ):
+        if head.startswith(magic):
+            return name
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "mp3"  # an MPEG audio or ADTS (aac) frame sync
+    return None
+
+
 def _ffmpeg(path: Path) -> _Stream:
     exe = shutil.which("ffmpeg")
     if exe is None:
         raise _CannotOpen(f"not installed (it would read {FFMPEG_FORMATS})")
+    with open(path, "rb") as f:
+        head = f.read(SIGNATURE_BYTES)
+    if container_signature(head) is None:
+        raise _CannotOpen(f"not started: the file starts like none of {FFMPEG_FORMATS}")
+    nice = shutil.which("nice")  # a program, not preexec_fn: subprocess then keeps its fast spawn
+    prefix = [nice, "-n", str(FFMPEG_NICE)] if nice else []
     err = tempfile.TemporaryFile()  # a file, not a pipe: ffmpeg never blocks on its messages
     # only plain files and the listed containers (no playlists that open other files or URLs); 16-bit PCM of the
     # first audio stream at its own rate and channels, in a WAV header that says them
     proc = subprocess.Popen(
-        [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file"]
+        prefix
+        + [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file"]
         + ["-format_whitelist", FFMPEG_DEMUXERS, "-i", f"file:{path.absolute()}"]
         + ["-vn", "-sn", "-dn", "-map_metadata", "-1", "-c:a", "pcm_s16le", "-f", "wav", "pipe:1"],
         stdin=subprocess.DEVNULL,
