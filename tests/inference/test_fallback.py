@@ -183,3 +183,46 @@ def test_real_base_texts_agree_with_the_loop_stop_on_and_off(monkeypatch):
         assert on == decode_texts(t.model, t.processor, clips, language, off), language
         assert all(on)
     assert any(cuts), "whisper-base should loop on synthetic Swahili, and the stop cut it"
+
+
+def test_no_speech_is_read_once_per_row_whatever_the_temperatures(looping, monkeypatch):
+    """The random model loops, so its rows fall back through the ladder; each row's no-speech probability is read
+    once (one decoder step on its encoder output), not again at every temperature."""
+    import whisper_lora.inference.decode as decode
+
+    t, clips = looping
+    read, steps = [], []
+    real, batch = decode.no_speech_probs, decode.generate_attempts
+    monkeypatch.setattr(decode, "no_speech_probs", lambda m, s: read.append(len(s)) or real(m, s))
+    texts = decode_texts(t.model, t.processor, clips, "sw", Decoding(max_new_tokens=24))
+    assert sum(read) == len(clips) and len(texts) == len(clips)
+    read.clear()
+    monkeypatch.setattr(
+        "whisper_lora.inference.transcriber.generate_attempts", lambda *a, **k: steps.append(1) or batch(*a, **k)
+    )
+    t.transcribe_batch(clips, "sw", adapter=None)
+    assert len(steps) > 1, "the random model should fall back"
+    assert sum(read) == len(clips)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "row_indexed"), [("routed", False), ("routed", True), ("hotswap", None)])
+def test_an_adapter_that_unlearnt_no_speech_still_gives_no_text_for_noise(mode, row_indexed):
+    """The shipped ``sw`` adapter was trained on speech alone: its own decoder gives ``<|nospeech|>`` about 0 on
+    noise and made up "Mkuri" for it. No-speech is read by the base's decoder on the row's own encoder output, in
+    every pool mode and on the window path (timestamps) too; speech keeps its text, in a batch or alone."""
+    import numpy as np
+
+    from whisper_lora.data.synth import shipped_sentences, synthesize
+
+    t = Transcriber("whisper-base", precision="int8", mode=mode, row_indexed=row_indexed)
+    noise = np.random.default_rng(0).normal(0, 3e-3, 48000).astype(np.float32)
+    speech = synthesize(shipped_sentences("sw", "test")[0], "sw", "m2")
+    alone = t.transcribe(speech, "sw", adapter="sw").text
+    got = t.transcribe_batch([noise, speech, noise], ["sw", "sw", "en"], adapter=["sw", "sw", None])
+    assert [r.text for r in got] == ["", alone, ""] and alone
+    assert [r.adapter for r in got] == ["sw", "sw", None]
+    assert t.transcribe(noise, "sw", adapter="sw", timestamps=True).segments == ()
+    assert t.transcribe(speech, "sw", adapter="sw", timestamps=True).text == alone
+    made_up = t.transcribe(noise, "sw", adapter="sw", options=DecodeOptions(no_speech_threshold=None)).text
+    assert made_up, "without the rule the adapter makes text up for noise"

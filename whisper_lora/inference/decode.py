@@ -240,31 +240,61 @@ def generate_attempts(
     if states is None:
         return attempts
     kept = feats if isinstance(feats, EncoderStates) else EncoderStates(states)
-    silence = no_speech_probs(model, kept, adapter_names) if decoding.options.no_speech_threshold is not None else None
-    return [
-        replace(a, states=kept.row(r), no_speech_prob=None if silence is None else silence[r])
-        for r, a in enumerate(attempts)
-    ]
+    return [replace(a, states=kept.row(r)) for r, a in enumerate(attempts)]  # ``Inputs.keep`` adds no_speech_prob
 
 
 @torch.no_grad()
-def no_speech_probs(model, states: EncoderStates, adapter_names: list[str] | None = None) -> list[float]:
-    """Each row's ``<|nospeech|>`` probability after ``<|startoftranscript|>`` (one decoder step on its encoder output,
-    with the row's adapter), over the base's own vocabulary, as openai-whisper and the long-form windows compute it."""
+def no_speech_probs(model, states: EncoderStates) -> list[float]:
+    """Each row's ``<|nospeech|>`` probability after ``<|startoftranscript|>`` (one decoder step of ``model`` on the
+    row's encoder output), over the base's own vocabulary, as openai-whisper and the long-form windows compute it."""
     gen = model.generation_config
     start = torch.full((len(states), 1), gen.decoder_start_token_id, dtype=torch.long, device=states.states.device)
-    kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
     with cross_attention_mask(model, states):
-        logits = model(encoder_outputs=(states.states,), decoder_input_ids=start, **kw).logits[:, -1]
+        logits = model(encoder_outputs=(states.states,), decoder_input_ids=start).logits[:, -1]
     return no_speech_probability(gen, logits).tolist()
 
 
+Untouched = Callable[[], contextlib.AbstractContextManager]  # a context that gives the model with no adapter active
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """``model`` with its peft adapters disabled for a while (a plain model as it is)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def silence_reader(untouched: Untouched, decoding: Decoding) -> Callable[[EncoderStates], list[float]] | None:
+    """How a short input's no-speech probability is read: by the untouched base's decoder on the row's own encoder
+    output (the adapter's encoding when it adapts the encoder). Adapters trained on speech alone unlearn
+    ``<|nospeech|>`` (the shipped ``sw`` gives it 0.000 on noise, where the base gives 0.80-0.94), so their own
+    decoder would never call anything silent. None when the no-speech rule is off."""
+    if decoding.options.no_speech_threshold is None:
+        return None
+
+    def read(states: EncoderStates) -> list[float]:
+        with untouched() as model:
+            return no_speech_probs(model, states)
+
+    return read
+
+
 def long_segments(
-    model, processor, audio: np.ndarray, whisper_language: str, decoding: Decoding, pause=None
+    model,
+    processor,
+    audio: np.ndarray,
+    whisper_language: str,
+    decoding: Decoding,
+    pause=None,
+    untouched: Untouched | None = None,
 ) -> list[Segment]:
     """Step 3: window-by-window decoding with the temperature fallback.
 
     ``pause`` (optional) is called at every decoding step; it may block while the model does other work.
+    ``untouched``: where each window's no-speech probability is read (``silence_reader``); None: ``model`` as it is.
     """
     return decode_segments(
         model,
@@ -275,6 +305,7 @@ def long_segments(
         decoding.num_beams,
         decoding.max_new_tokens,
         pause=pause,
+        untouched=untouched,
     )
 
 
@@ -387,11 +418,13 @@ class Inputs:
         states: dict[int, torch.Tensor] | None = None,
         frames: Callable[[int], int] | None = None,
         encode: Callable[[list[int], torch.Tensor], Sequence[torch.Tensor]] | None = None,
+        silence: Callable[[EncoderStates], list[float]] | None = None,
     ):
         if (frames is None) != (encode is None):
             raise ValueError("Inputs takes frames and encode together")
-        self.compute, self.frames, self.encode = compute, frames, encode
+        self.compute, self.frames, self.encode, self.silence = compute, frames, encode, silence
         self.states = {} if states is None else states  # filled in place: a caller may pass them on
+        self.no_speech: dict[int, float] = {}  # read once per row: the same at every temperature
 
     def __call__(self, rows: list[int]) -> torch.Tensor | EncoderStates:
         known = [k for k, i in enumerate(rows) if i in self.states]
@@ -412,11 +445,18 @@ class Inputs:
         return EncoderStates.stack([encoded[k] for k in range(len(rows))])
 
     def keep(self, rows: list[int], attempts: Sequence[Attempt]) -> list[Attempt]:
-        """Remember the rows' encoder outputs; returns ``attempts``."""
+        """Remember the rows' encoder outputs; returns ``attempts`` with each row's no-speech probability (read by
+        ``silence`` from its encoder output the first time, ``silence_reader``; None without a reader, or under beam
+        search, which returns no encoder output)."""
         for i, a in zip(rows, attempts, strict=True):
             if a.states is not None:
                 self.states[i] = a.states
-        return attempts
+        todo = [i for i, a in zip(rows, attempts, strict=True) if a.states is not None and i not in self.no_speech]
+        if todo and self.silence is not None:
+            self.no_speech.update(
+                zip(todo, self.silence(EncoderStates.stack([self.states[i] for i in todo])), strict=True)
+            )
+        return [replace(a, no_speech_prob=self.no_speech.get(i)) for i, a in zip(rows, attempts, strict=True)]
 
 
 def decode_texts(
@@ -436,12 +476,14 @@ def decode_texts(
     plus this many seconds (``trim.py``), not a 30 s window."""
 
     compute = lambda rows: features(model, processor, [audios[i] for i in rows])  # noqa: E731
+    untouched = lambda: adapters_off(model)  # noqa: E731
+    silence = silence_reader(untouched, decoding)
     if trim is None:
-        inputs = Inputs(compute, states)
+        inputs = Inputs(compute, states, silence=silence)
     else:
         allow_short_inputs(model)
         frames = lambda i: trimmed_frames(len(audios[i]), trim)  # noqa: E731
-        inputs = Inputs(compute, states, frames, lambda rows, feats: encoder_outputs(model, feats))
+        inputs = Inputs(compute, states, frames, lambda rows, feats: encoder_outputs(model, feats), silence)
 
     def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
         langs = [whisper_language] * len(rows)
@@ -450,6 +492,6 @@ def decode_texts(
         )
 
     def windows(i: int) -> list[Segment]:
-        return long_segments(model, processor, audios[i], whisper_language, decoding)
+        return long_segments(model, processor, audios[i], whisper_language, decoding, untouched=untouched)
 
     return decode_steps(audios, decoding, False, batch, windows)[0]

@@ -151,10 +151,13 @@ def no_speech_probability(generation_config, logits: torch.Tensor) -> torch.Tens
 
 class _NoSpeechRecorder:
     """``monitor_progress`` hook of ``generate``: at each window, the no-speech probability of the input
-    (Whisper's ``<|nospeech|>`` after ``<|startoftranscript|>``, on that window)."""
+    (Whisper's ``<|nospeech|>`` after ``<|startoftranscript|>``, on that window): the window encoded by ``model``, the
+    step decoded by ``untouched()``'s model (the base's decoder: adapters unlearn the token, ``decode.silence_reader``),
+    or by ``model`` when None."""
 
-    def __init__(self, model, feats: torch.Tensor, sot: int):
+    def __init__(self, model, feats: torch.Tensor, sot: int, untouched=None):
         self.model, self.feats, self.sot = model, feats, sot
+        self.untouched = untouched or (lambda: contextlib.nullcontext(model))
         self.windows: list[tuple[int, float]] = []  # (seek frame, probability)
 
     def __call__(self, seek_and_max: torch.Tensor) -> None:
@@ -165,7 +168,9 @@ class _NoSpeechRecorder:
         window = torch.nn.functional.pad(window, (0, N_FRAMES - window.shape[-1]))
         dec = torch.full((1, 1), self.sot, dtype=torch.long, device=self.feats.device)
         with torch.no_grad():  # transformers calls this hook outside generate's no_grad
-            logits = self.model(input_features=window, decoder_input_ids=dec).logits[:, 0]
+            encoded = self.model.get_encoder()(window)
+            with self.untouched() as decoder:
+                logits = decoder(encoder_outputs=encoded, decoder_input_ids=dec).logits[:, 0]
         self.windows.append((seek, float(no_speech_probability(self.model.generation_config, logits)[0])))
 
     def at(self, start: float) -> float | None:
@@ -231,11 +236,14 @@ def decode_segments(
     max_new_tokens: int = MAX_NEW_TOKENS,
     seed: int = 0,
     pause=None,
+    untouched=None,
 ) -> list[Segment]:
     """Timestamped segments of one input, decoded with ``model`` as it is (one adapter or none active).
 
     ``pause`` (optional) is called at every decoding step and may block while other calls use the model
     (it must leave the model as it found it; the attention implementation is restored around it).
+    ``untouched`` (optional): a context giving the model with no adapter active, whose decoder reads each window's
+    no-speech probability (``_NoSpeechRecorder``).
 
     One input per call: batched, transformers' long-form loop pads shorter inputs and shares the
     fallback's random stream between rows, so a neighbour could change a result. The temperature
@@ -252,7 +260,7 @@ def decode_segments(
     recorder = None
     if options.no_speech_threshold is not None:
         sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-        recorder = _NoSpeechRecorder(model, feats, sot)
+        recorder = _NoSpeechRecorder(model, feats, sot, untouched)
     kw = dict(
         input_features=feats,
         attention_mask=mask.to(model.device),  # the input's own length (word timing needs it)

@@ -22,7 +22,8 @@ from whisper_lora.inference.decode import Decoding
 from whisper_lora.inference.scoring import Scores
 
 log = logging.getLogger("whisper_lora")
-CACHE_VERSION = 3  # bump when the scoring itself changes (2: the batched fallback ladder, fallback.py; 3: silence)
+CACHE_VERSION = 4  # bump when the scoring itself changes (2: the batched fallback ladder, fallback.py; 3: silence;
+# 4: no-speech read by the base's decoder)
 
 
 def corpus_fingerprint(examples: Sequence) -> str:

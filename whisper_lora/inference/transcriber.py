@@ -26,6 +26,7 @@ from whisper_lora.inference.decode import (
     features,
     generate_attempts,
     long_segments,
+    silence_reader,
 )
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
 from whisper_lora.inference.language_id import LanguageEvidence, evidence_and_states, language_tokens
@@ -397,7 +398,8 @@ class Transcriber:
             return self._pool.decode(feats, langs, entries, lambda m, f, _, names: list(encoder_outputs(m, f, names)))
 
         compute = lambda rows: self.features([arrays[i] for i in rows])  # noqa: E731
-        inputs = Inputs(compute, states, lambda i: self._frames(plans[i], len(arrays[i])), encode)
+        silence = silence_reader(self._pool.base_model, decoding)  # the base's decoder, after the pool's call
+        inputs = Inputs(compute, states, lambda i: self._frames(plans[i], len(arrays[i])), encode, silence)
 
         calls = [0]  # ``ladder`` calls ``batch`` once per temperature: from the second call on, rows fall back
 
@@ -436,7 +438,12 @@ class Transcriber:
         def windows(i: int) -> list[Segment]:
             p = plans[i]
             pause = self._pause(gate, p.entry)
-            run = lambda model, _: [long_segments(model, self.processor, arrays[i], p.whisper, decoding, pause)]  # noqa: E731
+            # an adapter's windows read no-speech with the base's decoder (within the adapter's group: base_model()
+            # nests there); the base's own decode is already untouched
+            untouched = self._pool.base_model if p.entry is not None else None
+            run = lambda model, _: [  # noqa: E731
+                long_segments(model, self.processor, arrays[i], p.whisper, decoding, pause, untouched)
+            ]
             return self._pool.decode_groups([p.entry], run)[0]
 
         return decode_steps(arrays, decoding, timed, batch, windows, final, self._between(gate))
