@@ -2,7 +2,8 @@
 # Every GPU measurement of issues 32 and 33 in one run, about 5 minutes on an H100/H200 (run bench/gpu_prepare.sh here
 # first; on the device: carry [".whl", ".gpu"], command `OUT=$OUT bash bench/gpu_session.sh`):
 #   1. bench/gpu_decode.py: a batch of 16 windows spread over 1-8 adapters plus base rows, large-v3 shape, bf16;
-#   2. bench/gpu_train.py: training steps, large-v3 shape, int8 and bf16 at batches 8 and 32, against PEFT's recipe.
+#   2. bench/gpu_train.py: training steps, large-v3 shape, int8 and bf16 at batches 8 and 32, SDPA back-ends without
+#      cuDNN (auto) and torch's own choice, against PEFT's recipe.
 # The random checkpoint is built first; then each part has its own deadline, so one that runs long leaves the other its
 # time, and gpu_decode.py writes its JSON after every row. Results go to $OUT.
 # A CPU check of the same script: SHAPE=tiny DECODE="--precision fp32 --batch 4 --tokens 8 --repeats 1"
@@ -31,8 +32,9 @@ timeout "${DECODE_SECONDS:-120}" python3 bench/gpu_decode.py --shape "$SHAPE" --
   ${DECODE:-} --json "$OUT/gpu_decode.json" > "$OUT/gpu_decode.log" 2>&1
 echo "gpu_decode: exit $? after $(( $(date +%s) - start )) s"; tail -20 "$OUT/gpu_decode.log"
 # shellcheck disable=SC2086
-timeout "${TRAIN_SECONDS:-200}" python3 bench/gpu_train.py --shapes "$SHAPE" --processor "$PROC" --root "$ROOT" \
-  ${TRAIN:---batches 8 32 --precisions int8 bf16 --steps 4 --warmup 2} --json "$OUT/gpu_train.json" \
+timeout "${TRAIN_SECONDS:-240}" python3 bench/gpu_train.py --shapes "$SHAPE" --processor "$PROC" --root "$ROOT" \
+  ${TRAIN:---batches 8 32 --precisions int8 bf16 --attention auto torch --steps 4 --warmup 2} \
+  --json "$OUT/gpu_train.json" \
   > "$OUT/gpu_train.log" 2>&1
 echo "gpu_train: exit $? after $(( $(date +%s) - start )) s"; tail -20 "$OUT/gpu_train.log"
 rm -rf "$ROOT"

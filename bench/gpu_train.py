@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training speed on a GPU (and, with a small shape, on a CPU): whisper-lora's step against PEFT's int8 recipe.
 
-    python bench/gpu_train.py [--shapes base large-v3] [--batches 8 32] [--precisions int8 nf4 bf16]
+    python bench/gpu_train.py [--shapes base large-v3] [--batches 8 32] [--precisions int8 nf4 bf16] [--attention auto torch]
                               [--steps 6] [--warmup 3] [--processor DIR] [--root DIR] [--no-reference]
                               [--json bench/results/gpu_train.json]
     python bench/gpu_train.py --shapes tiny --batches 2 4 --precisions int8 fp32 --steps 3   # a CPU check
@@ -11,7 +11,8 @@ and a corpus of 64 tone clips of 3-8 s with 8-20 token transcripts: speed and me
 precision and batch size it runs
 
 - **whisper-lora**: ``train_adapter`` with the library's defaults for that precision (LoRA in every stack, trimmed
-  encoder input, duration-bucketed batches), no dev or test scoring;
+  encoder input, duration-bucketed batches), no dev or test scoring, once per ``--attention`` value (the SDPA
+  back-ends, ``base/attention.py``: ``auto`` leaves cuDNN out on CUDA, ``torch`` lets torch choose);
 - **reference** (int8 only): PEFT's int8 Whisper recipe written out plainly (``prepare_model_for_kbit_training``,
   LoRA r=32 on q/v, 30 s windows, gradient checkpointing, fp16 autocast on CUDA, AdamW lr 1e-3),
 
@@ -151,7 +152,7 @@ def reset_peak(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5")  # the kernel's peak-RSS mark starts again from here
 
 
-def run_ours(base: Path, manifest: Path, out: Path, precision: str, batch: int, device, a) -> dict:
+def run_ours(base: Path, manifest: Path, out: Path, precision: str, batch: int, device, a, attention="auto") -> dict:
     meter = Meter(device, a.warmup, a.steps)
     cfg = TrainConfig(
         language="sw",
@@ -159,6 +160,7 @@ def run_ours(base: Path, manifest: Path, out: Path, precision: str, batch: int, 
         out=str(out),
         base=str(base),
         precision=precision,
+        attention=attention,
         device=a.device,
         batch_size=batch,
         max_steps=a.warmup + a.steps + 2,
@@ -225,6 +227,12 @@ def main():
     p.add_argument(
         "--processor", default=None, help="a Whisper checkpoint dir for the tokenizer (default whisper-base)"
     )
+    p.add_argument(
+        "--attention",
+        nargs="+",
+        default=["auto"],
+        help="TrainConfig.attention values to run each precision with (auto leaves cuDNN out on CUDA; torch: its own)",
+    )
     p.add_argument("--no-reference", action="store_true", help="skip PEFT's int8 recipe")
     p.add_argument("--root", default=None, help="where random checkpoints are built and kept (gpu_decode.py's too)")
     p.add_argument("--json", default="bench/results/gpu_train.json")
@@ -240,18 +248,20 @@ def main():
         for shape in a.shapes:
             base = build_with_processor(shape, Path(a.root or tmp) / "bases", processor_dir)
             for batch in a.batches:
-                runs = [("whisper-lora", prec) for prec in a.precisions]
-                runs += [] if a.no_reference else [("PEFT int8 recipe", "int8")]
-                for who, prec in runs:
-                    out = tmp / f"{shape}-{prec}-{batch}" / "sw"
+                runs = [("whisper-lora", prec, att) for prec in a.precisions for att in a.attention]
+                runs += [] if a.no_reference else [("PEFT int8 recipe", "int8", "torch")]
+                for who, prec, att in runs:
+                    out = tmp / f"{shape}-{prec}-{att}-{batch}" / "sw"
                     if who == "whisper-lora":
-                        r = run_ours(base, manifest, out, prec, batch, device, a)
+                        r = run_ours(base, manifest, out, prec, batch, device, a, att)
                     else:
                         r = {**run_reference(base, manifest, batch, device, a), "trimmed": False, "trim": None}
                     r["shapes/epoch"] = epoch_shapes(durations, batch, r.pop("trim"))
-                    rows.append({"shape": shape, "run": who, "precision": prec, "batch": batch, **r})
+                    rows.append({"shape": shape, "run": who, "precision": prec, "attention": att, "batch": batch, **r})
                     print(json.dumps(rows[-1]), flush=True)
-    cols = ["shape", "run", "precision", "batch", "s/step", "utt/s", "busy", "host reads/step", "launches/step"]
+                    write(a.json, machine, a, rows)  # after every row: a deadline that cuts the run keeps what ran
+    cols = ["shape", "run", "precision", "attention", "batch", "s/step", "utt/s", "busy", "host reads/step"]
+    cols += ["launches/step"]
     cols += ["shapes/epoch", "peak MB"]
     print(f"\nTraining steps on {machine}; random weights of OpenAI's shapes, 3-8 s clips, mean of {a.steps} steps\n")
     print("| " + " | ".join(cols) + " |")
@@ -261,10 +271,14 @@ def main():
             "n/a" if r.get(c) is None else f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r[c]) for c in cols
         ]
         print("| " + " | ".join(cells) + " |")
-    out = Path(a.json)
+    print(f"\nwrote {write(a.json, machine, a, rows)}")
+
+
+def write(path: str, machine: str, a, rows: list[dict]) -> Path:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "steps": a.steps, "warmup": a.warmup, "rows": rows}, indent=2))
-    print(f"\nwrote {out}")
+    return out
 
 
 if __name__ == "__main__":

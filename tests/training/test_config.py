@@ -28,6 +28,7 @@ def test_every_problem_is_reported_at_once():
             split_fractions=(0.6, 0.6),
             cache_precision="int4",
             mixed_precision="fp16",
+            attention="sdpa",
             gradient_checkpointing="maybe",
             cache_storage="tape",
             batch_by_duration="yes",
@@ -44,6 +45,7 @@ def test_every_problem_is_reported_at_once():
         "split_fractions",
         "cache_precision='int4'; valid: auto, base, bf16, fp32",
         "mixed_precision='fp16'; valid: auto, bf16, no",
+        "attention='sdpa'; valid: auto, cudnn, efficient, flash, math, torch",
         "batch_by_duration='yes'; valid: true, false",
         "invalid device 'gpu'; valid: auto, cpu, cuda, cuda:N",  # not first found when the base is loaded
     ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from whisper_lora.base.attention import ATTENTIONS
 from whisper_lora.base.model import PRECISIONS, pick_device
 from whisper_lora.base.resolve import DEFAULT_BASE
 from whisper_lora.data.perturb import SNR_RANGE, SPEED_RANGE
@@ -57,6 +58,9 @@ class TrainConfig:
     cache_dir: str | None = None  # disk cache root (None: $WHISPER_LORA_CACHE/encoder)
     lean_backward: bool = True  # backward through frozen int8/nf4 layers without keeping their inputs
     mixed_precision: str = "auto"  # bf16 autocast of the training forward: auto (where bf16 is fast), bf16, no
+    # SDPA back-ends of the training step (base/attention.py): auto (on CUDA flash, memory-efficient, math: not cuDNN,
+    # whose host cost per call stalled the GPU), torch (torch's own choice), or one of flash, efficient, cudnn, math
+    attention: str = "auto"
     eval_every: int = 100  # steps between dev evaluations (0: only at the end); each costs time from max_minutes
     eval_samples: int = 32  # dev utterances decoded per evaluation
     max_new_tokens: int = MAX_NEW_TOKENS  # scoring decodes as transcribe does (decode.py): tokens a window at most
@@ -101,6 +105,8 @@ class TrainConfig:
             problems.append(f"score_precision={self.score_precision!r}; valid: {format_choices(SCORE_PRECISIONS)}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             problems.append(f"mixed_precision={self.mixed_precision!r}; valid: {format_choices(MIXED_PRECISIONS)}")
+        if self.attention not in ATTENTIONS:
+            problems.append(f"attention={self.attention!r}; valid: {format_choices(ATTENTIONS)}")
         if self.lr_decay not in LR_DECAYS:
             problems.append(f"lr_decay={self.lr_decay!r}; valid: {format_choices(LR_DECAYS)}")
         if self.data_format not in FORMATS:

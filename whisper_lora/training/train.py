@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from whisper_lora.atomic import recover, remove_directory
+from whisper_lora.base.attention import attention_backends
 from whisper_lora.base.hardware import device_summary, fast_bf16
 from whisper_lora.base.language_tokens import token_id
 from whisper_lora.base.model import load_base_model
@@ -275,15 +276,16 @@ def _train_step(run: Run, cfg: TrainConfig, acc, step: int, made: tuple[list[int
     labels = batch["labels"].to(acc.device, non_blocking=True)
     # frozen states come from the cache at its own precision, outside the step's autocast
     cached = run.enc_cache.get(idx).to(run.hidden_dtype) if run.enc_cache is not None else None
-    with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-        if cached is not None:
-            hidden = encode_upper(run.encoder, cached, run.enc_cache.frozen_layers)  # the adapted top layers
-            loss = run.model(encoder_outputs=(hidden,), labels=labels).loss
-        else:
-            loss = run.model(
-                input_features=batch["input_features"].to(acc.device, non_blocking=True), labels=labels
-            ).loss
-    acc.backward(loss)
+    with attention_backends(cfg.attention, acc.device):  # the backward too: checkpointing re-runs the forward there
+        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+            if cached is not None:
+                hidden = encode_upper(run.encoder, cached, run.enc_cache.frozen_layers)  # the adapted top layers
+                loss = run.model(encoder_outputs=(hidden,), labels=labels).loss
+            else:
+                loss = run.model(
+                    input_features=batch["input_features"].to(acc.device, non_blocking=True), labels=labels
+                ).loss
+        acc.backward(loss)
     acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
     run.opt.step()
     run.sched.step()
