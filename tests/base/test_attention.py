@@ -40,16 +40,26 @@ def test_the_context_restricts_what_sdpa_may_run():
 
 
 def test_training_steps_run_under_the_chosen_back_ends(tiny_dir, sw_corpus, tmp_path, monkeypatch):
-    """Each step (forward and backward) enters the context for the configured choice; the math back-end trains to
-    the same losses as torch's own choice, within float tolerance."""
-    import whisper_lora.training.train as train
+    """Every attention call of a step, the forward that gradient checkpointing re-runs inside the backward included,
+    runs with the configured back-ends (here math alone: flash off); and math trains to the same losses as torch's own
+    choice, within float tolerance."""
+    seen = []  # per SDPA call: (grad mode, flash allowed)
+    real = torch.nn.functional.scaled_dot_product_attention
 
-    entered = []
-    real = train.attention_backends
-    monkeypatch.setattr(train, "attention_backends", lambda c, d: entered.append((c, d.type)) or real(c, d))
-    kw = dict(eval_every=0, final_eval=False, mixed_precision="no", max_steps=3)
+    def spy(*args, **kwargs):
+        seen.append((torch.is_grad_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    kw = dict(eval_every=0, final_eval=False, mixed_precision="no", max_steps=2, gradient_checkpointing=True)
+    kw |= dict(cache_encoder=False, language_profile=False)
     math = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "m", attention="math", **kw), progress=False)
-    assert entered == [("math", "cpu")] * 3
+    step = [flash for grad, flash in seen if grad]  # the training steps' calls (scoring decodes without grad)
+    layers = 2 + 2 * 2  # the tiny model's attention calls per forward: 2 encoder, 2 decoder self and 2 cross
+    assert len(step) == 2 * 2 * layers, "2 steps, each forward run again by checkpointing inside the backward"
+    assert not any(step), "an attention call of a step ran outside the step's back-ends"
+    seen.clear()
     own = train_adapter(_cfg(tiny_dir, sw_corpus, tmp_path / "t", attention="torch", **kw), progress=False)
+    assert all(flash for grad, flash in seen if grad)
     losses = [[h["loss"] for h in r.state.history if "loss" in h] for r in (math, own)]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4) and len(losses[0]) >= 1
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4) and len(losses[0]) == 2

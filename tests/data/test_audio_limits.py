@@ -291,6 +291,11 @@ def test_bytes_that_start_like_no_container_never_start_ffmpeg(tmp_path, monkeyp
         (WEBM[:64], "matroska"),
         (b"\x00\x00\x00\x20ftypM4A ", "mov"),
         (b"RIFF\x24\x00\x00\x00WAVE", "wav"),
+        (b"RF64\xff\xff\xff\xffWAVE", "wav"),
+        (b"\x00\x00\x00\x08wide\x00\x00", "mov"),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x00fLaC", "mp3"),  # a tagged flac: ffmpeg probes past the tag
+        (b"ADIF\x00", "aac"),
+        (b"#!AMR-WB\n", "amr"),
         (b"fLaC\x00\x00\x00\x22", "flac"),
         (b"OggS\x00\x02", "ogg"),
         (b"ID3\x04\x00", "mp3"),
@@ -309,7 +314,7 @@ def test_container_signatures(head, container):
     assert container_signature(head) == container
 
 
-@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+@pytest.mark.skipif(FFMPEG is None or shutil.which("nice") is None, reason="ffmpeg or nice is not installed")
 def test_ffmpeg_runs_below_the_process_priority(tmp_path, monkeypatch):
     """A container only ffmpeg reads is decoded by an ffmpeg started through ``nice``: a flood of such uploads waits
     for the CPU instead of slowing transcription down."""

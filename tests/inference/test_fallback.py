@@ -194,9 +194,12 @@ def test_no_speech_is_read_once_per_row_whatever_the_temperatures(looping, monke
     read, steps = [], []
     real, batch = decode.no_speech_probs, decode.generate_attempts
     monkeypatch.setattr(decode, "no_speech_probs", lambda m, s: read.append(len(s)) or real(m, s))
+    monkeypatch.setattr(decode, "generate_attempts", lambda *a, **k: steps.append(1) or batch(*a, **k))
     texts = decode_texts(t.model, t.processor, clips, "sw", Decoding(max_new_tokens=24))
+    assert len(steps) > 1, "the random model should fall back"
     assert sum(read) == len(clips) and len(texts) == len(clips)
     read.clear()
+    steps.clear()
     monkeypatch.setattr(
         "whisper_lora.inference.transcriber.generate_attempts", lambda *a, **k: steps.append(1) or batch(*a, **k)
     )

@@ -78,6 +78,28 @@ def test_a_checkpoint_of_an_older_version_resumes(tiny_dir, sw_corpus, tmp_path,
     assert resumed.resumed_from == 2 and _same_adapter(uninterrupted.adapter_dir, resumed.adapter_dir)
 
 
+def test_a_run_from_before_a_config_key_existed_resumes(tiny_dir, sw_corpus, tmp_path, uninterrupted):
+    """A checkpoint, or a finished adapter, written before ``attention`` existed lacks the key: it counts as its
+    default, so the run resumes (or is found finished) instead of being refused as "another config". The key only
+    changes how fast a step runs, so a resume may change it too."""
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "old", **_QUICK)
+    train_until(cfg, 2)
+    state = tmp_path / "old.checkpoint" / STATE_FILE
+    doc = json.loads(state.read_text())
+    del doc["config"]["attention"]
+    state.write_text(json.dumps(doc))
+    resumed = train_adapter(replace(cfg, attention="math"), resume=True, progress=False)
+    assert resumed.resumed_from == 2 and _same_adapter(uninterrupted.adapter_dir, resumed.adapter_dir)
+    meta = tmp_path / "old" / "whisper_lora.json"
+    doc = json.loads(meta.read_text())
+    del doc["training"]["attention"]
+    meta.write_text(json.dumps(doc))
+    again = train_adapter(cfg, resume=True, progress=False)
+    assert again.already_finished and again.state.step == resumed.state.step
+    with pytest.raises(ConfigError, match=r"another config \(learning_rate\)"):
+        train_adapter(replace(cfg, learning_rate=1e-4), resume=True, progress=False)
+
+
 def test_resume_says_what_it_found_and_never_restarts_silently(tiny_dir, sw_corpus, tmp_path, caplog):
     kw = dict(max_steps=1, eval_every=0, final_eval=False, language_profile=False)
     cfg = tiny_train_config(tiny_dir, sw_corpus, tmp_path / "sw", **kw)

@@ -215,10 +215,11 @@ def _libsndfile(path: Path) -> _Stream:
 
 def container_signature(head: bytes) -> str | None:
     """The container (of ``FFMPEG_DEMUXERS``) a file's first bytes announce, or None: ffmpeg is started only for a
-    file that starts like one (starting it costs about 60 ms of CPU, which random bytes should not buy)."""
+    file that starts like one (starting it costs about 60 ms of CPU, which random bytes should not buy; a file crafted
+    to start like one still starts it, at ``FFMPEG_NICE``)."""
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "matroska"  # and webm
-    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"uuid", b"pnot", b"junk", b"udta", b"pict"):
         return "mov"  # and mp4, m4a
     for magic, name in (
         (b"RIFF", "wav"),

@@ -446,8 +446,8 @@ class Inputs:
 
     def keep(self, rows: list[int], attempts: Sequence[Attempt]) -> list[Attempt]:
         """Remember the rows' encoder outputs; returns ``attempts`` with each row's no-speech probability (read by
-        ``silence`` from its encoder output the first time, ``silence_reader``; None without a reader, or under beam
-        search, which returns no encoder output)."""
+        ``silence`` from its encoder output the first time, ``silence_reader``; None without a reader, or for a decode
+        that returned no encoder output)."""
         for i, a in zip(rows, attempts, strict=True):
             if a.states is not None:
                 self.states[i] = a.states

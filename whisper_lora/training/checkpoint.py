@@ -80,13 +80,19 @@ def _json_plain(value):
     return json.loads(json.dumps(value))
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """The config keys whose values differ between a checkpoint's config and the current one."""
-    saved, current = _json_plain(saved), _json_plain(current)
-    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+SPEED_ONLY = ("attention",)  # config keys that change how fast a step runs, never what it computes
 
 
-def finished_run(out_dir: str | Path, config: dict) -> AdapterMetadata | None:
+def config_changes(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
+    """The config keys whose values differ between a checkpoint's config and the current one. A key the saved config
+    lacks (a run from before the key existed) counts as its default (``defaults``: ``TrainConfig.defaults()``); keys
+    in ``SPEED_ONLY`` may change between a run and its resume."""
+    saved, current, defaults = _json_plain(saved), _json_plain(current), _json_plain(defaults or {})
+    keys = (saved.keys() | current.keys()) - set(SPEED_ONLY)
+    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != current.get(k))
+
+
+def finished_run(out_dir: str | Path, config: dict, defaults: dict | None = None) -> AdapterMetadata | None:
     """The metadata of the adapter a finished run of ``config`` (``TrainConfig.to_dict()``) left in ``out_dir``;
     None when there is a checkpoint to resume from or no usable adapter. An adapter of another config raises
     ``ConfigError`` naming what differs: resuming cannot tell which of the two is wanted."""
@@ -98,9 +104,9 @@ def finished_run(out_dir: str | Path, config: dict) -> AdapterMetadata | None:
     except AdapterError:
         return None  # nothing usable to keep: the run starts at step 0, as without a checkpoint
     # the metadata records the run's config: ``lora`` and the corpus apart, the rest among ``training``
-    saved = {k: meta.training.get(k) for k in config if k not in ("lora", "data", "out")}
+    saved = {k: meta.training[k] for k in config if k not in ("lora", "data", "out") and k in meta.training}
     saved |= {"lora": meta.lora, "data": meta.data.get("source")}
-    changed = config_changes(saved, {k: v for k, v in config.items() if k != "out"})
+    changed = config_changes(saved, {k: v for k, v in config.items() if k != "out"}, defaults)
     if changed:
         raise ConfigError(
             f"cannot resume: {out_dir} holds a finished adapter of another config ({', '.join(changed)}) and no "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from whisper_lora.base.attention import ATTENTIONS
@@ -206,6 +206,19 @@ class TrainConfig:
         d = asdict(replace(self, data=describe_source(self.data)))  # a datasets object is named, not copied
         d["lora"] = self.lora.to_dict()
         return d
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Each field's default as ``to_dict`` writes it (``language`` and ``data`` have none): what a run recorded
+        before a field existed behaved as."""
+        out = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                value = f.default_factory()
+                out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
