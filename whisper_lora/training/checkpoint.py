@@ -33,6 +33,7 @@ from whisper_lora.atomic import atomic_directory
 from whisper_lora.errors import AdapterError, CheckpointError, ConfigError, LockedError
 from whisper_lora.locks import FileLock
 from whisper_lora.registry.adapter_io import AdapterMetadata, validate_adapter
+from whisper_lora.training.config import TrainConfig
 
 FORMAT = "whisper-lora/checkpoint"
 VERSION = 1
@@ -83,16 +84,16 @@ def _json_plain(value):
 SPEED_ONLY = ("attention",)  # config keys that change how fast a step runs, never what it computes
 
 
-def config_changes(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
+def config_changes(saved: dict, current: dict) -> list[str]:
     """The config keys whose values differ between a checkpoint's config and the current one. A key the saved config
-    lacks (a run from before the key existed) counts as its default (``defaults``: ``TrainConfig.defaults()``); keys
-    in ``SPEED_ONLY`` may change between a run and its resume."""
-    saved, current, defaults = _json_plain(saved), _json_plain(current), _json_plain(defaults or {})
+    lacks (a run from before the key existed) counts as its default (``TrainConfig.defaults()``); keys in
+    ``SPEED_ONLY`` may change between a run and its resume."""
+    saved, current, defaults = _json_plain(saved), _json_plain(current), _json_plain(TrainConfig.defaults())
     keys = (saved.keys() | current.keys()) - set(SPEED_ONLY)
     return sorted(k for k in keys if saved.get(k, defaults.get(k)) != current.get(k))
 
 
-def finished_run(out_dir: str | Path, config: dict, defaults: dict | None = None) -> AdapterMetadata | None:
+def finished_run(out_dir: str | Path, config: dict) -> AdapterMetadata | None:
     """The metadata of the adapter a finished run of ``config`` (``TrainConfig.to_dict()``) left in ``out_dir``;
     None when there is a checkpoint to resume from or no usable adapter. An adapter of another config raises
     ``ConfigError`` naming what differs: resuming cannot tell which of the two is wanted."""
@@ -106,7 +107,7 @@ def finished_run(out_dir: str | Path, config: dict, defaults: dict | None = None
     # the metadata records the run's config: ``lora`` and the corpus apart, the rest among ``training``
     saved = {k: meta.training[k] for k in config if k not in ("lora", "data", "out") and k in meta.training}
     saved |= {"lora": meta.lora, "data": meta.data.get("source")}
-    changed = config_changes(saved, {k: v for k, v in config.items() if k != "out"}, defaults)
+    changed = config_changes(saved, {k: v for k, v in config.items() if k != "out"})
     if changed:
         raise ConfigError(
             f"cannot resume: {out_dir} holds a finished adapter of another config ({', '.join(changed)}) and no "

@@ -207,7 +207,7 @@ def _checkpoint_to_resume(cfg: TrainConfig, ckpt_dir: Path, resume: bool, main: 
         if main:
             log.warning("resume: no checkpoint at %s; starting at step 0", ckpt_dir)
         return None
-    changed = config_changes(saved.config, cfg.to_dict(), TrainConfig.defaults())
+    changed = config_changes(saved.config, cfg.to_dict())
     if changed:
         raise ConfigError(f"cannot resume from {ckpt_dir}: the config changed ({', '.join(changed)})")
     return saved
@@ -372,7 +372,7 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     cfg = resolve_auto_settings(cfg, acc.device, show=progress and main)
 
     # set up (and resume)
-    finished = finished_run(cfg.out_dir, cfg.to_dict(), TrainConfig.defaults()) if resume else None
+    finished = finished_run(cfg.out_dir, cfg.to_dict()) if resume else None
     if finished is not None:
         return _already_finished(cfg, finished, main)
     saved = _checkpoint_to_resume(cfg, ckpt_dir, resume, main)
