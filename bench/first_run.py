@@ -14,6 +14,7 @@ AVX-512 machine. The table names the CPU.
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ def bar_seconds(log: str, name: str) -> float | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--avx2", action="store_true", help="cap torch, MKL and oneDNN to AVX2")
-    p.add_argument("--keep", help="clone into this directory (default: a new temporary one)")
+    p.add_argument("--keep", help="clone into this directory and keep it (default: a new temporary one, removed)")
     a = p.parse_args()
     work = Path(a.keep or tempfile.mkdtemp(prefix="first-run-"))
     clone, cache = work / "clone", work / "cache"
@@ -74,7 +75,7 @@ def main() -> None:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    print(f"device: {cpu}{' (capped to AVX2)' if a.avx2 else ''}; log: {work / 'log.txt'}")
+    print(f"device: {cpu}{' (capped to AVX2)' if a.avx2 else ''}")
     print(f"command: {command}")
     print("| phase | seconds |\n|---|---|")
     print(f"| whole command (rc {out.returncode}) | **{total:.0f}** ({total / 60:.1f} min) |")
@@ -87,6 +88,10 @@ def main() -> None:
         if line.startswith(("trained ", "base ", "adapter ", "relative ")):
             print(f"    {line}")
     print(f"git status: {'clean' if not dirty else dirty}")
+    if not a.keep:  # the clone, its venv and the cache take 3.4 GB; only the log is kept
+        shutil.move(work / "log.txt", kept := Path(tempfile.mkstemp(prefix="first-run-", suffix=".log")[1]))
+        shutil.rmtree(work)
+        print(f"removed {work}; log kept at {kept}")
     sys.exit(out.returncode)
 
 
