@@ -18,8 +18,10 @@ All ratios are measured side by side in one run (the machines are noisy).
 """
 
 import argparse
+import atexit
 import csv
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -327,6 +329,7 @@ def short_clips(a) -> dict:
     if pad is None:
         raise SystemExit(f"{adapter}'s metadata does not choose trimmed input (eval --write-metadata measures it)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-short-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the merged model and its export: 370 MB
     manifest, _ = build_fillets_manifest(DEFAULT_ROOT, tmp / "manifest.csv")
 
     with open(manifest, newline="", encoding="utf-8") as f:
