@@ -46,3 +46,44 @@ def test_full_precision_models_and_repeated_calls_are_left_alone(tiny_dir):
     model = load_base_model(str(tiny_dir), "int8", "cpu").model
     model = apply_lora(model, LoraSpec(r=4, alpha=8))
     assert make_backward_lean(model) == 32 and make_backward_lean(model) == 0
+
+
+class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The input dtypes of every matrix product dispatched while active."""
+
+    PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[torch.dtype, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.PRODUCTS:
+            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("precision", ["int8", "nf4"])
+def test_backward_products_follow_autocast(tiny_dir, precision):
+    """Under bf16 autocast no product of the backward runs in float32 (issue 32: the int8 step's f32 GEMMs came
+    from here), and the gradients stay those of bitsandbytes' own backward to bf16 rounding."""
+    grads = {}
+    for lean in (False, True):
+        model = load_base_model(str(tiny_dir), precision, "cpu").model
+        torch.manual_seed(0)
+        model = apply_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0, targets=("q", "v")))
+        if lean:
+            make_backward_lean(model)
+        model.train()
+        torch.manual_seed(1)
+        feats, labels = torch.randn(2, 80, 3000), torch.randint(0, 50000, (2, 10))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_features=feats, labels=labels).loss
+        products = _MatmulDtypes()
+        with products:
+            loss.backward()
+        grads[lean] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert len(products.seen) > 32  # every quantised layer's grad-input product and LoRA's own
+    assert all(torch.float32 not in dtypes for dtypes in products.seen), set(products.seen)
+    for k, g in grads[False].items():
+        torch.testing.assert_close(grads[True][k], g, rtol=0.05, atol=0.05 * float(g.abs().max()))

@@ -7,6 +7,11 @@ only drops tensors saved through ``save_for_backward``. With LoRA every base wei
 ``make_backward_lean`` routes each quantised layer through a function that saves nothing and computes
 ``grad_input = grad_output @ dequantize(W)`` in the backward pass, with bitsandbytes' own dequantisation.
 The forward pass is the layer's own, untouched.
+
+That product runs where autocast would run a plain linear layer's: in the autocast dtype when the forward ran
+under autocast (bf16 on a GPU or an AVX512-BF16 CPU), else in the input's dtype. Without this rule the input of
+an int8 layer under autocast is float32 (layer norms autocast to float32), and the backward's largest GEMMs ran
+in float32: the ``sm80_xmma_gemm_f32f32`` kernels of issue 32's int8 profile.
 """
 
 from __future__ import annotations
@@ -20,13 +25,24 @@ class _FrozenQuantLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
         ctx.layer, ctx.dtype, ctx.shape = layer, x.dtype, x.shape
+        ctx.compute = backward_dtype(x)
         with torch.no_grad():
             return getattr(layer, _ORIGINAL)(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weight = _dequantized_weight(ctx.layer).to(ctx.dtype)
-        return (grad.reshape(-1, grad.shape[-1]).to(ctx.dtype) @ weight).view(ctx.shape), None
+        weight = _dequantized_weight(ctx.layer).to(ctx.compute)
+        grad_input = grad.reshape(-1, grad.shape[-1]).to(ctx.compute) @ weight
+        return grad_input.to(ctx.dtype).view(ctx.shape), None
+
+
+def backward_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the grad-input product for input ``x``: autocast's, if active on its device, else ``x``'s own
+    (as autocast treats a plain linear layer: floating inputs are cast to its dtype, the backward follows)."""
+    device = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def _dequantized_weight(layer) -> torch.Tensor:
