@@ -69,6 +69,12 @@ def test_a_gpu_trains_in_bf16_wherever_it_fits(monkeypatch):
     """Issue 32's measurements: bf16 is faster than the int8 base and peaks lower, so every card that holds large-v3
     in bf16 with checkpointing (about 3.5 bytes per parameter measured, 4.5 asked) trains it so; smaller cards int8."""
     gpu = torch.device("cuda", 0)
+    native = {"bf16": True}
+    # as torch answers: yes with emulation, natively only where the GPU has bf16
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native["bf16"]
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
     for gib, n_params, want in [
         (8, 1_550_000_000, ("bf16", True)),  # large-v3 on an 8 GB consumer card
         (24, 1_550_000_000, ("bf16", True)),
@@ -82,3 +88,7 @@ def test_a_gpu_trains_in_bf16_wherever_it_fits(monkeypatch):
         p = choose_profile(gpu, n_params)
         assert (p.precision, p.gradient_checkpointing) == want, (gib, n_params, p.describe())
         assert p.batch_size == 8 and (f"of {gib}" in p.describe() or f"has {gib}" in p.describe())
+    native["bf16"] = False  # a T4 or V100: torch emulates bf16 there (slowly), and says so only when asked
+    p = choose_profile(gpu, 1_550_000_000)
+    assert (p.precision, p.gradient_checkpointing) == ("int8", True) and "only emulates bf16" in p.describe()
+    assert choose_profile(gpu, 74_000_000).precision == "int8"

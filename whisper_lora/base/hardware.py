@@ -77,9 +77,10 @@ def cpu_info() -> CpuInfo:
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX)."""
+    """Whether ``device`` computes bf16 matmuls natively (CUDA from Ampere on, CPUs with AVX512-BF16 or AMX). torch's
+    plain ``is_bf16_supported()`` also says yes where bf16 is only emulated (a T4, a V100), where it is slow."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and cpu_info().fast_bf16
 
 
@@ -87,5 +88,5 @@ def device_summary(device: torch.device | str = "cpu") -> str:
     """One line naming the compute device, for logs and benchmark tables."""
     device = torch.device(device)
     if device.type == "cuda":
-        return f"CUDA {torch.cuda.get_device_name(device)} (bf16: {torch.cuda.is_bf16_supported()})"
+        return f"CUDA {torch.cuda.get_device_name(device)} (native bf16: {fast_bf16(device)})"
     return cpu_info().summary()

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from whisper_lora.base.hardware import cpu_info
+from whisper_lora.base.hardware import cpu_info, fast_bf16
 
 # fp32 weights at most this share of RAM train unquantised on a CPU
 CPU_FP32_RAM_SHARE = 0.15
@@ -126,7 +126,10 @@ def choose_profile(
         total = torch.cuda.get_device_properties(device).total_memory
         large = n_params > CHECKPOINTING_PARAMS
         need = n_params * (GPU_BYTES_PER_PARAM_BF16_CHECKPOINTED if large else GPU_BYTES_PER_PARAM_BF16)
-        if need < total:
+        if not fast_bf16(device):
+            precision = "int8"
+            reasons.append(f"precision int8: this GPU ({torch.cuda.get_device_name(device)}) only emulates bf16")
+        elif need < total:
             precision = "bf16"
             reasons.append(
                 f"precision bf16: the {size} needs ~{need / 2**30:.1f} GiB, the GPU has {total / 2**30:.0f}; "
