@@ -42,7 +42,9 @@ def bar_seconds(log: str, name: str) -> float | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--avx2", action="store_true", help="cap torch, MKL and oneDNN to AVX2")
-    p.add_argument("--keep", help="clone into this directory and keep it (default: a new temporary one, removed)")
+    p.add_argument(
+        "--keep", help="clone into this directory and keep it (default: a new temporary one, removed if all went well)"
+    )
     a = p.parse_args()
     work = Path(a.keep or tempfile.mkdtemp(prefix="first-run-"))
     clone, cache = work / "clone", work / "cache"
@@ -88,10 +90,14 @@ def main() -> None:
         if line.startswith(("trained ", "base ", "adapter ", "relative ")):
             print(f"    {line}")
     print(f"git status: {'clean' if not dirty else dirty}")
-    if not a.keep:  # the clone, its venv and the cache take 3.4 GB; only the log is kept
-        shutil.move(work / "log.txt", kept := Path(tempfile.mkstemp(prefix="first-run-", suffix=".log")[1]))
+    if a.keep or out.returncode or dirty:  # kept to look into: asked for, or something went wrong
+        print(f"kept {work} (log: {work / 'log.txt'})")
+    else:  # the clone, its venv and the cache take 3.4 GB; only the log is kept
+        fd, kept = tempfile.mkstemp(prefix="first-run-", suffix=".log")
+        os.close(fd)
+        shutil.move(work / "log.txt", kept)
         shutil.rmtree(work)
-        print(f"removed {work}; log kept at {kept}")
+        print(f"removed {work}; log: {kept}")
     sys.exit(out.returncode)
 
 

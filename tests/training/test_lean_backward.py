@@ -63,8 +63,8 @@ class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("precision", ["int8", "nf4"])
-def test_backward_products_follow_autocast(tiny_dir, precision):
+@pytest.mark.parametrize("precision, checkpointing", [("int8", False), ("nf4", False), ("int8", True)])
+def test_backward_products_follow_autocast(tiny_dir, precision, checkpointing):
     """Under bf16 autocast no product of the backward runs in float32 (issue 32: the int8 step's f32 GEMMs came
     from here), and the gradients stay those of bitsandbytes' own backward to bf16 rounding."""
     grads = {}
@@ -74,6 +74,8 @@ def test_backward_products_follow_autocast(tiny_dir, precision):
         model = apply_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0, targets=("q", "v")))
         if lean:
             make_backward_lean(model)
+        if checkpointing:  # the forward runs again inside the backward, autocast restored by torch
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         torch.manual_seed(1)
         feats, labels = torch.randn(2, 80, 3000), torch.randint(0, 50000, (2, 10))

@@ -466,3 +466,25 @@ def test_score_precision_is_validated_and_train_scores_with_the_training_model(t
         _cfg(tiny_dir, sw_corpus, tmp_path / "x", score_precision="int3")
     cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "fp32", score_precision="train", max_steps=2, language_profile=False)
     assert read_metadata(train_adapter(cfg, progress=False).adapter_dir).metrics["precision"] == "fp32"
+
+
+def test_resume_keeps_the_runs_own_auto_choices(tiny_dir, sw_corpus, tmp_path, uninterrupted, monkeypatch, caplog):
+    """``auto`` settings resolve per machine and per whisper-lora version (issue 32 changed what a GPU picks): a
+    resume keeps what the run chose, from its checkpoint or its finished adapter, instead of refusing "another
+    config"; a setting given explicitly is still compared."""
+    from whisper_lora.base.profile import Profile
+    from whisper_lora.training import train as train_module
+
+    cfg = _cfg(tiny_dir, sw_corpus, tmp_path / "auto", **_QUICK, precision="auto")
+    train_until(cfg, 2)
+    elsewhere = Profile("int8", True, 4, ("precision int8: what a newer profile picks",))
+    monkeypatch.setattr(train_module, "choose_profile", lambda *a, **k: elsewhere)
+    with caplog.at_level(logging.INFO, logger="whisper_lora"):
+        resumed = train_adapter(cfg, resume=True, progress=False)
+    assert "auto settings as the run chose them: precision fp32, gradient_checkpointing False" in caplog.text
+    assert resumed.resumed_from == 2 and _same_adapter(uninterrupted.adapter_dir, resumed.adapter_dir)
+    again = train_adapter(cfg, resume=True, progress=False)  # finished: its metadata says what it chose
+    assert again.already_finished
+    assert train_module.resolve_auto_settings(cfg, torch.device("cpu")).precision == "int8"  # the patch holds
+    with pytest.raises(ConfigError, match=r"another config \(gradient_checkpointing, precision\)"):
+        train_adapter(replace(cfg, precision="int8", gradient_checkpointing=True), resume=True, progress=False)

@@ -13,9 +13,14 @@ the base's size, and says why, so ``whisper-lora train`` prints what it picked. 
 - On a GPU the base is bf16 wherever it fits, else 8-bit. Issue 32's H200 measurements (large-v3's shape, 3-8 s
   clips, checkpointing, LoRA defaults): bf16 trains 2.4x faster than the int8 base (0.75 vs 1.80 s per step at batch
   8, 0.73 vs 1.94 at 32) and peaks lower (5,352 vs 5,959 MB at batch 8, 5,510 vs 5,965 at 32), since an int8 base
-  keeps its other parts and its activations in float32. With checkpointing a bf16 run takes about 3.5 bytes per
-  parameter there; 4.5 are asked for, room for 30 s inputs (so large-v3 takes bf16 on an 8 GB card). Without
-  checkpointing (small bases) activations dominate: 16 bytes per parameter are asked for.
+  keeps its other parts and its activations in float32 (at batch 1 the int8 base peaks lower: 2.3 vs 3.3 GB on an
+  H100, docs/benchmarks.md). With checkpointing a bf16 run took about 3.5 bytes per parameter there (tensors only,
+  short clips); 4.5 are asked for, plus 1 GiB for the CUDA context, so large-v3 (7.5 GiB) takes bf16 on cards of
+  8 GB and more, at the edge on 8 GB ones. The int8 run on 30 s windows peaked at 5,968 MB, within that budget with
+  bf16's weights instead. Without checkpointing (small bases) activations dominate: 16 bytes per parameter. GPUs
+  that only emulate bf16 (T4, V100) get fp32 for small bases where twice that fits, else int8 (the usual T4
+  recipe). Measured before ``lean_backward`` followed autocast, which speeds up the int8 step; not re-measured on a
+  GPU since.
 - Encoder input: an adapter whose encoder layers are all trained learns on each clip plus 1 s instead
   of a 30 s window (``trim.py``): a step is ~4.5x faster (batch 4: 1.9 s vs 8.4 s) and the adapter is
   still decoded on 30 s windows. Where the encoder is not adapted, or its lower layers are cached, the
@@ -44,6 +49,8 @@ CHECKPOINTING_PARAMS = 300_000_000
 # checkpointing (measured order), and with it (3.5 measured on an H200 for large-v3's shape, 3-8 s clips; see above)
 GPU_BYTES_PER_PARAM_BF16 = 16
 GPU_BYTES_PER_PARAM_BF16_CHECKPOINTED = 4.5
+# of a GPU's memory, kept for the CUDA context and the allocator's slack (the measurements count tensors only)
+GPU_RESERVED_BYTES = 2**30
 # training activations per utterance without checkpointing, whisper-base with LoRA in every encoder layer
 # (peak RSS 7.9 GB at batch 8 in fp32 on a CPU); scaled by width and encoder depth for other bases
 ACTIVATION_BYTES_BASE = 0.95e9
@@ -126,20 +133,23 @@ def choose_profile(
         total = torch.cuda.get_device_properties(device).total_memory
         large = n_params > CHECKPOINTING_PARAMS
         need = n_params * (GPU_BYTES_PER_PARAM_BF16_CHECKPOINTED if large else GPU_BYTES_PER_PARAM_BF16)
-        if not fast_bf16(device):
-            precision = "int8"
-            reasons.append(f"precision int8: this GPU ({torch.cuda.get_device_name(device)}) only emulates bf16")
-        elif need < total:
+        free = total - GPU_RESERVED_BYTES
+        gib = f"~{need / 2**30:.1f} GiB of the GPU's {total / 2**30:.0f}"
+        if fast_bf16(device) and need <= free:
             precision = "bf16"
             reasons.append(
-                f"precision bf16: the {size} needs ~{need / 2**30:.1f} GiB, the GPU has {total / 2**30:.0f}; "
-                "bf16 trains ~2.4x faster than the int8 base, in no more memory"
+                f"precision bf16: the {size} needs {gib}; at batch 8-32 bf16 trained faster than the int8 base "
+                "and peaked lower (large-v3's shape, H200)"
+            )
+        elif not fast_bf16(device) and not large and 2 * need <= free:
+            precision = "fp32"
+            reasons.append(
+                f"precision fp32: this GPU only emulates bf16; the {size} needs ~{2 * need / 2**30:.1f} GiB in fp32"
             )
         else:
             precision = "int8"
-            reasons.append(
-                f"precision int8: the {size} in bf16 would need ~{need / 2**30:.1f} GiB of {total / 2**30:.0f}"
-            )
+            why = "this GPU only emulates bf16" if not fast_bf16(device) else f"in bf16 the {size} would need {gib}"
+            reasons.append(f"precision int8: {why}")
         checkpointing = large or precision == "int8"
     else:
         cpu = cpu_info()

@@ -33,7 +33,7 @@ from whisper_lora.atomic import atomic_directory
 from whisper_lora.errors import AdapterError, CheckpointError, ConfigError, LockedError
 from whisper_lora.locks import FileLock
 from whisper_lora.registry.adapter_io import AdapterMetadata, validate_adapter
-from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.config import AUTO_SETTINGS, TrainConfig
 
 FORMAT = "whisper-lora/checkpoint"
 VERSION = 1
@@ -91,6 +91,29 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     saved, current, defaults = _json_plain(saved), _json_plain(current), _json_plain(TrainConfig.defaults())
     keys = (saved.keys() | current.keys()) - set(SPEED_ONLY)
     return sorted(k for k in keys if saved.get(k, defaults.get(k)) != current.get(k))
+
+
+def saved_choices(out_dir: str | Path) -> dict:
+    """What the run ``out_dir`` resolved its ``auto`` settings to (``AUTO_SETTINGS``): from its checkpoint's config,
+    else from its finished adapter's metadata. A resume keeps them, so a whisper-lora whose ``auto`` now chooses
+    otherwise (or another machine) still resumes the run instead of calling it another config. {} when there is
+    nothing readable: the checks that follow say what is wrong."""
+    out_dir = Path(out_dir)
+    ckpt_dir = checkpoint_dir(out_dir)
+    if os.path.lexists(ckpt_dir):
+        try:
+            if (ckpt_dir / STATE_FILE).is_file():  # the JSON alone, not the tensors
+                config = json.loads((ckpt_dir / STATE_FILE).read_text(encoding="utf-8"))["config"]
+            else:
+                config = read_checkpoint(ckpt_dir).config
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError):
+            return {}
+    else:
+        try:
+            config = validate_adapter(out_dir).training if os.path.lexists(out_dir) else {}
+        except AdapterError:
+            return {}
+    return {k: config[k] for k in AUTO_SETTINGS if isinstance(config, dict) and k in config and config[k] != "auto"}
 
 
 def finished_run(out_dir: str | Path, config: dict) -> AdapterMetadata | None:

@@ -24,6 +24,10 @@ DEFAULT_MAX_STEPS = 300  # the step budget when neither max_steps nor max_minute
 _INVALID = "invalid training config:\n  - "
 
 
+# settings whose ``auto`` is resolved for the machine (``train.resolve_auto_settings``); a resume keeps the run's own
+AUTO_SETTINGS = ("precision", "gradient_checkpointing", "batch_size", "trim_padding")
+
+
 @dataclass
 class TrainConfig:
     """Everything ``train_adapter`` needs; every field has a working default but ``language``/``data``."""

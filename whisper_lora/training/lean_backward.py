@@ -38,9 +38,10 @@ class _FrozenQuantLinear(torch.autograd.Function):
 
 def backward_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype of the grad-input product for input ``x``: autocast's, if active on its device, else ``x``'s own
-    (as autocast treats a plain linear layer: floating inputs are cast to its dtype, the backward follows)."""
+    (as autocast treats a plain linear layer: float32/16 inputs are cast to its dtype, the backward follows; it
+    leaves float64 alone)."""
     device = x.device.type
-    if x.is_floating_point() and torch.is_autocast_enabled(device):
+    if x.dtype in (torch.float32, torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return x.dtype
 

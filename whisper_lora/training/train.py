@@ -44,9 +44,10 @@ from whisper_lora.training.checkpoint import (
     lock_output,
     read_checkpoint,
     restore_optimizer,
+    saved_choices,
     write_checkpoint,
 )
-from whisper_lora.training.config import TrainConfig
+from whisper_lora.training.config import AUTO_SETTINGS, TrainConfig
 from whisper_lora.training.encoder_cache import EncoderCache, encode_upper
 from whisper_lora.training.estimate import describe, estimate_phases
 from whisper_lora.training.language_token import choose_token
@@ -76,7 +77,7 @@ class TrainResult:
 def resolve_auto_settings(cfg: TrainConfig, device: torch.device, show: bool = False) -> TrainConfig:
     """``cfg`` with its ``auto`` settings (precision, checkpointing, batch size, trimming) chosen by the device's
     profile and the adapter's shape."""
-    auto = [k for k in ("precision", "gradient_checkpointing", "batch_size") if getattr(cfg, k) == "auto"]
+    auto = [k for k in AUTO_SETTINGS if k != "trim_padding" and getattr(cfg, k) == "auto"]
     if not auto and cfg.trim_padding != "auto":
         return cfg
     from transformers import WhisperConfig
@@ -191,6 +192,14 @@ def _set_up(cfg: TrainConfig, acc, show: bool, token: dict | None = None) -> Run
         durations=tuple(e.duration for e in data["train"]),
         token=token,
     )
+
+
+def _keep_saved_choices(cfg: TrainConfig, main: bool) -> TrainConfig:
+    """``cfg`` with each ``auto`` setting the resumed run resolved (``checkpoint.saved_choices``) set as it did."""
+    kept = {k: v for k, v in saved_choices(cfg.out_dir).items() if getattr(cfg, k) == "auto"}
+    if kept and main:
+        log.info("resume: auto settings as the run chose them: %s", ", ".join(f"{k} {v}" for k, v in kept.items()))
+    return replace(cfg, **kept) if kept else cfg
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, ckpt_dir: Path, resume: bool, main: bool) -> Checkpoint | None:
@@ -369,6 +378,8 @@ def _train(cfg: TrainConfig, acc, resume: bool, progress: bool, callbacks) -> Tr
     ckpt_dir = checkpoint_dir(cfg.out_dir)
     main = acc.is_main_process
     lang = resolve_language(cfg.language).code
+    if resume:
+        cfg = _keep_saved_choices(cfg, main)
     cfg = resolve_auto_settings(cfg, acc.device, show=progress and main)
 
     # set up (and resume)
