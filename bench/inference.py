@@ -191,10 +191,10 @@ def rtf_section(a, results, audio, seconds):
     )
 
 
-def forced_decode(model, feats, tokens: int, adapter_names=None) -> None:
+def forced_decode(model, feats, tokens: int, adapter_names=None, **generate_kw) -> None:
     """Every row decodes exactly ``tokens`` tokens (the same work whatever the weights): the adapters measurement
-    (here and ``gpu_decode.py``); ``adapter_names``: peft's per-row adapters."""
-    kw = {"adapter_names": adapter_names} if adapter_names else {}
+    (here and ``gpu_decode.py``); ``adapter_names``: peft's per-row adapters; ``generate_kw``: more for ``generate``."""
+    kw = {"adapter_names": adapter_names, **generate_kw} if adapter_names else generate_kw
     with torch.no_grad():
         model.generate(
             input_features=feats, language="en", task="transcribe", min_new_tokens=tokens, max_new_tokens=tokens, **kw
