@@ -479,9 +479,11 @@ def test_resume_keeps_the_runs_own_auto_choices(tiny_dir, sw_corpus, tmp_path, u
     train_until(cfg, 2)
     elsewhere = Profile("int8", True, 4, ("precision int8: what a newer profile picks",))
     monkeypatch.setattr(train_module, "choose_profile", lambda *a, **k: elsewhere)
+    monkeypatch.setattr(train_module, "choose_trim_padding", lambda *a, **k: (2.0, "a newer padding"))
     with caplog.at_level(logging.INFO, logger="whisper_lora"):
         resumed = train_adapter(cfg, resume=True, progress=False)
-    assert "auto settings as the run chose them: precision fp32, gradient_checkpointing False" in caplog.text
+    said = "auto settings as the run chose them: precision fp32, gradient_checkpointing False, trim_padding 1.0\n"
+    assert said in caplog.text and resumed.metadata.training["trim_padding"] == 1.0
     assert resumed.resumed_from == 2 and _same_adapter(uninterrupted.adapter_dir, resumed.adapter_dir)
     again = train_adapter(cfg, resume=True, progress=False)  # finished: its metadata says what it chose
     assert again.already_finished

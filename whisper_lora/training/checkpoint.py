@@ -103,7 +103,10 @@ def saved_choices(out_dir: str | Path) -> dict:
     if os.path.lexists(ckpt_dir):
         try:
             if (ckpt_dir / STATE_FILE).is_file():  # the JSON alone, not the tensors
-                config = json.loads((ckpt_dir / STATE_FILE).read_text(encoding="utf-8"))["config"]
+                doc = json.loads((ckpt_dir / STATE_FILE).read_text(encoding="utf-8"))
+                if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+                    return {}  # read_checkpoint says what is wrong with it
+                config = doc["config"]
             else:
                 config = read_checkpoint(ckpt_dir).config
         except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError):

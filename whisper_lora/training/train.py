@@ -197,9 +197,15 @@ def _set_up(cfg: TrainConfig, acc, show: bool, token: dict | None = None) -> Run
 def _keep_saved_choices(cfg: TrainConfig, main: bool) -> TrainConfig:
     """``cfg`` with each ``auto`` setting the resumed run resolved (``checkpoint.saved_choices``) set as it did."""
     kept = {k: v for k, v in saved_choices(cfg.out_dir).items() if getattr(cfg, k) == "auto"}
-    if kept and main:
+    if not kept:
+        return cfg
+    try:
+        kept_cfg = replace(cfg, **kept)
+    except ConfigError:  # the saved choices do not fit the config as it is now: the comparison names what changed
+        return cfg
+    if main:
         log.info("resume: auto settings as the run chose them: %s", ", ".join(f"{k} {v}" for k, v in kept.items()))
-    return replace(cfg, **kept) if kept else cfg
+    return kept_cfg
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, ckpt_dir: Path, resume: bool, main: bool) -> Checkpoint | None:
