@@ -133,22 +133,22 @@ def choose_profile(
         total = torch.cuda.get_device_properties(device).total_memory
         large = n_params > CHECKPOINTING_PARAMS
         need = n_params * (GPU_BYTES_PER_PARAM_BF16_CHECKPOINTED if large else GPU_BYTES_PER_PARAM_BF16)
-        free = total - GPU_RESERVED_BYTES
+        free, native = total - GPU_RESERVED_BYTES, fast_bf16(device)
         gib = f"~{need / 2**30:.1f} GiB of the GPU's {total / 2**30:.0f}"
-        if fast_bf16(device) and need <= free:
+        if native and need <= free:
             precision = "bf16"
             reasons.append(
                 f"precision bf16: the {size} needs {gib}; at batch 8-32 bf16 trained faster than the int8 base "
                 "and peaked lower (large-v3's shape, H200)"
             )
-        elif not fast_bf16(device) and not large and 2 * need <= free:
+        elif not native and not large and 2 * need <= free:
             precision = "fp32"
             reasons.append(
                 f"precision fp32: this GPU only emulates bf16; the {size} needs ~{2 * need / 2**30:.1f} GiB in fp32"
             )
         else:
             precision = "int8"
-            why = "this GPU only emulates bf16" if not fast_bf16(device) else f"in bf16 the {size} would need {gib}"
+            why = "this GPU only emulates bf16" if not native else f"in bf16 the {size} would need {gib}"
             reasons.append(f"precision int8: {why}")
         checkpointing = large or precision == "int8"
     else:

@@ -101,15 +101,13 @@ def saved_choices(out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     ckpt_dir = checkpoint_dir(out_dir)
     if os.path.lexists(ckpt_dir):
-        try:
-            if (ckpt_dir / STATE_FILE).is_file():  # the JSON alone, not the tensors
-                doc = json.loads((ckpt_dir / STATE_FILE).read_text(encoding="utf-8"))
-                if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-                    return {}  # read_checkpoint says what is wrong with it
-                config = doc["config"]
-            else:
-                config = read_checkpoint(ckpt_dir).config
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError):
+        try:  # the JSON alone where there is one, not the tensors; read_checkpoint says later what is wrong
+            config = (
+                _read_state(ckpt_dir)["config"]
+                if (ckpt_dir / STATE_FILE).is_file()
+                else read_checkpoint(ckpt_dir).config
+            )
+        except (OSError, CheckpointError):
             return {}
     else:
         try:
@@ -175,11 +173,10 @@ def _unusable(path: Path, why: str) -> CheckpointError:
     )
 
 
-def _read_current(ckpt_dir: Path) -> Checkpoint:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    state_file, tensors_file = ckpt_dir / STATE_FILE, ckpt_dir / TENSORS_FILE
+def _read_state(ckpt_dir: Path) -> dict:
+    """The JSON half of a checkpoint (config, state, optimizer values, scheduler), checked; ``CheckpointError``
+    naming the file when it is not one this whisper-lora reads."""
+    state_file = ckpt_dir / STATE_FILE
     try:
         doc = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -191,6 +188,15 @@ def _read_current(ckpt_dir: Path) -> Checkpoint:
     missing = [k for k in ("config", "state", "optimizer", "scheduler") if k not in doc]
     if missing:
         raise _unusable(state_file, f"it has no {', '.join(missing)}")
+    return doc
+
+
+def _read_current(ckpt_dir: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensors_file = ckpt_dir / TENSORS_FILE
+    doc = _read_state(ckpt_dir)
     try:
         flat = load_file(str(tensors_file))
     except (SafetensorError, OSError) as e:
