@@ -14,10 +14,10 @@ decode ``--tokens`` tokens. Speed only, never quality. Rows, each timed as the m
 - the batch spread over 1, 2, 4 and 8 adapters with every 4th row on the base, through peft's ``adapter_names`` and
   through row-indexed LoRA (``inference/row_lora.py``, in the weights' dtype, as on a GPU),
 
-each in tokens/s and relative to the base. ``--graphs`` adds, last, the base and the merged adapter decoded with
-transformers' static KV cache and its compiled decoder step (``torch.compile`` mode ``reduce-overhead``: CUDA graphs
-on a GPU; on a CPU inductor without graphs, a check that the path runs): issue 33's item 2, measured before it is
-built into ``Transcriber``. Targets (large-v3 shape, bf16, batch 16): 8 adapters plus base rows at least
+each in tokens/s and relative to the base. ``--graphs`` adds, last, the base, the batch over 1 and 8 adapters
+row-indexed, and the merged adapter decoded as ``Transcriber(graphs="on")`` decodes (``inference/graphs.py``:
+transformers' static KV cache and its compiled decoder step, ``torch.compile`` mode ``reduce-overhead``: CUDA graphs
+on a GPU; on a CPU inductor without graphs, a check that the path runs). Targets (large-v3 shape, bf16, batch 16): 8 adapters plus base rows at least
 0.85x the base, one unmerged adapter at least 0.9x. ``--root`` keeps the random checkpoint between runs
 (``gpu_train.py`` builds the same one there).
 """
@@ -136,20 +136,26 @@ def main():
             results[f"{k} adapters + base rows, peft"] = timed(
                 lambda s=spread: run([n or "__base__" for n in s]), a.repeats, device
             )
-        if a.graphs:
-            from transformers import CompileConfig
+        if a.graphs:  # the settings ``Transcriber(graphs="on")`` decodes with (inference/graphs.py)
+            from whisper_lora.inference.graphs import bucket, compiled_settings
 
-            compiled = CompileConfig()  # mode reduce-overhead: the step is captured as a CUDA graph
-            if device.type != "cuda":  # transformers compiles on accelerators only, unless told otherwise
-                compiled = CompileConfig(mode="default")
-                compiled._compile_all_devices = True
-            static = dict(cache_implementation="static", compile_config=compiled)
+            static = compiled_settings(model)
+            if bucket(a.batch) != a.batch:
+                raise SystemExit(
+                    f"--batch {a.batch}: --graphs measures a batch the library pads to, one of its buckets"
+                )
 
             def graphs():
                 forced_decode(model, feats, a.tokens, **static)
 
             with model.disable_adapter():
                 results["base, static cache + compiled step"] = timed(graphs, a.repeats, device)
+            for k in (1, 8):
+                spread = [None if i % 4 == 3 else names[(i - i // 4) % k] for i in range(a.batch)]
+                with rows_lora.rows(spread):
+                    results[f"{k} adapters + base rows, row-indexed, static cache + compiled step"] = timed(
+                        graphs, a.repeats, device
+                    )
             if a.precision != "int8":
                 model.merge_adapter([names[0]])
                 results["one adapter, merged, static cache + compiled step"] = timed(graphs, a.repeats, device)

@@ -14,6 +14,9 @@ faster-whisper int8 on the adapter's merged CTranslate2 export (``merge --ct2``;
 one clip at a time as faster-whisper transcribes, on the same threads.
 ``auto``: English speech (LibriVox, no adapter) with ``language="auto"``: the base decodes it from the encoder output
 routing computed, against encoding it a second time for the decode (what every version before 0.x did).
+``graphs``: ``Transcriber(graphs="on")`` (static KV cache, compiled decoder step; ``inference/graphs.py``) against the
+same eager decode, fp32 whisper-base (transformers compiles no int8 base), the mixed 4-language batch and base rows
+alone, with whether the texts are the same; the first call of each batch size compiles and is left out.
 All ratios are measured side by side in one run (the machines are noisy).
 """
 
@@ -36,7 +39,7 @@ from whisper_lora.inference.transcriber import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
-SECTIONS = ("swap", "mixed", "rtf", "adapters", "short", "auto")
+SECTIONS = ("swap", "mixed", "rtf", "adapters", "short", "auto", "graphs")
 TOKENS = 32  # tokens every row decodes in the adapters section (forced: the same work whatever the weights)
 
 
@@ -88,6 +91,8 @@ def main():
         results["short"] = short_clips(a)
     if "auto" in a.only:
         results["auto"] = auto_to_base(a, audio["en"])
+    if "graphs" in a.only:
+        results["graphs"] = compiled_steps(a, audio)
     if "adapters" in a.only:
         results["adapters"] = spread_over_adapters(a, [x for xs in audio.values() for x in xs])
     if "swap" in a.only:
@@ -276,6 +281,45 @@ def spread_over_adapters(a, clips) -> dict:
         f"{a.precision} whisper-base, {torch.get_num_threads()} threads",
         table_rows,
         ["adapters", "path", "tokens/s", "vs base", "vs one adapter"],
+    )
+    return out
+
+
+def compiled_steps(a, audio) -> dict:
+    """7. Greedy decoding with a static cache and a compiled step (``graphs="on"``) against eager, fp32 whisper-base."""
+    kw = dict(precision="fp32", mode="routed", row_indexed=True)
+    eager, compiled = (
+        Transcriber("whisper-base", a.adapters, **kw),
+        Transcriber("whisper-base", a.adapters, graphs="on", **kw),
+    )
+    clips = [x for lang in LANGS for x in audio[lang]]
+    langs = [lang for lang in LANGS for _ in audio[lang]]
+    rows, out = [], {}
+    for name, xs, ls in (
+        ("8 clips, 4 languages (3 adapters + base)", clips, langs),
+        ("2 clips, base", audio["en"], "en"),
+    ):
+        texts = {k: [r.text for r in t.transcribe_batch(xs, ls)] for k, t in (("eager", eager), ("graphs", compiled))}
+        times = {
+            k: timed(lambda t=t, xs=xs, ls=ls: t.transcribe_batch(xs, ls), a.repeats)
+            for k, t in (("eager", eager), ("graphs", compiled))
+        }
+        same = texts["eager"] == texts["graphs"]
+        rows.append(
+            {
+                "batch": name,
+                "eager s": times["eager"],
+                "graphs s": times["graphs"],
+                "graphs vs eager": times["eager"] / times["graphs"],
+                "same text": same,
+            }
+        )
+        out[name] = {**times, "same_text": same}
+    table(
+        f"Static cache + compiled step (graphs='on') vs eager: fp32 whisper-base, shipped adapters row-indexed, greedy, "
+        f"{torch.get_num_threads()} threads; seconds per batch, compile excluded",
+        rows,
+        ["batch", "eager s", "graphs s", "graphs vs eager", "same text"],
     )
     return out
 

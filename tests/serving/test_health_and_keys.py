@@ -89,6 +89,7 @@ def _engine(routing: dict, status: dict):
     entry = SimpleNamespace(name="cs", version="v1")
     return SimpleNamespace(
         base_info=info,
+        graphs=False,
         registry=SimpleNamespace(entries=lambda: [entry]),
         adapters=lambda: ["cs"],
         broken_adapters=lambda: [],
@@ -114,6 +115,7 @@ def test_every_text_in_health_is_without_server_paths():
     assert "/srv/" not in text and "/home/" not in text, text  # before: the routing reason kept its path
     assert full["routing"]["adapters"]["cs"]["reason"] == "p.safetensors is damaged"
     assert full["replicas"][0]["error"] == "cannot read whisper_lora.json"
+    assert full["graphs"] is False  # says whether decoding is compiled (inference/graphs.py)
     assert anonymous == {"status": "ok", "limits": ServerConfig(api_keys=(KEY,)).public(), "in_flight": 0, "served": 3}
 
 

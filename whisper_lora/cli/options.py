@@ -181,6 +181,19 @@ def decoding_from(a):
     return Decoding(num_beams=a.beams, max_new_tokens=a.max_new_tokens)
 
 
+def add_graphs(p: argparse.ArgumentParser) -> None:
+    """``--graphs``: compiled decoding (inference/graphs.py) for commands that run a ``Transcriber``."""
+    from whisper_lora.inference.graphs import GRAPHS
+
+    p.add_argument(
+        "--graphs",
+        default=None,
+        choices=GRAPHS,
+        help="decode greedy 30 s windows with a static KV cache and a compiled step (CUDA graphs on a GPU; each new "
+        "batch size compiles first); on needs --precision bf16 or fp32 (default auto: off, not measured faster yet)",
+    )
+
+
 def add_routing(p: argparse.ArgumentParser) -> None:
     """How ``auto`` inputs are routed (inference/routing.py)."""
     p.add_argument(
@@ -203,6 +216,8 @@ def transcriber(a, **kw):
         kw["languages"] = languages
     if getattr(a, "threshold", None) is not None:
         kw["detect_threshold"] = a.threshold
+    if getattr(a, "graphs", None) is not None:
+        kw["graphs"] = a.graphs
     return Transcriber(a.base, a.adapters, precision=run_precision(a, "int8"), device=a.device or "auto", **kw)
 
 

@@ -7,6 +7,7 @@ from whisper_lora.cli.options import (
     add_base,
     add_dataclass_flags,
     add_decoding,
+    add_graphs,
     add_registry,
     add_routing,
     config_from_args,
@@ -29,6 +30,7 @@ def _add_server(p, port: int) -> None:
     p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     add_registry(p)
     add_base(p)
+    add_graphs(p)
     add_routing(p)
 
 
@@ -104,6 +106,7 @@ def _run_ray(a, cfg: ServerConfig) -> int:
         detect_threshold=a.threshold,
         num_beams=a.beams,
         max_new_tokens=a.max_new_tokens,
+        graphs=a.graphs or "auto",
         languages=parse_languages(a.languages),
         multiplexed=rc.multiplexed(len(registry.names())),
         origin=f"{socket.gethostname()} (where serve --ray ran)",

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from whisper_lora.cli.options import add_base, add_registry, add_routing, check_files, transcriber
+from whisper_lora.cli.options import add_base, add_graphs, add_registry, add_routing, check_files, transcriber
 from whisper_lora.inference.formats import ALIASES, FORMATS
 
 OUTPUTS = ("line", "json_lines", *FORMATS, *ALIASES)  # line and json_lines: one line per file, on stdout
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     add_registry(tr)
     add_base(tr)
     tr.add_argument("--beams", type=int, default=1, help="beam width (1: greedy, the default)")
+    add_graphs(tr)
     add_routing(tr)
     tr.add_argument("--json", action="store_true", help="one JSON line per file (same as --format json_lines)")
     tr.add_argument(

@@ -34,6 +34,7 @@ from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.fallback import Attempt, Rows, final_text, kept_text, needs_fallback
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
+from whisper_lora.inference.graphs import compile_generation
 from whisper_lora.inference.longform import (
     DecodeOptions,
     Segment,
@@ -187,6 +188,7 @@ def generate_attempts(
     temperature: float = 0.0,
     cut_loops: bool = False,
     pause: Callable[[], None] | None = None,
+    graphs: bool = False,
 ) -> list[Attempt]:
     """One ``generate`` call over a batch of 30 s windows at one temperature, row i in ``whisper_languages[i]``.
 
@@ -195,10 +197,16 @@ def generate_attempts(
     ``feats``: log-mel features, or the ``EncoderStates`` an earlier call returned in ``Attempt.states``.
     ``pause`` (optional) is called at every decoding step; it may block while the model does other work (the rows'
     random streams are their own, so what runs meanwhile does not change this call's draws).
+    ``graphs``: decode with a static cache and a compiled step (``graphs.py``) where this call allows it: greedy, no
+    ``pause``, every row's encoder output a full 30 s window; the caller says the model's adapters allow it.
     """
     beams = decoding.num_beams if temperature <= 0 else 1
     gen = decoding_config(model, beams, decoding.max_new_tokens)
     gen.do_sample = False  # ``Rows`` samples, row by row
+    full = model.config.max_source_positions  # trimmed rows' shorter states would each compile anew
+    windows = not isinstance(feats, EncoderStates) or (not feats.padded and feats.states.shape[1] == full)
+    if graphs and beams == 1 and pause is None and windows:
+        compile_generation(gen, model)
     kw = dict(generation_config=gen, task="transcribe", language=[token_text(c) for c in whisper_languages])
     rows = None
     if beams == 1:

@@ -78,6 +78,10 @@ class AdapterPool(Protocol):
     def loaded(self) -> list[str]:
         """Adapters held in memory, least recently used first."""
 
+    def graph_safe(self) -> bool:
+        """Whether a ``generate`` call made now (by ``decode``'s or ``base_model``'s model) may run compiled
+        (``graphs.py``): the model computes the base alone, or row-indexed LoRA."""
+
     def detach(self, name: str) -> bool:
         """Drop ``name``'s weights from memory (loaded again when next used); False when it was not loaded."""
 
@@ -126,6 +130,9 @@ class _PeftHolder:
                 self.peft.base_model.disable_adapter_layers()
         else:
             self._activate(entry)
+
+    def graph_safe(self) -> bool:
+        return self.peft is None  # the plain base: peft's hooks and swapped slots are not compiled
 
     def _generate_base(self, feats, langs, generate: Generate) -> list:
         with self.base_model() as m:
@@ -203,6 +210,11 @@ class RoutedPool(_PeftHolder):
             self.peft.set_adapter(left[0])  # peft refuses to delete the active adapter's last copy otherwise
         self.peft.delete_adapter(key)
         self._row_lora().refresh()
+
+    def graph_safe(self) -> bool:
+        # within a row-indexed context (a batch's rows, or base_model()): the adapter index is a tensor the compiled
+        # step reads, so one captured step serves every mix; peft's adapter_names hooks would not (graphs.py)
+        return self.peft is None or (self._rows is not None and self._rows.peft is self.peft and self._rows.active)
 
     def _row_lora(self) -> RowLoRA:
         if self._rows is None or self._rows.peft is not self.peft:

@@ -29,6 +29,7 @@ from whisper_lora.inference.decode import (
     silence_reader,
 )
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
+from whisper_lora.inference.graphs import bucket, check_graphs, graphs_on
 from whisper_lora.inference.language_id import LanguageEvidence, evidence_and_states, language_tokens
 from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.plan import PlannedInput, needs_routing, plan
@@ -100,8 +101,10 @@ class Transcriber:
         languages: Sequence[str] | None = None,
         row_indexed: bool | None = None,
         trimmed: bool = True,
+        graphs: str = "auto",
     ):
         problems = check_pool(mode, max_loaded)  # every problem at once, before anything loads
+        problems += check_graphs(graphs, precision, mode, row_indexed)
         if not 0 <= detect_threshold <= 1:
             problems.append(f"detect_threshold={detect_threshold!r} must be in [0, 1]")
         if languages is not None:
@@ -130,6 +133,9 @@ class Transcriber:
         self.registry = registry.with_base(self.base_info)  # adapters of another base count as broken
         self.mode = mode
         self.detect_threshold = detect_threshold  # routing's confidence floor: below it, ``auto`` gives the base
+        self.graphs = graphs_on(graphs)  # greedy 30 s windows decode with a static cache and a compiled step
+        if self.graphs and row_indexed is None:
+            row_indexed = True  # the only adapter path that is compiled (graphs.py)
         self._pool = make_pool(mode, self.model, max_loaded, self.processor.tokenizer, row_indexed)
         self.trimmed = trimmed  # short inputs of adapters that chose it are encoded trimmed (``_frames``)
         allow_short_inputs(self.model)
@@ -406,15 +412,25 @@ class Transcriber:
         def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
             calls[0] += 1
             if gate is None or calls[0] == 1:
+                # compiled steps meet a few batch sizes: the last row repeated up to a bucket (its copies dropped)
+                padded = rows + rows[-1:] * (bucket(len(rows)) - len(rows)) if self.graphs else rows
                 attempts = self._pool.decode(
-                    inputs(rows),
-                    [plans[i].whisper for i in rows],
-                    [plans[i].entry for i in rows],
+                    inputs(padded),
+                    [plans[i].whisper for i in padded],
+                    [plans[i].entry for i in padded],
                     lambda m, f, langs, names: generate_attempts(
-                        m, self.processor, f, langs, decoding, names, temperature, cut
+                        m,
+                        self.processor,
+                        f,
+                        langs,
+                        decoding,
+                        names,
+                        temperature,
+                        cut,
+                        graphs=self.graphs and self._pool.graph_safe(),
                     ),
                 )
-                return inputs.keep(rows, attempts)
+                return inputs.keep(rows, attempts[: len(rows)])
             # a fallback step (a few looping or unlikely rows, up to the token limit): one adapter group at a time,
             # each giving the model up at any token when ``gate`` says so, as a long recording does
             entries = [plans[i].entry for i in rows]

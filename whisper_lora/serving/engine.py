@@ -41,6 +41,7 @@ class Pending(Protocol):
 class Engine(Protocol):
     base_info: object  # ``BaseModelInfo`` of the base every replica loaded
     registry: AdapterRegistry  # what model names resolve to (its own view of the same directory)
+    graphs: bool  # greedy 30 s windows decode with a static cache and a compiled step (inference/graphs.py)
 
     def adapters(self) -> list[str]: ...
 
@@ -86,6 +87,10 @@ class LocalEngine:
     @property
     def registry(self) -> AdapterRegistry:
         return self.transcriber.registry
+
+    @property
+    def graphs(self) -> bool:
+        return self.transcriber.graphs
 
     def adapters(self) -> list[str]:
         return self.transcriber.adapters()

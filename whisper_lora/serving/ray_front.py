@@ -27,6 +27,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from whisper_lora.data.audio import N_SAMPLES
 from whisper_lora.errors import ConfigError
+from whisper_lora.inference.graphs import graphs_on
 from whisper_lora.inference.plan import adapter_name, needs_routing
 from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.registry.catalog import AdapterRegistry, BrokenAdapter
@@ -104,6 +105,7 @@ class RayEngine:
         self.decoders, self.spec = decoders, spec
         self.base_info, self._routing = info.base_info, info.routing
         self.registry = AdapterRegistry(root, self.base_info, missing_ok=spec.registry_missing_ok)
+        self.graphs = graphs_on(spec.graphs)  # every replica's Transcriber was built with it
         self.replica_failures = 0
         self._in_flight = 0  # requests being answered (``started``, ``finished``; on the event loop only)
         self._release_memory = Releaser()

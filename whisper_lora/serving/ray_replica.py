@@ -23,6 +23,7 @@ from ray import serve
 
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
+from whisper_lora.inference.graphs import check_graphs
 from whisper_lora.inference.longform import DecodeOptions
 from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.inference.routing import RouteDecision
@@ -56,12 +57,18 @@ class ReplicaSpec:
     detect_threshold: float | None = None
     num_beams: int = 1
     max_new_tokens: int = MAX_NEW_TOKENS
+    graphs: str = "auto"  # Transcriber(graphs=...): compiled decoding (inference/graphs.py)
     languages: tuple[str, ...] | None = None
     decode_options: DecodeOptions | None = None
     multiplexed: bool = False
     origin: str = "the driver"  # the machine the command ran on, for messages
     local_registry: str = ""  # the registry on the driver (``--ship-adapters`` sends it)
     registry_missing_ok: bool = False  # none named and no ./adapters on the driver: the base serves every language
+
+    def __post_init__(self) -> None:
+        problems = check_graphs(self.graphs, self.precision, self.mode, None)  # on the driver, before Ray starts
+        if problems:
+            raise ConfigError("invalid replica settings:\n  - " + "\n  - ".join(problems))
 
     def transcriber_kwargs(self) -> dict:
         kw = dict(
@@ -72,6 +79,7 @@ class ReplicaSpec:
             max_loaded=self.ray.max_loaded * (2 if self.multiplexed else 1),
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
+            graphs=self.graphs,
             decode_options=self.decode_options,
             languages=list(self.languages) if self.languages else None,
         )

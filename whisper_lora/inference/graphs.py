@@ -1,0 +1,81 @@
+"""Decoding with a static KV cache and a compiled decoder step: CUDA graphs on a GPU (``Transcriber(graphs=)``).
+
+On a GPU a decoding step is launch-bound: a few dozen small kernels per layer, each a host round trip. transformers'
+static cache (``cache_implementation="static"``) gives every step the same shapes, and its ``compile_config`` runs the
+steps through ``torch.compile`` (mode ``reduce-overhead``: the step is captured once as a CUDA graph and replayed). What
+this module adds is what makes that safe and reusable for a server that mixes adapters in a batch:
+
+- **Which calls compile** (``Transcriber`` decides, ``AdapterPool.graph_safe`` says): the untouched base and batches
+  whose adapters are computed row-indexed (``row_lora.py``: the per-row adapter index is a tensor the compiled step
+  reads, so one captured step serves every mix of adapters). peft's ``adapter_names`` path is never compiled: its
+  per-call hooks made a step captured for one mix answer another mix's rows wrongly (measured on CPU, tiny model).
+  Greedy decoding of 30 s windows only: beam search, trimmed (shorter) encoder outputs, the fallback steps the server
+  interleaves with other work, and long-form windows decode eagerly.
+- **Shapes that repeat**: a batch's rows are padded (``bucket``) to 1, 2, 4, 8, 16, 32 or a multiple of 32 rows by
+  repeating its last row (its result dropped; a row's result never depends on its batch), and the cache is always
+  ``max_target_positions`` long, so a few graphs serve every request.
+
+``auto`` leaves it off: on a CPU the compiled step is about as fast as eager (``bench/inference.py --only graphs``, fp32
+whisper-base, 2-core AVX512-BF16: 1.07x on a mixed batch of 8, 0.96x on 2 base rows, same texts) and the default int8
+base is not compiled at all; on a GPU it is not measured yet (``bench/gpu_decode.py --graphs`` measures it). The first
+call of each batch size compiles: about 17-30 s for the tiny test model on that CPU, longer for real shapes.
+Quantised bases (int8, nf4) are not compiled by transformers; ``on`` refuses them.
+"""
+
+from __future__ import annotations
+
+from whisper_lora.base.model import QUANTIZED
+
+GRAPHS = ("auto", "on", "off")  # Transcriber(graphs=...): auto is off until a device measures it faster
+_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+
+def check_graphs(graphs: str, precision: str, mode: str, row_indexed: bool | None) -> list[str]:
+    """The problems of a ``graphs`` setting for a ``Transcriber`` (the one home of these checks); empty when valid."""
+    if graphs not in GRAPHS:
+        return [f"graphs={graphs!r}; valid: {', '.join(GRAPHS)}"]
+    if graphs != "on":
+        return []
+    problems = []
+    if precision in QUANTIZED:
+        problems.append(
+            f"graphs='on' needs a float base (bf16 or fp32): transformers does not compile bitsandbytes' layers; "
+            f"got precision={precision!r}"
+        )
+    if mode != "routed":
+        problems.append(f"graphs='on' needs mode='routed' (row-indexed adapters); got mode={mode!r}")
+    if row_indexed is False:
+        problems.append("graphs='on' needs row_indexed (peft's adapter_names batches are not compiled); got False")
+    return problems
+
+
+def graphs_on(graphs: str) -> bool:
+    """Whether a checked ``graphs`` setting compiles decoding (``auto``: not yet anywhere, see the module docstring)."""
+    return graphs == "on"
+
+
+def bucket(n: int) -> int:
+    """The rows a batch of ``n`` is padded to, so that compiled steps meet a few batch sizes only."""
+    return next((b for b in _BUCKETS if b >= n), -(-n // _BUCKETS[-1]) * _BUCKETS[-1])
+
+
+def compiled_settings(model) -> dict:
+    """The ``generate`` settings of a static cache of the decoder's full length and a compiled step: CUDA graphs on a
+    GPU; on a CPU inductor without graphs (transformers compiles on accelerators only unless told)."""
+    from transformers import CompileConfig, GenerationConfig
+
+    if model.device.type == "cuda":
+        compiled = CompileConfig()  # mode reduce-overhead: CUDA graphs
+    else:
+        compiled = CompileConfig(mode="default")
+        compiled._compile_all_devices = True
+    settings = {"cache_implementation": "static", "compile_config": compiled}
+    if hasattr(GenerationConfig(), "max_cache_len"):  # one cache shape for every prompt and token budget
+        settings["max_cache_len"] = model.config.max_target_positions
+    return settings
+
+
+def compile_generation(gen, model) -> None:
+    """Make ``gen`` (a ``GenerationConfig``) decode with ``compiled_settings``."""
+    for key, value in compiled_settings(model).items():
+        setattr(gen, key, value)
