@@ -90,6 +90,15 @@ def main():
     p.add_argument("--json", default="bench/results/gpu_decode.json")
     p.add_argument("--graphs", action="store_true", help="also decode with a static cache and a compiled step")
     a = p.parse_args()
+    if a.graphs:  # measured before any row is: a bad setting costs no device time
+        from whisper_lora.inference.graphs import bucket
+
+        if bucket(a.batch) != a.batch:
+            p.error(
+                f"--graphs measures batches the library pads to: --batch 1, 2, 4, 8, 16, 32 or a multiple of 32, not {a.batch}"
+            )
+        if a.precision == "int8":
+            p.error("--graphs needs --precision bf16 or fp32: transformers does not compile bitsandbytes' int8 layers")
     device = pick_device(a.device)
     machine = device_summary(device)
     print(f"machine: {machine}", flush=True)
@@ -156,10 +165,9 @@ def main():
                     results[f"{k} adapters + base rows, row-indexed, static cache + compiled step"] = timed(
                         graphs, a.repeats, device
                     )
-            if a.precision != "int8":
-                model.merge_adapter([names[0]])
-                results["one adapter, merged, static cache + compiled step"] = timed(graphs, a.repeats, device)
-                model.unmerge_adapter()
+            model.merge_adapter([names[0]])  # float weights: --graphs refuses int8 (above)
+            results["one adapter, merged, static cache + compiled step"] = timed(graphs, a.repeats, device)
+            model.unmerge_adapter()
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         results.peak = peak
         results.write()

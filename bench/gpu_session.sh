@@ -2,7 +2,8 @@
 # Every GPU measurement of issues 32 and 33 in one run, about 5 minutes on an H100/H200 (run bench/gpu_prepare.sh here
 # first; on the device: carry [".whl", ".gpu"], command `OUT=$OUT bash bench/gpu_session.sh`):
 #   1. bench/gpu_decode.py: a batch of 16 windows spread over 1-8 adapters plus base rows, large-v3 shape, bf16; last
-#      (--graphs), the base and a merged adapter with a static KV cache and a compiled step (CUDA graphs);
+#      (--graphs), the base, 1 and 8 adapters row-indexed and a merged adapter decoded as Transcriber(graphs="on")
+#      decodes: a static KV cache and a compiled step (CUDA graphs), each compiled on its first call;
 #   2. bench/gpu_train.py: training steps, large-v3 shape, int8 and bf16 at batches 8 and 32, SDPA back-ends without
 #      cuDNN (auto) and torch's own choice, against PEFT's recipe.
 # The random checkpoint is built first; then each part has its own deadline, so one that runs long leaves the other its
@@ -29,7 +30,7 @@ from memory import build_with_processor; print(build_with_processor('$SHAPE', Pa
   || { echo "building the $SHAPE checkpoint failed or ran out of time"; exit 1; }
 echo "checkpoint built after $(( $(date +%s) - start )) s"
 # shellcheck disable=SC2086
-timeout "${DECODE_SECONDS:-120}" python3 bench/gpu_decode.py --shape "$SHAPE" --processor "$PROC" --root "$ROOT" \
+timeout "${DECODE_SECONDS:-150}" python3 bench/gpu_decode.py --shape "$SHAPE" --processor "$PROC" --root "$ROOT" \
   ${DECODE:---graphs} --json "$OUT/gpu_decode.json" > "$OUT/gpu_decode.log" 2>&1
 echo "gpu_decode: exit $? after $(( $(date +%s) - start )) s"; tail -20 "$OUT/gpu_decode.log"
 # shellcheck disable=SC2086

@@ -2,6 +2,7 @@
 eager decode's answers for every mix of adapters, and a few captured steps serve every batch (CPU: inductor)."""
 
 import pytest
+import torch
 from torch._dynamo.utils import counters
 
 from tests.inference.test_transcriber import AUDIO, LANGS
@@ -15,27 +16,61 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def test_compiled_steps_answer_as_eager_for_every_mix_and_are_reused(tiny_dir, tiny_registry):
+def test_compiled_steps_answer_as_eager_for_every_mix_and_are_reused(tiny_dir, tiny_registry, monkeypatch):
+    import whisper_lora.inference.decode as decode
+
     kw = dict(precision="fp32", device="cpu", max_new_tokens=8)
     eager = Transcriber(str(tiny_dir), tiny_registry, row_indexed=True, **kw)
     compiled = Transcriber(str(tiny_dir), tiny_registry, graphs="on", **kw)
     assert compiled.graphs and not eager.graphs
+    calls = []  # rows of every generate call that ran with the compiled settings
+    real = decode.compile_generation
+    monkeypatch.setattr(decode, "compile_generation", lambda gen, model: calls.append(1) or real(gen, model))
 
     def same(audios, langs):
+        calls.clear()
         want = [r.text for r in eager.transcribe_batch(audios, langs)]
         assert [r.text for r in compiled.transcribe_batch(audios, langs)] == want, langs
+        assert calls, f"{langs}: decoded eagerly"
 
     before = _graphs()
-    same(AUDIO, LANGS)  # 6 rows over 3 adapters and the base: padded to 8, compiled
+    same(AUDIO, ["sw"] * 6)  # one adapter loaded: 6 rows padded to 8, compiled
+    same(AUDIO, LANGS)  # two more adapters loaded: the stacks are rebuilt, the step compiled again
     same(AUDIO[:3], LANGS[:3])  # padded to 4, compiled
     captured = _graphs()
     assert captured > before, "nothing was compiled: transformers skipped compilation"
-    # other mixes of adapters, other sizes within the same buckets, the base alone: the captured steps serve them
-    same(AUDIO[:4], LANGS[1:5])
-    same(AUDIO[:5], LANGS[::-1][:5])
-    same(AUDIO, ["en"] * 6)
-    same(AUDIO, ["sw"] * 6)
-    assert _graphs() == captured, "a new mix of adapters compiled again: its index must be an input of the step"
+    # other mixes of the loaded adapters, other sizes within the same buckets, the base alone: the captured steps
+    # serve them (a recompile would raise)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        same(AUDIO[:4], LANGS[1:5])
+        same(AUDIO[:5], LANGS[::-1][:5])
+        same(AUDIO, ["en"] * 6)
+        same(AUDIO, ["ary", "sw", "ary", "cs", "sw", "cs"])
+    assert _graphs() == captured
+
+
+def test_only_the_base_and_row_indexed_adapters_may_run_compiled(tiny_dir, tiny_registry):
+    """A compiled step captured with peft's own adapter layers (or its adapter_names hooks) would serve the wrong
+    adapters; ``graph_safe`` says no there."""
+    from whisper_lora.base.model import load_base_model
+    from whisper_lora.inference.pool import make_pool
+    from whisper_lora.registry.catalog import AdapterRegistry
+
+    registry = AdapterRegistry(tiny_registry)
+    sw, cs = registry.get("sw"), registry.get("cs")
+    feats = torch.zeros(2, 1)
+
+    def asked(pool, entries):
+        return pool.decode(feats, ["sw", "cs"], entries, lambda m, f, langs, names: [pool.graph_safe()] * len(f))
+
+    for row_indexed in (True, False):
+        loaded = load_base_model(str(tiny_dir), "fp32", "cpu")
+        pool = make_pool("routed", loaded.model, 8, loaded.processor.tokenizer, row_indexed)
+        assert asked(pool, [None, None]) == [True, True]  # no adapter loaded yet: the plain base
+        assert asked(pool, [sw, cs]) == [row_indexed] * 2  # peft's adapter_names: never compiled
+        assert asked(pool, [sw, sw]) == [row_indexed] * 2  # peft's one active adapter: never compiled
+        assert asked(pool, [None, None]) == [row_indexed] * 2  # peft's layers disabled: eager too
+        assert not pool.graph_safe()  # outside a decode: nothing is running
 
 
 def test_graph_settings_are_checked_before_anything_loads(tmp_path):

@@ -106,12 +106,12 @@ def _run_ray(a, cfg: ServerConfig) -> int:
         detect_threshold=a.threshold,
         num_beams=a.beams,
         max_new_tokens=a.max_new_tokens,
-        graphs=a.graphs or "auto",
         languages=parse_languages(a.languages),
         multiplexed=rc.multiplexed(len(registry.names())),
         origin=f"{socket.gethostname()} (where serve --ray ran)",
         local_registry=str(registry.root),
         registry_missing_ok=absent,
+        **({"graphs": a.graphs} if a.graphs else {}),  # else the replicas' Transcriber default
     )
     run(spec, a.host, a.port)
     return 0

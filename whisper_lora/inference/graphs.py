@@ -3,30 +3,31 @@
 On a GPU a decoding step is launch-bound: a few dozen small kernels per layer, each a host round trip. transformers'
 static cache (``cache_implementation="static"``) gives every step the same shapes, and its ``compile_config`` runs the
 steps through ``torch.compile`` (mode ``reduce-overhead``: the step is captured once as a CUDA graph and replayed). What
-this module adds is what makes that safe and reusable for a server that mixes adapters in a batch:
+this module adds is what makes that safe and reusable for a server that mixes adapters:
 
 - **Which calls compile** (``Transcriber`` decides, ``AdapterPool.graph_safe`` says): the untouched base and batches
   whose adapters are computed row-indexed (``row_lora.py``: the per-row adapter index is a tensor the compiled step
-  reads, so one captured step serves every mix of adapters). peft's ``adapter_names`` path is never compiled: its
-  per-call hooks made a step captured for one mix answer another mix's rows wrongly (measured on CPU, tiny model).
-  Greedy decoding of 30 s windows only: beam search, trimmed (shorter) encoder outputs, the fallback steps the server
-  interleaves with other work, and long-form windows decode eagerly.
-- **Shapes that repeat**: a batch's rows are padded (``bucket``) to 1, 2, 4, 8, 16, 32 or a multiple of 32 rows by
-  repeating its last row (its result dropped; a row's result never depends on its batch), and the cache is always
-  ``max_target_positions`` long, so a few graphs serve every request.
+  reads, so one captured step serves every mix of the loaded adapters; loading or dropping one rebuilds the stacks,
+  and the next call compiles again). peft's ``adapter_names`` path is never compiled: its per-call hooks made a step
+  captured for one mix answer another mix's rows wrongly (found on a CPU, tiny model). One beam on 30 s windows only:
+  beam search, trimmed (shorter) encoder outputs, the fallback steps the server's scheduler interleaves with other
+  requests, and long-form windows decode eagerly.
+- **Shapes that repeat**: a call's rows are padded (``bucket``) to 1, 2, 4, 8, 16, 32 or a multiple of 32 by repeating
+  its last row, whose results are dropped (on a CPU a row's result never depends on its batch; on a GPU, as for any
+  batch there, rounding may move a near tie), and the cache is always ``max_target_positions`` long.
 
-``auto`` leaves it off: on a CPU the compiled step is about as fast as eager (``bench/inference.py --only graphs``, fp32
-whisper-base, 2-core AVX512-BF16: 1.07x on a mixed batch of 8, 0.96x on 2 base rows, same texts) and the default int8
-base is not compiled at all; on a GPU it is not measured yet (``bench/gpu_decode.py --graphs`` measures it). The first
-call of each batch size compiles: about 17-30 s for the tiny test model on that CPU, longer for real shapes.
-Quantised bases (int8, nf4) are not compiled by transformers; ``on`` refuses them.
+Each new batch size (and each new set of loaded adapters) compiles on its first call, holding the model meanwhile:
+seconds to tens of seconds. ``auto`` leaves it off until a device measures it faster (docs/inference.md: about as fast
+as eager on a CPU; not measured on a GPU yet). Quantised bases (int8, nf4) are not compiled by transformers; ``on``
+refuses them.
 """
 
 from __future__ import annotations
 
-from whisper_lora.base.model import QUANTIZED
+from whisper_lora.base.model import PRECISIONS, QUANTIZED
 
 GRAPHS = ("auto", "on", "off")  # Transcriber(graphs=...): auto is off until a device measures it faster
+DEFAULT_GRAPHS = "auto"
 _BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
@@ -38,11 +39,12 @@ def check_graphs(graphs: str, precision: str, mode: str, row_indexed: bool | Non
         return []
     problems = []
     if precision in QUANTIZED:
+        floats = " or ".join(p for p in PRECISIONS if p not in QUANTIZED)
         problems.append(
-            f"graphs='on' needs a float base (bf16 or fp32): transformers does not compile bitsandbytes' layers; "
+            f"graphs='on' needs a float base ({floats}): transformers does not compile bitsandbytes' layers; "
             f"got precision={precision!r}"
         )
-    if mode != "routed":
+    if mode == "hotswap":  # an unknown mode is the pool's to report
         problems.append(f"graphs='on' needs mode='routed' (row-indexed adapters); got mode={mode!r}")
     if row_indexed is False:
         problems.append("graphs='on' needs row_indexed (peft's adapter_names batches are not compiled); got False")

@@ -54,11 +54,27 @@ Generate = Callable[[object, torch.Tensor, list[str], list[str] | None], list]
 RunGroup = Callable[[object, list[int]], list]
 
 
+def _pad(feats, langs: list[str], names: list | None, pad_to: int | None):
+    """The rows of a call padded to ``pad_to`` by repeating the last one (``AdapterPool.decode``)."""
+    n = len(langs)
+    if not pad_to or pad_to <= n:
+        return feats, langs, names
+    idx = list(range(n)) + [n - 1] * (pad_to - n)
+    return feats[idx], [langs[i] for i in idx], None if names is None else [names[i] for i in idx]
+
+
 class AdapterPool(Protocol):
     def decode(
-        self, feats: torch.Tensor, langs: list[str], entries: Sequence[AdapterEntry | None], generate: Generate
+        self,
+        feats: torch.Tensor,
+        langs: list[str],
+        entries: Sequence[AdapterEntry | None],
+        generate: Generate,
+        pad_to: int | None = None,
     ) -> list:
-        """Results of the rows of ``feats`` (``generate``'s), row i decoded in ``langs[i]`` with ``entries[i]`` (None: the base)."""
+        """Results of the rows of ``feats`` (``generate``'s), row i decoded in ``langs[i]`` with ``entries[i]`` (None: the base).
+        ``pad_to``: where the call may run compiled (``graph_safe``), its rows are padded to this many by repeating the
+        last one, whose results are dropped, so compiled steps meet a few batch sizes (``graphs.py``)."""
 
     def attach(self, entry: AdapterEntry) -> None:
         """Make ``entry`` ready to decode with (routed: attached; hot-swap: in the slot)."""
@@ -134,9 +150,12 @@ class _PeftHolder:
     def graph_safe(self) -> bool:
         return self.peft is None  # the plain base: peft's hooks and swapped slots are not compiled
 
-    def _generate_base(self, feats, langs, generate: Generate) -> list:
+    def _generate_base(self, feats, langs, generate: Generate, pad_to: int | None = None) -> list:
+        n = len(langs)
         with self.base_model() as m:
-            return generate(m, feats, langs, None)
+            if self.graph_safe():
+                feats, langs, _ = _pad(feats, langs, None, pad_to)
+            return generate(m, feats, langs, None)[:n]
 
     def _activate(self, entry: AdapterEntry):
         """The model with ``entry`` as its only active adapter."""
@@ -226,7 +245,7 @@ class RoutedPool(_PeftHolder):
         self.peft.set_adapter(self._names[entry.name])
         return self.peft
 
-    def decode(self, feats, langs, entries, generate: Generate) -> list:
+    def decode(self, feats, langs, entries, generate: Generate, pad_to: int | None = None) -> list:
         needed = {e.name: e for e in entries if e is not None}
         if len(needed) > self.max_loaded:
             raise ConfigError(
@@ -239,12 +258,13 @@ class RoutedPool(_PeftHolder):
         for entry in needed.values():
             self.attach(entry)
         if not needed:
-            return self._generate_base(feats, langs, generate)
+            return self._generate_base(feats, langs, generate, pad_to)
         self.peft.eval()  # mixed batches are inference-only
         names = [self._names[e.name] if e else None for e in entries]
         if self._row_mode(needed):  # one adapter or many: the same arithmetic, so a row's result is the same alone
+            feats, langs, names = _pad(feats, langs, names, pad_to)  # the only path that may compile (graph_safe)
             with self._row_lora().rows(names):
-                return generate(self.peft, feats, langs, None)
+                return generate(self.peft, feats, langs, None)[: len(entries)]
         with self._row_lora().outside():
             if len(needed) == 1 and all(e is not None for e in entries):
                 self.peft.set_adapter(self._names[next(iter(needed))])
@@ -395,7 +415,7 @@ class HotSwapPool(_PeftHolder):
         self.peft.set_adapter(HOTSWAP_SLOT)
         return self.peft
 
-    def decode(self, feats, langs, entries, generate: Generate) -> list:
+    def decode(self, feats, langs, entries, generate: Generate, pad_to: int | None = None) -> list:
         return self.decode_groups(entries, lambda m, rows: generate(m, feats[rows], [langs[i] for i in rows], None))
 
 

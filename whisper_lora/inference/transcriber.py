@@ -29,7 +29,7 @@ from whisper_lora.inference.decode import (
     silence_reader,
 )
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
-from whisper_lora.inference.graphs import bucket, check_graphs, graphs_on
+from whisper_lora.inference.graphs import DEFAULT_GRAPHS, bucket, check_graphs, graphs_on
 from whisper_lora.inference.language_id import LanguageEvidence, evidence_and_states, language_tokens
 from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.plan import PlannedInput, needs_routing, plan
@@ -101,7 +101,7 @@ class Transcriber:
         languages: Sequence[str] | None = None,
         row_indexed: bool | None = None,
         trimmed: bool = True,
-        graphs: str = "auto",
+        graphs: str = DEFAULT_GRAPHS,
     ):
         problems = check_pool(mode, max_loaded)  # every problem at once, before anything loads
         problems += check_graphs(graphs, precision, mode, row_indexed)
@@ -412,12 +412,13 @@ class Transcriber:
         def batch(rows: list[int], temperature: float, cut: bool) -> list[Attempt]:
             calls[0] += 1
             if gate is None or calls[0] == 1:
-                # compiled steps meet a few batch sizes: the last row repeated up to a bucket (its copies dropped)
-                padded = rows + rows[-1:] * (bucket(len(rows)) - len(rows)) if self.graphs else rows
+                # a call that may run compiled (graphs.py: one beam, 30 s windows) is padded to a bucket of rows
+                greedy = decoding.num_beams == 1 or temperature > 0
+                windows = all(self._frames(plans[i], len(arrays[i])) == WINDOW_FRAMES for i in rows)
                 attempts = self._pool.decode(
-                    inputs(padded),
-                    [plans[i].whisper for i in padded],
-                    [plans[i].entry for i in padded],
+                    inputs(rows),
+                    [plans[i].whisper for i in rows],
+                    [plans[i].entry for i in rows],
                     lambda m, f, langs, names: generate_attempts(
                         m,
                         self.processor,
@@ -429,8 +430,9 @@ class Transcriber:
                         cut,
                         graphs=self.graphs and self._pool.graph_safe(),
                     ),
+                    pad_to=bucket(len(rows)) if self.graphs and greedy and windows else None,
                 )
-                return inputs.keep(rows, attempts[: len(rows)])
+                return inputs.keep(rows, attempts)
             # a fallback step (a few looping or unlikely rows, up to the token limit): one adapter group at a time,
             # each giving the model up at any token when ``gate`` says so, as a long recording does
             entries = [plans[i].entry for i in rows]

@@ -23,7 +23,7 @@ from ray import serve
 
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
-from whisper_lora.inference.graphs import check_graphs
+from whisper_lora.inference.graphs import DEFAULT_GRAPHS, check_graphs
 from whisper_lora.inference.longform import DecodeOptions
 from whisper_lora.inference.request import Request, Transcription
 from whisper_lora.inference.routing import RouteDecision
@@ -57,7 +57,7 @@ class ReplicaSpec:
     detect_threshold: float | None = None
     num_beams: int = 1
     max_new_tokens: int = MAX_NEW_TOKENS
-    graphs: str = "auto"  # Transcriber(graphs=...): compiled decoding (inference/graphs.py)
+    graphs: str = DEFAULT_GRAPHS  # Transcriber(graphs=...): compiled decoding (inference/graphs.py)
     languages: tuple[str, ...] | None = None
     decode_options: DecodeOptions | None = None
     multiplexed: bool = False
