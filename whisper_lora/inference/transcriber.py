@@ -80,6 +80,9 @@ class Transcriber:
     training's padding instead of a 30 s window, where the adapter's held-out measurement chose it
     (``AdapterMetadata.trimmed_input``; ``trimmed=False``: always windows): about 4x fewer seconds per short clip.
 
+    ``graphs="on"`` (a bf16 or fp32 base, routed mode) decodes batches of 30 s windows with a static KV cache and a
+    compiled step, CUDA graphs on a GPU (``graphs.py``); ``auto`` leaves it off until a device measures it faster.
+
     Inputs past 30 s, and every input when ``timestamps=True``, are decoded the way Whisper's own
     ``transcribe`` does it (sequential windows, previous text as prompt, temperature fallback,
     no-speech skip; ``decode_options``), one input at a time with its adapter.
