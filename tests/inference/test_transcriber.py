@@ -9,6 +9,7 @@ from tests.conftest import LIBRIVOX
 from whisper_lora.data.audio import load_audio
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.longform import DecodeOptions
+from whisper_lora.inference.request import Request
 from whisper_lora.inference.transcriber import Transcriber
 
 CLIPS = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))]
@@ -240,6 +241,11 @@ def test_unloaded_adapters_load_again_and_given_routes_are_used(tiny_dir, tiny_r
     with t._lock:
         t.unload("cs")
     assert t.transcribe(AUDIO[1], "cs").text == ref[1] and "cs" in t.loaded_adapters()  # in use again: kept
+    t.transcribe(AUDIO[0], "sw")
+    # Ray evicts sw while a decode holds the model: it goes when that decode ends, not at some later call (before,
+    # /health showed more adapters loaded than Ray's max_loaded until the replica decoded again)
+    t.transcribe_requests([Request(AUDIO[1], "cs", "cs")], done=lambda i, r: t.unload("sw"))
+    assert "sw" not in t.loaded_adapters() and "cs" in t.loaded_adapters()
 
 
 def test_bad_settings_are_all_reported_before_anything_loads(tmp_path):

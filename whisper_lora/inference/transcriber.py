@@ -176,7 +176,7 @@ class Transcriber:
 
     def unload(self, name: str) -> None:
         """Drop an adapter's weights from memory (it loads again when next used). Never waits for a decode: while
-        one holds the model, the adapter is dropped before the next decode, unless that one uses it."""
+        one holds the model, the adapter is dropped when that decode ends (or before the next one, unless it uses it)."""
         with self._unload_lock:
             self._unloading.add(name)
         if self._lock.acquire(blocking=False):
@@ -348,10 +348,15 @@ class Transcriber:
             groups: dict[tuple[Decoding, bool], list[int]] = {}
             for i, r in enumerate(requests):
                 groups.setdefault((decodings[i], r.timed), []).append(i)
-            for (decoding, timed), rows in groups.items():
-                final = lambda k, text, segs, rows=rows: settle(rows[k], text, segs)  # noqa: E731
-                states = {k: encoded[i] for k, i in enumerate(rows) if i in encoded}
-                self._decode([arrays[i] for i in rows], [plans[i] for i in rows], decoding, timed, gate, final, states)
+            try:
+                for (decoding, timed), rows in groups.items():
+                    final = lambda k, text, segs, rows=rows: settle(rows[k], text, segs)  # noqa: E731
+                    states = {k: encoded[i] for k, i in enumerate(rows) if i in encoded}
+                    self._decode(
+                        [arrays[i] for i in rows], [plans[i] for i in rows], decoding, timed, gate, final, states
+                    )
+            finally:  # adapters unloaded while this call held the model go now, not at the next call
+                self._apply_unloads(set())
         return results
 
     @staticmethod
