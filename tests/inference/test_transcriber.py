@@ -217,12 +217,17 @@ def test_unloaded_adapters_load_again_and_given_routes_are_used(tiny_dir, tiny_r
     from whisper_lora.inference.routing import RouteDecision
 
     t = Transcriber(str(tiny_dir), tiny_registry, precision="fp32", device="cpu", mode=mode, max_new_tokens=8)
+    long = np.concatenate([AUDIO[2]] * 5)  # past 30 s: window by window
+    base = [t.transcribe(a, "en").text for a in (AUDIO[2], long)]  # before any adapter is attached
     ref = [t.transcribe(AUDIO[1], lang).text for lang in ("sw", "cs")]
     t.unload("sw")
     t.unload("sw")  # not loaded any more: nothing to do
     assert t.loaded_adapters() == ["cs"]
     t.unload("cs")
     assert t.loaded_adapters() == []  # nothing attached any more
+    # the base still decodes, short and long (a PeftModel whose last adapter was deleted raised KeyError: a Ray
+    # replica whose multiplexed adapters were all evicted answered every base request with a 500)
+    assert [t.transcribe(a, "en").text for a in (AUDIO[2], long)] == base
     assert [t.transcribe(AUDIO[1], lang).text for lang in ("sw", "cs")] == ref
     routes = t.route(AUDIO[:2])
     plain = t.transcribe_batch(AUDIO[:2], "auto")

@@ -120,9 +120,15 @@ class _PeftHolder:
         self.model, self.max_loaded, self.tokenizer = model, max_loaded, tokenizer
         self.peft = None
 
+    def _plain(self) -> bool:
+        """Whether no adapter is attached: none yet, or every one unloaded. A PeftModel whose last adapter was deleted
+        cannot run (its active adapter still names the deleted one), so the base then runs as the model itself: its
+        LoRA layers hold no adapter and compute the base layer alone."""
+        return self.peft is None or not self.peft.peft_config
+
     @contextlib.contextmanager
     def base_model(self):
-        if self.peft is None:
+        if self._plain():
             try:
                 yield self.model
             finally:  # an adapter attached while this decode was paused: leave the layers enabled
@@ -148,7 +154,7 @@ class _PeftHolder:
             self._activate(entry)
 
     def graph_safe(self) -> bool:
-        return self.peft is None  # the plain base: peft's hooks and swapped slots are not compiled
+        return self._plain()  # the plain base: peft's hooks and swapped slots are not compiled
 
     def _generate_base(self, feats, langs, generate: Generate, pad_to: int | None = None) -> list:
         n = len(langs)
@@ -233,7 +239,7 @@ class RoutedPool(_PeftHolder):
     def graph_safe(self) -> bool:
         # within a row-indexed context (a batch's rows, or base_model()): the adapter index is a tensor the compiled
         # step reads, so one captured step serves every mix; peft's adapter_names hooks would not (graphs.py)
-        return self.peft is None or (self._rows is not None and self._rows.peft is self.peft and self._rows.active)
+        return self._plain() or (self._rows is not None and self._rows.peft is self.peft and self._rows.active)
 
     def _row_lora(self) -> RowLoRA:
         if self._rows is None or self._rows.peft is not self.peft:
@@ -281,7 +287,7 @@ class RoutedPool(_PeftHolder):
 
     @contextlib.contextmanager
     def base_model(self):
-        if self.peft is None or not self.row_indexed:
+        if self._plain() or not self.row_indexed:
             with super().base_model() as m:
                 yield m
         else:  # row-indexed with every row the base: peft's layers disabled, nothing added
