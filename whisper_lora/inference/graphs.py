@@ -24,6 +24,8 @@ refuses them.
 
 from __future__ import annotations
 
+import functools
+
 from whisper_lora.base.model import PRECISIONS, QUANTIZED
 
 GRAPHS = ("auto", "on", "off")  # Transcriber(graphs=...): auto is off until a device measures it faster
@@ -61,10 +63,18 @@ def bucket(n: int) -> int:
     return next((b for b in _BUCKETS if b >= n), -(-n // _BUCKETS[-1]) * _BUCKETS[-1])
 
 
+@functools.cache
+def _sized_cache() -> bool:
+    """Whether this transformers sizes a static cache by ``max_cache_len`` (asked once, not at every decode)."""
+    from transformers import GenerationConfig
+
+    return hasattr(GenerationConfig(), "max_cache_len")
+
+
 def compiled_settings(model) -> dict:
     """The ``generate`` settings of a static cache of the decoder's full length and a compiled step: CUDA graphs on a
     GPU; on a CPU inductor without graphs (transformers compiles on accelerators only unless told)."""
-    from transformers import CompileConfig, GenerationConfig
+    from transformers import CompileConfig
 
     if model.device.type == "cuda":
         compiled = CompileConfig()  # mode reduce-overhead: CUDA graphs
@@ -72,7 +82,7 @@ def compiled_settings(model) -> dict:
         compiled = CompileConfig(mode="default")
         compiled._compile_all_devices = True
     settings = {"cache_implementation": "static", "compile_config": compiled}
-    if hasattr(GenerationConfig(), "max_cache_len"):  # one cache shape for every prompt and token budget
+    if _sized_cache():  # one cache shape for every prompt and token budget
         settings["max_cache_len"] = model.config.max_target_positions
     return settings
 
