@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference benchmarks on the real whisper-base and the shipped adapters; prints tables, writes JSON.
 
-    python bench/inference.py [--precision int8] [--repeats 5] [--only swap mixed rtf adapters short auto]
+    python bench/inference.py [--precision int8] [--repeats 5] [--only swap mixed rtf adapters short auto graphs long]
                               [--json bench/results/inference.json]
 
 Sections: adapter swap latency; a mixed-language batch; real-time factor of base, unmerged and merged; and
@@ -17,6 +17,10 @@ routing computed, against encoding it a second time for the decode (what every v
 ``graphs``: ``Transcriber(graphs="on")`` (static KV cache, compiled decoder step; ``inference/graphs.py``) against the
 same eager decode, fp32 whisper-base (transformers compiles no int8 base), the mixed 4-language batch and base rows
 alone, with whether the texts are the same; the first call of each batch size compiles and is left out.
+``long``: long real recordings (held-out Czech lines joined, with the ``cs`` adapter; LibriVox English, the base),
+timestamped, row-indexed: transformers' long-form loop one input at a time (what every version before 0.x did),
+the owned loop (``inference/seek.py``) one input at a time, and all inputs in one batch; seconds, WER against the
+joined lines' texts, and whether the batch gave each input's text alone.
 All ratios are measured side by side in one run (the machines are noisy).
 """
 
@@ -39,7 +43,7 @@ from whisper_lora.inference.transcriber import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ["sw", "id", "cs", "en"]  # en has no adapter: the base serves it
-SECTIONS = ("swap", "mixed", "rtf", "adapters", "short", "auto", "graphs")
+SECTIONS = ("swap", "mixed", "rtf", "adapters", "short", "auto", "graphs", "long")
 TOKENS = 32  # tokens every row decodes in the adapters section (forced: the same work whatever the weights)
 
 
@@ -93,6 +97,8 @@ def main():
         results["auto"] = auto_to_base(a, audio["en"])
     if "graphs" in a.only:
         results["graphs"] = compiled_steps(a, audio)
+    if "long" in a.only:
+        results["long"] = long_recordings(a)
     if "adapters" in a.only:
         results["adapters"] = spread_over_adapters(a, [x for xs in audio.values() for x in xs])
     if "swap" in a.only:
@@ -320,6 +326,80 @@ def compiled_steps(a, audio) -> dict:
         f"{torch.get_num_threads()} threads; seconds per batch, compile excluded",
         rows,
         ["batch", "eager s", "graphs s", "graphs vs eager", "same text"],
+    )
+    return out
+
+
+def long_recordings(a) -> dict:
+    """8. Long recordings of two languages (an adapter and the base): transformers' loop, the owned loop one input at a
+    time, and the owned loop over all of them at once."""
+    import tempfile
+
+    from whisper_lora.data.fillets import DEFAULT_ROOT, build_fillets_manifest
+    from whisper_lora.data.longaudio import join_clips
+    from whisper_lora.inference import transcriber as transcriber_module
+    from whisper_lora.inference.scoring import score
+
+    manifest, _ = build_fillets_manifest(DEFAULT_ROOT, Path(tempfile.mkdtemp()) / "cs.csv")
+    lines = [r for r in csv.DictReader(open(manifest, encoding="utf-8")) if r["split"] == "test"]
+    files, langs = [], []
+    for k in range(2):  # two Czech files of eight lines each (~40 s)
+        part = lines[8 * k : 8 * (k + 1)]
+        files.append(join_clips([load_audio(r["audio"]) for r in part], [r["text"] for r in part], pause=1.0))
+        langs.append("cs")
+    wavs = sorted((ROOT / "tests" / "assets" / "librivox").glob("*.wav"))
+    for order in (wavs * 2, list(reversed(wavs)) * 2):  # two English files (~45 s)
+        texts = [w.with_suffix(".txt").read_text().strip() for w in order]
+        files.append(join_clips([load_audio(w) for w in order], texts, pause=1.0))
+        langs.append("en")
+    audios = [f.audio for f in files]
+    t = Transcriber("whisper-base", a.adapters, precision=a.precision, mode="routed", row_indexed=True)
+    owned = transcriber_module.windowed
+
+    def one_by_one():
+        return [t.transcribe(x, lang, timestamps=True).text for x, lang in zip(audios, langs, strict=True)]
+
+    def batched():
+        return [r.text for r in t.transcribe_batch(audios, langs, timestamps=True)]
+
+    def transformers_loop():
+        transcriber_module.windowed = lambda decoding: False  # the per-input path: transformers' generate
+        try:
+            return one_by_one()
+        finally:
+            transcriber_module.windowed = owned
+
+    rows, out = [], {}
+    alone_texts = None
+    for name, run in (
+        ("transformers' loop, one input at a time", transformers_loop),
+        ("owned loop, one input at a time", one_by_one),
+        ("owned loop, all inputs in one batch", batched),
+    ):
+        started = time.perf_counter()
+        texts = run()
+        seconds = time.perf_counter() - started
+        if name.startswith("owned loop, one"):
+            alone_texts = texts
+        wer = {
+            lang: score(
+                [" ".join(f.texts) for f, g in zip(files, langs, strict=True) if g == lang],
+                [x for x, g in zip(texts, langs, strict=True) if g == lang],
+                lang,
+            ).wer
+            for lang in ("cs", "en")
+        }
+        same = "" if alone_texts is None or name.startswith("owned loop, one") else str(texts == alone_texts)
+        rows.append({"decoding": name, "s": seconds, "WER cs": wer["cs"], "WER en": wer["en"], "= alone": same})
+        out[name] = {"seconds": seconds, "wer": wer, "same_as_alone": same}
+    base = rows[0]["s"]
+    for r in rows:
+        r["vs transformers"] = base / r["s"]
+    table(
+        f"Long recordings: 2 Czech (cs adapter) + 2 English (base), {sum(len(x) for x in audios) / 16000:.0f} s in all, "
+        f"timestamped, {a.precision} whisper-base, row-indexed, {torch.get_num_threads()} threads (speed: x faster)",
+        rows,
+        ["decoding", "s", "vs transformers", "WER cs", "WER en", "= alone"],
     )
     return out
 

@@ -21,7 +21,7 @@ def _wav(audio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-LONG = _wav(np.concatenate([AUDIO[0]] * 24))  # about 3 minutes: several seconds of work on the tiny model
+LONG = _wav(np.concatenate([AUDIO[0]] * 40))  # about 5 minutes: several seconds of work on the tiny model
 
 
 def _post(url: str, wav: bytes) -> httpx.Response:

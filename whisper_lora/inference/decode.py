@@ -7,7 +7,8 @@ The steps, in order (``decode_steps`` runs them over two hooks: ``decode_texts``
 2. inputs of up to 30 s are batched: log-mel features from the raw audio, ``generate`` at the
    ladder's first temperature (greedy, or beam search) with the language forced, at most
    ``max_new_tokens`` new tokens;
-3. inputs past 30 s are decoded window by window (``longform.decode_segments``);
+3. inputs past 30 s are decoded window by window, all at once (``seek.py``; beam search and word timestamps:
+   ``longform.decode_segments``, one input at a time);
 4. the loop guard: short inputs whose transcript looks like a repetition loop (compression
    ratio above ``options.compression_ratio_threshold``) are decoded again together at the next
    temperature, and so on up the ladder (``fallback.py``), as Whisper's own ``transcribe`` does;
@@ -41,8 +42,11 @@ from whisper_lora.inference.longform import (
     StepHook,
     compression_ratio,
     decode_segments,
+    finish_segments,
+    long_features,
     no_speech_probability,
 )
+from whisper_lora.inference.seek import WindowDecode, decode_windows
 from whisper_lora.languages import token_text
 
 log = logging.getLogger("whisper_lora")
@@ -251,6 +255,189 @@ def generate_attempts(
     return [replace(a, states=kept.row(r)) for r, a in enumerate(attempts)]  # ``Inputs.keep`` adds no_speech_prob
 
 
+class Prompted(EncoderStates):
+    """Encoder outputs of full 30 s windows and each row's decoder prompt (``<|startofprev|>`` and the previous text,
+    or nothing), for ``generate_windows``; the adapter pools take rows of it as of ``EncoderStates``."""
+
+    def __init__(self, states: torch.Tensor, prompts: Sequence[Sequence[int]]):
+        super().__init__(states)
+        self.prompts = [list(p) for p in prompts]
+
+    def __getitem__(self, rows) -> Prompted:
+        idx = range(len(self))[rows] if isinstance(rows, slice) else list(rows)
+        return Prompted(self.states[idx], [self.prompts[i] for i in idx])
+
+
+def _init_tokens(generation_config, whisper_language: str) -> list[int]:
+    """``<|startoftranscript|>``, the language and the task (timestamps on), as Whisper's ``generate`` starts."""
+    table = getattr(generation_config, "lang_to_id", None)
+    if not table:  # an English-only model: no language or task token
+        return [generation_config.decoder_start_token_id]
+    return [
+        generation_config.decoder_start_token_id,
+        table[token_text(whisper_language)],
+        generation_config.task_to_id["transcribe"],
+    ]
+
+
+def generate_windows(
+    model,
+    processor,
+    windows: Prompted,
+    whisper_languages: list[str],
+    decoding: Decoding,
+    adapter_names: list[str] | None = None,
+    temperature: float = 0.0,
+    pause: Callable[[], None] | None = None,
+) -> list[WindowDecode]:
+    """One ``generate`` call over 30 s windows with timestamps (``seek.py``'s ``decode`` hook), row i after its own
+    prompt, in ``whisper_languages[i]``, greedy at temperature 0, else sampled from its own random stream.
+
+    The prompts are left-padded to the longest and masked (position ids follow the mask), and each row may decode
+    as many tokens as it would alone (transformers' long-form budget: ``decoding.max_new_tokens`` up to half the
+    context less 4, shortened when the prompt is longer than half the context less 1), so a row decodes as it would
+    in a batch of its own."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    half = model.config.max_target_positions // 2
+    budget = min(decoding.max_new_tokens, half - 4)
+    gen = decoding_config(model, 1, budget)
+    gen.do_sample = False  # ``Rows`` samples, row by row
+    prefixes = [p + _init_tokens(gen, c) for p, c in zip(windows.prompts, whisper_languages, strict=True)]
+    longest = max(len(p) for p in prefixes)
+    limits = [min(budget + min(half - 1, len(p)), 2 * half) - len(p) for p in prefixes]
+    gen.max_length = longest + max(limits) - min(half - 1, longest)  # generate adds min(half - 1, longest) back
+    device = windows.states.device
+    ids = torch.full((len(prefixes), longest), gen.pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prefixes):
+        ids[r, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[r, longest - len(p) :] = 1
+    added = added_ids(gen)
+    rows = Rows(
+        len(prefixes),
+        temperature,
+        processor.tokenizer,
+        gen.eos_token_id,
+        None,
+        vocab=min(added) if added else None,
+        limits=limits,
+    )
+    processors = LogitsProcessorList([rows.processor()])
+    if pause is not None:
+        processors.insert(0, StepHook(pause))
+    kw = dict(
+        encoder_outputs=BaseModelOutput(last_hidden_state=windows.states),
+        attention_mask=torch.ones(len(prefixes), 2 * windows.states.shape[1], dtype=torch.long, device=device),
+        decoder_input_ids=ids,
+        decoder_attention_mask=mask,
+        generation_config=gen,
+        return_timestamps=True,
+        force_unique_generate_call=True,  # one window: transformers' own seek loop stops after it
+        logits_processor=processors,
+        stopping_criteria=StoppingCriteriaList([rows.criterion()]),
+    )
+    if getattr(gen, "lang_to_id", None):
+        kw.update(task="transcribe", language=[token_text(c) for c in whisper_languages])
+    if adapter_names is not None:
+        kw["adapter_names"] = adapter_names
+    out = model.generate(**kw)
+    out = out["sequences"] if isinstance(out, dict) else out
+    decodes = []
+    for r in range(len(prefixes)):
+        tokens = out[r, longest : longest + rows.count[r]].tolist()
+        ended = bool(tokens) and tokens[-1] == gen.eos_token_id and not rows.capped[r]
+        decodes.append(
+            WindowDecode(tuple(tokens[:-1] if ended else tokens), ended, rows.logprob[r] / max(rows.count[r], 1))
+        )
+    return decodes
+
+
+def long_features_of(model, processor, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """Each input's whole log-mel, ``(n_mels, frames)``, unpadded, on the model's device and dtype (computed one input
+    at a time, as transformers' loop computes one input alone)."""
+    dtype = model_dtype(model)
+    return [long_features(processor.feature_extractor, [a])[0][0].to(model.device, dtype) for a in audios]
+
+
+def window_options(model, processor, decoding: Decoding) -> dict:
+    """What ``seek.decode_windows`` needs to know of the model and the decoding, besides its hooks."""
+    tokenizer = processor.tokenizer
+    gen = model.generation_config
+    half = model.config.max_target_positions // 2
+    initial: list[int] = []
+    if decoding.options.prompt:
+        prompt = processor.get_prompt_ids(decoding.options.prompt)
+        if len(prompt) > half - 1:
+            raise ConfigError(f"prompt is {len(prompt)} tokens long; at most {half - 1} fit before the transcript")
+        initial = [int(t) for t in prompt[1:]]  # without <|startofprev|>
+    special = {
+        "sop": tokenizer.convert_tokens_to_ids("<|startofprev|>"),
+        "timestamp_begin": gen.no_timestamps_token_id + 1,
+        "eot": gen.eos_token_id,
+    }
+    return dict(special=special, vocab_size=model.config.vocab_size, half=half, initial_prompt=initial)
+
+
+def windowed(decoding: Decoding) -> bool:
+    """Whether inputs past 30 s (and timestamped ones) decode through ``seek.py``'s batched loop: greedy with the
+    fallback ladder, no word timestamps (beam search and word timing stay with ``longform.decode_segments``)."""
+    return decoding.num_beams == 1 and not decoding.options.word_timestamps
+
+
+def model_windows(
+    model,
+    processor,
+    audios: Sequence[np.ndarray],
+    whisper_languages: Sequence[str],
+    decoding: Decoding,
+    pause: Callable[[], None] | None = None,
+    untouched: Untouched | None = None,
+    done: Callable[[int, list[Segment]], None] | None = None,
+) -> list[list[Segment]]:
+    """Segments of every input (``seek.decode_windows``), all decoded together by ``model`` as it is (one adapter
+    active or none). ``untouched``: where each window's no-speech probability is read (``silence_reader``; None:
+    ``model`` as it is). ``pause``: called at every decoding step (``StepHook``). ``done(i, segments)``: as each input
+    ends."""
+    langs = list(whisper_languages)
+    silence = silence_reader(untouched or (lambda: contextlib.nullcontext(model)), decoding)
+    return windows_with(
+        model,
+        processor,
+        audios,
+        decoding,
+        encode=lambda rows, feats: list(encoder_outputs(model, feats)),
+        silence=None if silence is None else (lambda rows, states: silence(EncoderStates.stack(states))),
+        decode=lambda rows, states, prompts, t: generate_windows(
+            model,
+            processor,
+            Prompted(torch.stack(list(states)), prompts),
+            [langs[i] for i in rows],
+            decoding,
+            None,
+            t,
+            pause,
+        ),
+        done=done,
+    )
+
+
+def windows_with(
+    model, processor, audios, decoding: Decoding, encode, silence, decode, done=None
+) -> list[list[Segment]]:
+    """``seek.decode_windows`` over ``audios`` with the given hooks, finished into ``Segment``s (``model``: for its
+    features, tokens and sizes only)."""
+    eot = model.generation_config.eos_token_id
+    tokenizer = processor.tokenizer
+    finish = lambda raws: finish_segments(tokenizer, raws, decoding.options, eot)  # noqa: E731
+    raw_done = None if done is None else (lambda i, raws: done(i, finish(raws)))
+    feats = long_features_of(model, processor, audios)
+    raws = decode_windows(
+        feats, decoding.options, encode, silence, decode, done=raw_done, **window_options(model, processor, decoding)
+    )
+    return [finish(r) for r in raws]
+
+
 @torch.no_grad()
 def no_speech_probs(model, states: EncoderStates) -> list[float]:
     """Each row's ``<|nospeech|>`` probability after ``<|startoftranscript|>`` (one decoder step of ``model`` on the
@@ -325,8 +512,9 @@ def looped(texts: Sequence[str], decoding: Decoding) -> list[int]:
 
 # (rows of a batch, temperature, cut loops) -> what each row gave (one ``generate`` call over up-to-30 s windows)
 Batch = Callable[[list[int], float, bool], list[Attempt]]
-# one row -> its segments (step 3: window by window with the temperature fallback)
-Windows = Callable[[int], list[Segment]]
+# rows -> nothing; each row's segments (step 3: window by window with the temperature fallback) are given to the
+# callback as soon as they are known, exactly once per row
+Windows = Callable[[list[int], Callable[[int, list[Segment]], None]], None]
 
 
 Final = Callable[[int, str, "tuple[Segment, ...] | None"], None]  # an input's result, as soon as it is known
@@ -399,13 +587,17 @@ def decode_steps(
     short = [i for i in speech if i not in set(timed)]
     for i, t in zip(short, ladder(short, decoding, batch, final, pause) if short else [], strict=True):  # 2 and 4
         texts[i] = t
-    for i in timed:  # step 3
-        segs = tuple(windows(i))
+
+    def done(i: int, found: list[Segment]) -> None:
+        segs = tuple(found)
         texts[i] = " ".join(s.text for s in segs)
         if timestamps:
             segments[i] = segs
         if final is not None:
             final(i, texts[i], segments[i])
+
+    if timed:
+        windows(timed, done)  # step 3
     return texts, segments
 
 
@@ -499,7 +691,13 @@ def decode_texts(
             rows, generate_attempts(model, processor, inputs(rows), langs, decoding, None, temperature, cut)
         )
 
-    def windows(i: int) -> list[Segment]:
-        return long_segments(model, processor, audios[i], whisper_language, decoding, untouched=untouched)
+    def windows(rows: list[int], done) -> None:
+        if not windowed(decoding):
+            for i in rows:
+                done(i, long_segments(model, processor, audios[i], whisper_language, decoding, untouched=untouched))
+            return
+        langs = [whisper_language] * len(rows)
+        found = lambda k, segs: done(rows[k], segs)  # noqa: E731
+        model_windows(model, processor, [audios[i] for i in rows], langs, decoding, untouched=untouched, done=found)
 
     return decode_steps(audios, decoding, False, batch, windows)[0]

@@ -107,6 +107,7 @@ class Rows:
         cut_above: float | None,
         seed: int = 0,
         vocab: int | None = None,
+        limits: list[int] | None = None,
     ):
         self.n, self.temperature, self.tokenizer, self.eot = n, temperature, tokenizer, eot
         self.vocab = vocab  # sample among the first ``vocab`` ids: the base's own (language tokens added after them)
@@ -117,6 +118,8 @@ class Rows:
         self.count = [0] * n
         self.ended = [False] * n  # end of text chosen, or cut
         self.cut = [False] * n
+        self.limits = limits  # each row's most new tokens (it ends there); None: the call's own limit
+        self.capped = [False] * n  # ended at its limit
         self._generators: list[torch.Generator] | None = None
 
     def attempts(self, texts: list[str]) -> list[Attempt]:
@@ -161,13 +164,17 @@ class _Pick(LogitsProcessor):
 
 
 class _StopLoops(StoppingCriteria):
-    """Ends the rows ``Rows`` finds stuck in a repetition loop (when it cuts loops)."""
+    """Ends the rows ``Rows`` finds stuck in a repetition loop (when it cuts loops), and rows at their own limit."""
 
     def __init__(self, rows: Rows):
         self.rows = rows
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         rows = self.rows
+        if rows.limits is not None:
+            for r in range(rows.n):
+                if not rows.ended[r] and rows.count[r] >= rows.limits[r]:
+                    rows.capped[r] = rows.ended[r] = True
         if rows.cut_above is not None and rows.start is not None:
             for r in range(rows.n):
                 if rows.ended[r]:
@@ -175,4 +182,6 @@ class _StopLoops(StoppingCriteria):
                 tokens = [t for t in input_ids[r, rows.start :].tolist() if t < rows.eot]
                 if stuck(tokens, None, rows.cut_above) and stuck(tokens, rows.tokenizer.decode(tokens), rows.cut_above):
                     rows.cut[r] = rows.ended[r] = True
-        return torch.tensor(rows.cut, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(
+            [c or p for c, p in zip(rows.cut, rows.capped, strict=True)], dtype=torch.bool, device=input_ids.device
+        )

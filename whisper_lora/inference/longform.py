@@ -1,13 +1,10 @@
-"""Timestamped and long-form decoding: Whisper's own sequential algorithm, through whichever adapter is active.
+"""Timestamped and long-form decoding: the options, the segments, and transformers' own loop for one input.
 
-transformers' ``generate`` already implements it for inputs past 30 s: windows that advance by the
-last predicted timestamp, the previous text as prompt, temperature fallback on compression ratio and
-average log-probability, word times from the cross-attention alignment heads. It shrinks and re-runs
-parts of the batch as inputs finish or fall back, so peft's per-row ``adapter_names`` cannot follow it:
-``decode_segments`` takes one input, run with its adapter active (``AdapterPool.decode_groups``). What this module adds is what
-``generate`` does not return: per-segment ``avg_logprob``, ``compression_ratio``, ``no_speech_prob``,
-a repetition flag, words, and the no-speech skip of silent windows (decided from the recorded
-no-speech probability; transformers' own detector keeps only the last call's values).
+Most long-form decoding runs through ``seek.py`` (many inputs at once, each with its adapter). This module holds
+what both loops share (``DecodeOptions``, ``Segment``, ``finish_segments``: per-segment ``avg_logprob``,
+``compression_ratio``, ``no_speech_prob``, a repetition flag, words, the no-speech skip of silent windows) and
+``decode_segments``, which runs transformers' ``generate`` over one input with its adapter active: the path of beam
+search and word timestamps (cross-attention alignment heads), which ``seek.py`` leaves to transformers.
 """
 
 from __future__ import annotations
@@ -72,6 +69,18 @@ class DecodeOptions:
         while ladder[-1] + 0.2 <= 1.0 + 1e-9:
             ladder.append(round(ladder[-1] + 0.2, 4))
         return replace(self, temperature=tuple(ladder))
+
+
+@dataclass(frozen=True)
+class RawSegment:
+    """A segment as its window's decode gave it, before ``finish_segments``."""
+
+    start: float
+    end: float
+    tokens: tuple[int, ...]  # text and timestamp tokens
+    avg_logprob: float  # of the window's decode
+    no_speech_prob: float | None  # of the window; None when no-speech detection is off
+    token_times: tuple[float, ...] | None = None  # each token's time (word timestamps only)
 
 
 @dataclass(frozen=True)
@@ -311,17 +320,31 @@ def decode_segments(
             out = model.generate(**kw)
     finally:
         inner.config._attn_implementation = attn  # word timing switches the model to eager attention
-    segments: list[Segment] = []
+    raws = []
     logprob_cache: dict = {}
     for seg in out["segments"][0]:
-        tokens = [int(t) for t in seg["tokens"]]
-        text_tokens = [t for t in tokens if t < eot]
-        text = tokenizer.decode(text_tokens).strip()
-        start, end = float(seg["start"]), float(seg["end"])
-        logprob = _window_logprob(seg["result"], logprob_cache)
+        tokens = tuple(int(t) for t in seg["tokens"])
+        start = float(seg["start"])
+        times = (
+            tuple(seg["token_timestamps"].tolist()) if options.word_timestamps and "token_timestamps" in seg else None
+        )
         no_speech = recorder.at(start) if recorder else None
+        logprob = _window_logprob(seg["result"], logprob_cache)
+        raws.append(RawSegment(start, float(seg["end"]), tokens, logprob, no_speech, times))
+    return finish_segments(tokenizer, raws, options, eot)
+
+
+def finish_segments(tokenizer, raws: Sequence[RawSegment], options: DecodeOptions, eot: int) -> list[Segment]:
+    """``Segment``s from the raw ones of one input: silent windows' and empty ones dropped (Whisper's rule: high
+    no-speech probability and an unlikely text), text decoded, words grouped, times in order and never overlapping."""
+    segments: list[Segment] = []
+    for raw in raws:
+        text_tokens = [t for t in raw.tokens if t < eot]
+        text = tokenizer.decode(text_tokens).strip()
+        start, end, logprob, no_speech = raw.start, raw.end, raw.avg_logprob, raw.no_speech_prob
         if (
             no_speech is not None
+            and options.no_speech_threshold is not None
             and no_speech > options.no_speech_threshold
             and (options.logprob_threshold is None or logprob < options.logprob_threshold)
         ):
@@ -330,9 +353,9 @@ def decode_segments(
             continue
         ratio = compression_ratio(text)
         words = None
-        if options.word_timestamps and "token_timestamps" in seg:
-            times = seg["token_timestamps"].tolist()
-            words = _words(tokenizer, [(t, s) for t, s in zip(tokens, times, strict=False) if t < eot], end)
+        if options.word_timestamps and raw.token_times is not None:
+            pairs = [(t, s) for t, s in zip(raw.tokens, raw.token_times, strict=False) if t < eot]
+            words = _words(tokenizer, pairs, end)
             if words:  # as openai-whisper: the aligned words bound the segment (finer than its tokens)
                 start, end = words[0].start, max(words[-1].end, words[0].start)
         threshold = options.compression_ratio_threshold or 2.4

@@ -19,14 +19,20 @@ from whisper_lora.errors import ConfigError, format_choices
 from whisper_lora.inference.decode import (
     Attempt,
     Decoding,
+    EncoderStates,
     Final,
     Inputs,
+    Prompted,
     decode_steps,
     encoder_outputs,
     features,
     generate_attempts,
+    generate_windows,
     long_segments,
+    model_windows,
     silence_reader,
+    windowed,
+    windows_with,
 )
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
 from whisper_lora.inference.graphs import DEFAULT_GRAPHS, bucket, check_graphs, graphs_on
@@ -85,7 +91,8 @@ class Transcriber:
 
     Inputs past 30 s, and every input when ``timestamps=True``, are decoded the way Whisper's own
     ``transcribe`` does it (sequential windows, previous text as prompt, temperature fallback,
-    no-speech skip; ``decode_options``), one input at a time with its adapter.
+    no-speech skip; ``decode_options``), every input of a call at once, each with its adapter (``seek.py``; with a
+    ``gate``, and for beam search or word timestamps, one input at a time).
     """
 
     def __init__(
@@ -406,10 +413,11 @@ class Transcriber:
         """Step 2: ``decode.decode_steps`` with the pool as its hooks (a mixed batch, or one input's windows);
         ``states``: encoder outputs some rows start from (``_plan``)."""
 
-        def encode(rows: list[int], feats: torch.Tensor) -> list[torch.Tensor]:  # rows of one trimmed length
-            entries = [plans[i].entry for i in rows]
-            langs = [plans[i].whisper for i in rows]
+        def encode_rows(entries, langs: list[str], feats: torch.Tensor) -> list[torch.Tensor]:
             return self._pool.decode(feats, langs, entries, lambda m, f, _, names: list(encoder_outputs(m, f, names)))
+
+        def encode(rows: list[int], feats: torch.Tensor) -> list[torch.Tensor]:  # rows of one trimmed length
+            return encode_rows([plans[i].entry for i in rows], [plans[i].whisper for i in rows], feats)
 
         compute = lambda rows: self.features([arrays[i] for i in rows])  # noqa: E731
         silence = silence_reader(self._pool.base_model, decoding)  # the base's decoder, after the pool's call
@@ -461,16 +469,51 @@ class Transcriber:
 
             return inputs.keep(rows, self._pool.decode_groups(entries, run))
 
-        def windows(i: int) -> list[Segment]:
+        def alone(i: int) -> list[Segment]:
+            """One input's windows with its adapter active, giving the model up at any step when ``gate`` says so."""
             p = plans[i]
             pause = self._pause(gate, p.entry)
             # an adapter's windows read no-speech with the base's decoder (within the adapter's group: base_model()
             # nests there); the base's own decode is already untouched
             untouched = self._pool.base_model if p.entry is not None else None
-            run = lambda model, _: [  # noqa: E731
-                long_segments(model, self.processor, arrays[i], p.whisper, decoding, pause, untouched)
-            ]
+            if windowed(decoding):
+                run = lambda model, _: model_windows(  # noqa: E731
+                    model, self.processor, [arrays[i]], [p.whisper], decoding, pause, untouched
+                )
+            else:  # beam search, word timestamps: transformers' own loop
+                run = lambda model, _: [  # noqa: E731
+                    long_segments(model, self.processor, arrays[i], p.whisper, decoding, pause, untouched)
+                ]
             return self._pool.decode_groups([p.entry], run)[0]
+
+        def windows(rows: list[int], done) -> None:
+            if gate is not None or not windowed(decoding):  # the server's scheduler runs long inputs one at a time
+                for i in rows:
+                    done(i, alone(i))
+                return
+            # every input at once: each step's calls hold a window of every unfinished input, with its own adapter
+            langs = [plans[i].whisper for i in rows]
+            entries = [plans[i].entry for i in rows]
+            silence = silence_reader(self._pool.base_model, decoding)
+
+            def decode(ks: list[int], states, prompts, temperature: float):
+                return self._pool.decode(
+                    Prompted(torch.stack(list(states)), prompts),
+                    [langs[k] for k in ks],
+                    [entries[k] for k in ks],
+                    lambda m, f, ls, names: generate_windows(m, self.processor, f, ls, decoding, names, temperature),
+                )
+
+            windows_with(
+                self.model,
+                self.processor,
+                [arrays[i] for i in rows],
+                decoding,
+                encode=lambda ks, feats: encode_rows([entries[k] for k in ks], [langs[k] for k in ks], feats),
+                silence=None if silence is None else (lambda ks, states: silence(EncoderStates.stack(states))),
+                decode=decode,
+                done=lambda k, segs: done(rows[k], segs),
+            )
 
         return decode_steps(arrays, decoding, timed, batch, windows, final, self._between(gate))
 
