@@ -35,7 +35,7 @@ from whisper_lora.data.audio import N_SAMPLES, SAMPLE_RATE, is_silent
 from whisper_lora.errors import ConfigError
 from whisper_lora.inference.fallback import Attempt, Rows, final_text, kept_text, needs_fallback
 from whisper_lora.inference.generation import MAX_NEW_TOKENS, decoding_config
-from whisper_lora.inference.graphs import compile_generation
+from whisper_lora.inference.graphs import compile_generation, may_compile
 from whisper_lora.inference.longform import (
     DecodeOptions,
     Segment,
@@ -209,7 +209,7 @@ def generate_attempts(
     gen.do_sample = False  # ``Rows`` samples, row by row
     full = model.config.max_source_positions  # trimmed rows' shorter states would each compile anew
     windows = not isinstance(feats, EncoderStates) or (not feats.padded and feats.states.shape[1] == full)
-    if graphs and beams == 1 and pause is None and windows:
+    if graphs and may_compile(beams, pause is not None, windows):
         compile_generation(gen, model)
     kw = dict(generation_config=gen, task="transcribe", language=[token_text(c) for c in whisper_languages])
     rows = None

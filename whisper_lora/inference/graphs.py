@@ -53,6 +53,12 @@ def check_graphs(graphs: str, precision: str, mode: str, row_indexed: bool | Non
     return problems
 
 
+def may_compile(beams: int, paused: bool, full_windows: bool) -> bool:
+    """Whether a ``generate`` call may run compiled (the one home of this rule): one beam, no step that gives the model
+    up (``pause``), every row's encoder output a full 30 s window (shorter ones would each compile anew)."""
+    return beams == 1 and not paused and full_windows
+
+
 def graphs_on(graphs: str) -> bool:
     """Whether a checked ``graphs`` setting compiles decoding (``auto``: not yet anywhere, see the module docstring)."""
     return graphs == "on"

@@ -35,7 +35,7 @@ from whisper_lora.inference.decode import (
     windows_with,
 )
 from whisper_lora.inference.generation import MAX_NEW_TOKENS
-from whisper_lora.inference.graphs import DEFAULT_GRAPHS, bucket, check_graphs, graphs_on
+from whisper_lora.inference.graphs import DEFAULT_GRAPHS, bucket, check_graphs, graphs_on, may_compile
 from whisper_lora.inference.language_id import LanguageEvidence, evidence_and_states, language_tokens
 from whisper_lora.inference.longform import DecodeOptions, Segment
 from whisper_lora.inference.plan import PlannedInput, needs_routing, plan
@@ -429,8 +429,9 @@ class Transcriber:
             calls[0] += 1
             if gate is None or calls[0] == 1:
                 # a call that may run compiled (graphs.py: one beam, 30 s windows) is padded to a bucket of rows
-                greedy = decoding.num_beams == 1 or temperature > 0
+                beams = decoding.num_beams if temperature <= 0 else 1
                 windows = all(self._frames(plans[i], len(arrays[i])) == WINDOW_FRAMES for i in rows)
+                compiles = self.graphs and may_compile(beams, False, windows)
                 attempts = self._pool.decode(
                     inputs(rows),
                     [plans[i].whisper for i in rows],
@@ -446,7 +447,7 @@ class Transcriber:
                         cut,
                         graphs=self.graphs and self._pool.graph_safe(),
                     ),
-                    pad_to=bucket(len(rows)) if self.graphs and greedy and windows else None,
+                    pad_to=bucket(len(rows)) if compiles else None,
                 )
                 return inputs.keep(rows, attempts)
             # a fallback step (a few looping or unlikely rows, up to the token limit): one adapter group at a time,
