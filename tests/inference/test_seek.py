@@ -125,6 +125,30 @@ def test_a_batch_decodes_each_step_over_the_rows_left_and_falls_back_row_by_row(
     assert raws == alone
 
 
+def test_a_silent_window_is_skipped_whole_without_falling_back_or_prompting_the_next():
+    """Window 2 of 3 is silent (the base's no-speech probability high, its text unlikely): it is not decoded hotter,
+    gives no segment, seek passes the whole window, and window 3's prompt holds window 1's text only."""
+    fake, prompts = FakeModel(), []
+    f = _feats(9000, 3000, 0.0)
+    f[2, 3000:6000] = 1.0  # the silent part: window 2
+
+    def decode(rows, states, p, temperature):
+        prompts.extend(p)
+        return [
+            WindowDecode(g.tokens, g.ended, -2.0 if s[0, 2] else -0.1)
+            for g, s in zip(fake.decode(rows, states, p, temperature), states, strict=True)
+        ]
+
+    silence = lambda rows, states: [0.9 if s[0, 2] else 0.1 for s in states]  # noqa: E731
+    special = {"sop": 900, "timestamp_begin": TB, "eot": 999}
+    raws = decode_windows(
+        [f], DecodeOptions(), fake.encode, silence, decode, special=special, vocab_size=51865, half=224
+    )
+    assert [(rows, t) for kind, rows, t in fake.calls if kind == "decode"] == [([0], 0.0)] * 3
+    assert [s.start for s in raws[0]] == [0.0, 60.0]
+    assert prompts == [[], [900, TB, 1, 2, 3, TB + 1500], [900, TB, 1, 2, 3, TB + 1500]]
+
+
 def _long_inputs(n: int) -> list[np.ndarray]:
     """Inputs of 35 s to about 100 s (each ends at another step), from the LibriVox clips."""
     out = []
@@ -161,7 +185,9 @@ def test_long_inputs_over_eight_adapters_in_one_batch_give_each_inputs_segments_
 
     def spy(model, processor, windows, langs, decoding, names=None, temperature=0.0, pause=None):
         sizes.append((len(windows), temperature))
-        return real(model, processor, windows, langs, decoding, names, temperature, pause)
+        got = real(model, processor, windows, langs, decoding, names, temperature, pause)
+        assert all(len(g.tokens) <= 12 for g in got)  # max_new_tokens per window, whatever the window
+        return got
 
     monkeypatch.setattr("whisper_lora.inference.transcriber.generate_windows", spy)
     monkeypatch.setattr("whisper_lora.inference.decode.generate_windows", spy)
@@ -202,3 +228,25 @@ def test_one_input_alone_decodes_as_transformers_long_form_loop(temperature):
     assert [(s.start, s.end, s.text, s.tokens) for s in got] == [(s.start, s.end, s.text, s.tokens) for s in want]
     assert [round(s.avg_logprob, 4) for s in got] == [round(s.avg_logprob, 4) for s in want]
     assert [s.no_speech_prob for s in got] == pytest.approx([s.no_speech_prob for s in want], abs=1e-5)
+
+
+def test_a_batch_needing_more_adapters_than_max_loaded_runs_in_parts(tiny_dir, eight, monkeypatch):
+    t = Transcriber(str(tiny_dir), eight, precision="fp32", device="cpu", max_new_tokens=6, max_loaded=2)
+    names = ["sw", "cs", "id", None, "sw"]
+    audio = [x[: 16000 * 32] for x in _long_inputs(len(names))]
+    langs = [n or "en" for n in names]
+    alone = [
+        t.transcribe(a, lang, adapter=n, timestamps=True).text for a, lang, n in zip(audio, langs, names, strict=True)
+    ]
+    firsts = []
+    real = decode_module.generate_windows
+
+    def spy(model, processor, windows, langs, decoding, names=None, temperature=0.0, pause=None):
+        if temperature == 0.0:
+            firsts.append(len(windows))
+        return real(model, processor, windows, langs, decoding, names, temperature, pause)
+
+    monkeypatch.setattr("whisper_lora.inference.transcriber.generate_windows", spy)
+    mixed = t.transcribe_batch(audio, langs, adapter=names, timestamps=True)
+    assert [r.text for r in mixed] == alone
+    assert firsts[0] == 2 and max(firsts) == 3  # sw and cs together; then id, the base and sw again

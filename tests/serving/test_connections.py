@@ -32,7 +32,7 @@ IDLE, TRICKLING = 300, 150  # the sockets of the issue's measurement
 @pytest.fixture(scope="module")
 def server(tiny_dir, tiny_registry):
     args = ["serve", "--base", str(tiny_dir), "--adapters", str(tiny_registry), "--precision", "fp32"]
-    args += ["--device", "cpu", "--max-new-tokens", "8", "--api-key", KEY, "--max-connections", "4"]
+    args += ["--device", "cpu", "--max-new-tokens", "32", "--api-key", KEY, "--max-connections", "4"]  # LONG: seconds
     args += ["--header-timeout-seconds", str(HEADER_TIMEOUT), "--body-timeout-seconds", str(BODY_TIMEOUT)]
     args += ["--body-min-rate", str(MIN_RATE), "--max-open-connections", str(MAX_OPEN)]
     with running(args, timeout=240) as url:

@@ -23,14 +23,15 @@ def transcriber(request, tiny_dir, tiny_registry):
 
 
 def test_short_requests_are_served_between_a_long_recordings_steps(transcriber):
-    alone_long = transcriber.transcribe(LONG, "sw")
-    alone_base_long = transcriber.transcribe(LONG, "en", adapter=None)
+    long = np.concatenate([LONG] * 4)  # about 170 s: a few seconds on the tiny model
+    alone_long = transcriber.transcribe(long, "sw")
+    alone_base_long = transcriber.transcribe(long, "en", adapter=None)
     alone_short = [transcriber.transcribe(a, lang, adapter=ad).text for a, lang, ad in SHORT]
     scheduler = Scheduler(transcriber, max_batch=4, max_wait_ms=5, slice_ms=20)
     try:
         finished = {}
-        long_job = scheduler.submit(Request(LONG, "sw", "sw"))
-        base_job = scheduler.submit(Request(LONG, "en", None))  # a second long one, on the base: it waits its turn
+        long_job = scheduler.submit(Request(long, "sw", "sw"))
+        base_job = scheduler.submit(Request(long, "en", None))  # a second long one, on the base: it waits its turn
         long_job.future.add_done_callback(lambda _: finished.setdefault("long", time.monotonic()))
         base_job.future.add_done_callback(lambda _: finished.setdefault("base", time.monotonic()))
         time.sleep(0.3)  # the long recordings are decoding

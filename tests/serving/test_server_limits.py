@@ -31,7 +31,7 @@ def _wav(audio: np.ndarray, fmt: str = "WAV") -> bytes:
 
 
 SHORT = _wav(AUDIO[1])
-LONG = _wav(np.concatenate([AUDIO[0]] * 5))  # about 36 s: long-form, seconds of work on the tiny model
+LONG = _wav(np.concatenate([AUDIO[0]] * 5))  # about 36 s: long-form, seconds of work with --max-new-tokens 32
 TOO_LONG = np.concatenate([AUDIO[0]] * 7)  # about 50 s: over the 40 s limit
 
 
@@ -75,7 +75,8 @@ def registry(tiny_registry, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_dir, registry):
     args = ["serve", "--base", str(tiny_dir), "--adapters", str(registry), "--precision", "fp32", "--device", "cpu"]
-    args += ["--max-new-tokens", "8", "--max-upload-mb", "2", "--max-audio-seconds", "40", "--max-queue", "2"]
+    # 32 tokens a window: LONG then takes a few seconds on the tiny model (it loops to the cap at every temperature)
+    args += ["--max-new-tokens", "32", "--max-upload-mb", "2", "--max-audio-seconds", "40", "--max-queue", "2"]
     args += ["--max-connections", "3", "--cors-origin", ORIGIN]
     env = {**os.environ, "WHISPER_LORA_API_KEY": ",".join(KEYS)}  # keys from the environment
     with running(args, timeout=240, env=env) as url:
@@ -262,7 +263,7 @@ def test_an_adapter_replaced_on_disk_is_what_decodes(server, registry, tiny_dir,
     expected_reg = tmp_path / "reg"
     expected_reg.mkdir()
     shutil.copytree(registry / "sw", expected_reg / "sw")
-    expected = Transcriber(str(tiny_dir), expected_reg, precision="fp32", device="cpu", max_new_tokens=8)
+    expected = Transcriber(str(tiny_dir), expected_reg, precision="fp32", device="cpu", max_new_tokens=32)
     want = expected.transcribe(clip, "sw", adapter="sw").text
     assert want != before, "the new adapter must change the transcript for this test to mean anything"
     deadline = time.monotonic() + 20
@@ -275,9 +276,10 @@ def test_an_adapter_replaced_on_disk_is_what_decodes(server, registry, tiny_dir,
 def test_a_request_past_the_timeout_gets_504_and_is_cancelled(tiny_dir, tiny_registry):
     args = ["serve", "--base", str(tiny_dir), "--adapters", str(tiny_registry), "--precision", "fp32"]
     args += ["--device", "cpu", "--max-new-tokens", "8", "--request-timeout", "1"]
+    longer = _wav(np.concatenate([AUDIO[0]] * 24))  # about 170 s: a few seconds on the tiny model
     with running(args, timeout=240) as url:
         started = time.monotonic()
-        r = _post(url, LONG, key=None)
+        r = _post(url, longer, key=None)
         assert r.status_code == 504 and "--request-timeout" in r.json()["error"]["message"]
         assert time.monotonic() - started < 10
         deadline = time.monotonic() + 20

@@ -294,18 +294,20 @@ def generate_windows(
     prompt, in ``whisper_languages[i]``, greedy at temperature 0, else sampled from its own random stream.
 
     The prompts are left-padded to the longest and masked (position ids follow the mask), and each row may decode
-    as many tokens as it would alone (transformers' long-form budget: ``decoding.max_new_tokens`` up to half the
-    context less 4, shortened when the prompt is longer than half the context less 1), so a row decodes as it would
-    in a batch of its own."""
+    as many tokens as it would alone (``decoding.max_new_tokens``, at most half the context less 4, per window: unlike
+    transformers' loop, whose budget grows from window to window up to 444 tokens), so a row decodes as it would in
+    a batch of its own."""
     from transformers.modeling_outputs import BaseModelOutput
 
     half = model.config.max_target_positions // 2
     budget = min(decoding.max_new_tokens, half - 4)
     gen = decoding_config(model, 1, budget)
     gen.do_sample = False  # ``Rows`` samples, row by row
+    # one window, decided by ``seek.py``: a checkpoint's own long-form thresholds must not act inside this call
+    gen.no_speech_threshold = gen.logprob_threshold = gen.compression_ratio_threshold = None
     prefixes = [p + _init_tokens(gen, c) for p, c in zip(windows.prompts, whisper_languages, strict=True)]
     longest = max(len(p) for p in prefixes)
-    limits = [min(budget + min(half - 1, len(p)), 2 * half) - len(p) for p in prefixes]
+    limits = [min(budget, 2 * half - len(p)) for p in prefixes]
     gen.max_length = longest + max(limits) - min(half - 1, longest)  # generate adds min(half - 1, longest) back
     device = windows.states.device
     ids = torch.full((len(prefixes), longest), gen.pad_token_id, dtype=torch.long, device=device)
@@ -353,11 +355,10 @@ def generate_windows(
     return decodes
 
 
-def long_features_of(model, processor, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
-    """Each input's whole log-mel, ``(n_mels, frames)``, unpadded, on the model's device and dtype (computed one input
-    at a time, as transformers' loop computes one input alone)."""
-    dtype = model_dtype(model)
-    return [long_features(processor.feature_extractor, [a])[0][0].to(model.device, dtype) for a in audios]
+def long_features_of(processor, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """Each input's whole log-mel, ``(n_mels, frames)``, unpadded, on the host (each window goes to the model's device
+    when it is decoded); computed one input at a time, as transformers' loop computes one input alone."""
+    return [long_features(processor.feature_extractor, [a])[0][0] for a in audios]
 
 
 def window_options(model, processor, decoding: Decoding) -> dict:
@@ -431,9 +432,16 @@ def windows_with(
     tokenizer = processor.tokenizer
     finish = lambda raws: finish_segments(tokenizer, raws, decoding.options, eot)  # noqa: E731
     raw_done = None if done is None else (lambda i, raws: done(i, finish(raws)))
-    feats = long_features_of(model, processor, audios)
+    device, dtype = model.device, model_dtype(model)
+    on_device = lambda rows, windows: encode(rows, windows.to(device, dtype))  # noqa: E731
     raws = decode_windows(
-        feats, decoding.options, encode, silence, decode, done=raw_done, **window_options(model, processor, decoding)
+        long_features_of(processor, audios),
+        decoding.options,
+        on_device,
+        silence,
+        decode,
+        done=raw_done,
+        **window_options(model, processor, decoding),
     )
     return [finish(r) for r in raws]
 

@@ -4,8 +4,8 @@ here so that a row's result never depends on the other rows of its batch.
 transformers' long-form ``generate`` runs the same algorithm over a batch, but it shrinks the batch inside its loop
 as inputs end or fall back (row-indexed LoRA and peft's ``adapter_names`` cannot follow which rows remain), pads
 the previous-text prompts to the longest of the batch, and samples every row's fallback from one random stream.
-``decode_windows`` keeps transformers' rules (which it mirrors, so one input alone decodes as transformers decodes
-it: ``tests/inference/test_seek.py``) and runs each step over the batch through three hooks:
+``decode_windows`` keeps transformers' rules (which it mirrors: one input alone gives transformers' segments, tested on
+real English, but for the two differences below) and runs each step over the batch through three hooks:
 
 - ``encode(rows, windows)``: each row's 30 s window, encoded with that row's adapter;
 - ``silence(rows, states)``: each window's no-speech probability (the untouched base's decoder,
@@ -18,9 +18,12 @@ padded with zeros); the prompt is the previous windows' tokens (the last ``half 
 0.5 none), or the initial prompt; a row falls back to the next temperature when its tokens compress too well
 (``compression_ratio_threshold``, over token bytes) or its average log-probability is under ``logprob_threshold``,
 and keeps the last attempt when every temperature fails; timestamp pairs cut the window into segments and ``seek``
-moves to the last complete one. Unlike transformers, a window the base finds silent (Whisper's rule,
-``fallback.silent``) is not decoded again hotter: its segments are dropped (``longform.finish_segments``) whatever
-a hotter decode would say. Word timestamps and beam search stay with transformers' loop (``longform.decode_segments``).
+moves to the last complete one; a window the base finds silent (Whisper's rule, ``fallback.silent``: no-speech
+probability over ``no_speech_threshold`` and an unlikely text) is skipped whole and its text left out of the next
+prompt, as openai-whisper and transformers (with its own no-speech detection on) do. Two differences from
+transformers' loop: each window may decode ``max_new_tokens`` (transformers' budget grows from window to window, up
+to 444 tokens), and the no-speech probability is read by the base's decoder (``decode.silence_reader``: adapters
+unlearn ``<|nospeech|>``). Word timestamps and beam search stay with transformers' loop (``longform.decode_segments``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from whisper_lora.inference.fallback import Attempt, silent
 from whisper_lora.inference.longform import N_FRAMES, DecodeOptions, RawSegment
 
 INPUT_STRIDE = 2  # log-mel frames per encoder position
@@ -178,13 +182,16 @@ def decode_windows(
                 break
         for k, i in enumerate(active):
             track, (g, temperature) = tracks[i], kept[k]
-            offset = track.seek * TIME_PRECISION / INPUT_STRIDE
-            pieces, advance = split_window(g.tokens, ts_begin, offset, cut[k][1])
-            for start, end, tokens in pieces:
-                track.raws.append(RawSegment(start, end, tuple(tokens), g.avg_logprob, no_speech[k]))
-                track.history.append(list(tokens))
-            track.seek += advance
             track.condition = temperature < 0.5
+            if silent(Attempt("", g.avg_logprob, no_speech_prob=no_speech[k]), options):
+                track.seek += cut[k][1]  # Whisper's no-speech skip: the whole window, its made-up text forgotten
+            else:
+                offset = track.seek * TIME_PRECISION / INPUT_STRIDE
+                pieces, advance = split_window(g.tokens, ts_begin, offset, cut[k][1])
+                for start, end, tokens in pieces:
+                    track.raws.append(RawSegment(start, end, tuple(tokens), g.avg_logprob, no_speech[k]))
+                    track.history.append(list(tokens))
+                track.seek += advance
             if track.seek >= track.frames and done is not None:
                 done(i, track.raws)
         active = [i for i in active if tracks[i].seek < tracks[i].frames]
@@ -194,11 +201,10 @@ def decode_windows(
 def _falls_back(g: WindowDecode, no_speech: float | None, options: DecodeOptions, vocab_size: int, special) -> bool:
     """Whether a row's window decodes again at the next temperature: never when the window is silent (Whisper's
     rule: high no-speech probability and an unlikely text), else on a loop or an unlikely text (transformers')."""
+    if silent(Attempt("", g.avg_logprob, no_speech_prob=no_speech), options):
+        return False
     low = options.logprob_threshold
     unlikely = low is not None and g.avg_logprob < low
-    if options.no_speech_threshold is not None and no_speech is not None:
-        if no_speech > options.no_speech_threshold and (low is None or unlikely):
-            return False
     limit = options.compression_ratio_threshold
     checked = [*g.tokens, special["eot"]] if g.ended else list(g.tokens)
     return unlikely or (limit is not None and token_compression_ratio(checked, vocab_size) > limit)

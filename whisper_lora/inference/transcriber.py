@@ -492,7 +492,12 @@ class Transcriber:
                 for i in rows:
                     done(i, alone(i))
                 return
-            # every input at once: each step's calls hold a window of every unfinished input, with its own adapter
+            # every input at once (up to max_loaded adapters a batch): each step's calls hold a window of every
+            # unfinished input, with its own adapter
+            for chunk in self._adapter_chunks([plans[i].entry for i in rows]):
+                together([rows[k] for k in chunk], done)
+
+        def together(rows: list[int], done) -> None:
             langs = [plans[i].whisper for i in rows]
             entries = [plans[i].entry for i in rows]
             silence = silence_reader(self._pool.base_model, decoding)
@@ -517,6 +522,20 @@ class Transcriber:
             )
 
         return decode_steps(arrays, decoding, timed, batch, windows, final, self._between(gate))
+
+    def _adapter_chunks(self, entries: Sequence[AdapterEntry | None]) -> list[list[int]]:
+        """Positions of ``entries`` in order, cut into runs that need at most ``max_loaded`` adapters each (a routed
+        pool holds no more at once)."""
+        chunks: list[list[int]] = [[]]
+        names: set[str] = set()
+        for k, e in enumerate(entries):
+            if e is not None and e.name not in names and len(names) >= self._pool.max_loaded:
+                chunks.append([])
+                names = set()
+            chunks[-1].append(k)
+            if e is not None:
+                names.add(e.name)
+        return [c for c in chunks if c]
 
     def _frames(self, plan: PlannedInput, n_samples: int) -> int:
         """The log-mel frames a short input's encoder reads: its own length plus the adapter's training padding when
