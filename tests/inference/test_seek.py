@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import LIBRIVOX, REPO_ADAPTERS, make_tiny_adapter
-from tests.inference.test_row_lora import ROWS, SPECS
+from tests.conftest import LIBRIVOX, REPO_ADAPTERS
+from tests.inference.test_row_lora import ROWS, SPECS, eight  # noqa: F401 (a fixture)
 from tests.inference.test_transcriber import CLIPS
 from whisper_lora.data.audio import load_audio
 from whisper_lora.data.longaudio import join_clips
@@ -159,18 +159,12 @@ def _long_inputs(n: int) -> list[np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def eight(tiny_dir, tmp_path_factory):
-    """The eight adapters of ``test_row_lora.py``: ranks 2 to 16, different target sets, one encoder-free."""
-    root = tmp_path_factory.mktemp("eight")
-    for seed, (lang, spec) in enumerate(SPECS.items()):
-        make_tiny_adapter(tiny_dir, root, lang, 10 + seed, spec=spec)
-    return root
-
-
 @pytest.mark.parametrize("row_indexed", [True, False])
 def test_long_inputs_over_eight_adapters_in_one_batch_give_each_inputs_segments_alone(
-    tiny_dir, eight, row_indexed, monkeypatch
+    tiny_dir,
+    eight,  # noqa: F811 (the fixture imported above)
+    row_indexed,
+    monkeypatch,
 ):
     """Nine long inputs, eight adapters and the base: every step of the batched loop decodes the windows of every
     unfinished input in one call (row-indexed LoRA, or peft's ``adapter_names``); the tiny model falls back and hits
@@ -230,7 +224,7 @@ def test_one_input_alone_decodes_as_transformers_long_form_loop(temperature):
     assert [s.no_speech_prob for s in got] == pytest.approx([s.no_speech_prob for s in want], abs=1e-5)
 
 
-def test_a_batch_needing_more_adapters_than_max_loaded_runs_in_parts(tiny_dir, eight, monkeypatch):
+def test_a_batch_needing_more_adapters_than_max_loaded_runs_in_parts(tiny_dir, eight, monkeypatch):  # noqa: F811
     t = Transcriber(str(tiny_dir), eight, precision="fp32", device="cpu", max_new_tokens=6, max_loaded=2)
     names = ["sw", "cs", "id", None, "sw"]
     audio = [x[: 16000 * 32] for x in _long_inputs(len(names))]
