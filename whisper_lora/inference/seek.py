@@ -146,7 +146,8 @@ def decode_windows(
 ) -> list[list[RawSegment]]:
     """Raw segments of every input (``feats[i]``: its whole log-mel, ``(n_mels, frames)``), all decoded together.
 
-    ``special``: the ids of ``<|startofprev|>`` (``sop``) and of the first timestamp (``timestamp_begin``). ``half``:
+    ``special``: the ids of ``<|startofprev|>`` (``sop``), of the first timestamp (``timestamp_begin``) and of
+    ``<|endoftext|>`` (``eot``; ``decode.window_options`` gives all three). ``half``:
     half the decoder's context (the prompt's room). ``initial_prompt``: the user's prompt's text tokens.
     ``done(i, raws)`` is called for each input as soon as its last window is decoded.
     """
