@@ -401,49 +401,52 @@ def model_windows(
     ``model`` as it is). ``pause``: called at every decoding step (``StepHook``). ``done(i, segments)``: as each input
     ends."""
     langs = list(whisper_languages)
-    silence = silence_reader(untouched or (lambda: contextlib.nullcontext(model)), decoding)
     return windows_with(
         model,
         processor,
         audios,
         decoding,
         encode=lambda rows, feats: list(encoder_outputs(model, feats)),
-        silence=None if silence is None else (lambda rows, states: silence(EncoderStates.stack(states))),
-        decode=lambda rows, states, prompts, t: generate_windows(
-            model,
-            processor,
-            Prompted(torch.stack(list(states)), prompts),
-            [langs[i] for i in rows],
-            decoding,
-            None,
-            t,
-            pause,
+        silence=silence_reader(untouched or (lambda: contextlib.nullcontext(model)), decoding),
+        decode=lambda rows, windows, t: generate_windows(
+            model, processor, windows, [langs[i] for i in rows], decoding, None, t, pause
         ),
         done=done,
     )
 
 
 def windows_with(
-    model, processor, audios, decoding: Decoding, encode, silence, decode, done=None
+    model,
+    processor,
+    audios: Sequence[np.ndarray],
+    decoding: Decoding,
+    encode: Callable[[list[int], torch.Tensor], Sequence[torch.Tensor]],
+    silence: Callable[[EncoderStates], list[float]] | None,
+    decode: Callable[[list[int], Prompted, float], list[WindowDecode]],
+    done: Callable[[int, list[Segment]], None] | None = None,
 ) -> list[list[Segment]]:
-    """``seek.decode_windows`` over ``audios`` with the given hooks, finished into ``Segment``s (``model``: for its
-    features, tokens and sizes only)."""
+    """``seek.decode_windows`` over ``audios``, finished into ``Segment``s, each input's once (``model``: for its
+    device, dtype, tokens and sizes only). Hooks: ``encode(rows, windows)`` (features on the model's device),
+    ``silence`` (``silence_reader``'s), ``decode(rows, prompted windows, temperature)`` (``generate_windows``)."""
     eot = model.generation_config.eos_token_id
-    tokenizer = processor.tokenizer
-    finish = lambda raws: finish_segments(tokenizer, raws, decoding.options, eot)  # noqa: E731
-    raw_done = None if done is None else (lambda i, raws: done(i, finish(raws)))
     device, dtype = model.device, model_dtype(model)
-    on_device = lambda rows, windows: encode(rows, windows.to(device, dtype))  # noqa: E731
-    raws = decode_windows(
+    finished: dict[int, list[Segment]] = {}
+
+    def ended(i: int, raws) -> None:
+        finished[i] = finish_segments(processor.tokenizer, raws, decoding.options, eot)
+        if done is not None:
+            done(i, finished[i])
+
+    decode_windows(
         long_features_of(processor, audios),
         decoding.options,
-        on_device,
-        silence,
-        decode,
-        done=raw_done,
+        lambda rows, windows: encode(rows, windows.to(device, dtype)),
+        None if silence is None else (lambda rows, states: silence(EncoderStates.stack(states))),
+        lambda rows, states, prompts, t: decode(rows, Prompted(torch.stack(list(states)), prompts), t),
+        done=ended,
         **window_options(model, processor, decoding),
     )
-    return [finish(r) for r in raws]
+    return [finished[i] for i in range(len(audios))]
 
 
 @torch.no_grad()

@@ -19,10 +19,8 @@ from whisper_lora.errors import ConfigError, format_choices
 from whisper_lora.inference.decode import (
     Attempt,
     Decoding,
-    EncoderStates,
     Final,
     Inputs,
-    Prompted,
     decode_steps,
     encoder_outputs,
     features,
@@ -500,11 +498,10 @@ class Transcriber:
         def together(rows: list[int], done) -> None:
             langs = [plans[i].whisper for i in rows]
             entries = [plans[i].entry for i in rows]
-            silence = silence_reader(self._pool.base_model, decoding)
 
-            def decode(ks: list[int], states, prompts, temperature: float):
+            def decode(ks: list[int], windows, temperature: float):
                 return self._pool.decode(
-                    Prompted(torch.stack(list(states)), prompts),
+                    windows,
                     [langs[k] for k in ks],
                     [entries[k] for k in ks],
                     lambda m, f, ls, names: generate_windows(m, self.processor, f, ls, decoding, names, temperature),
@@ -516,7 +513,7 @@ class Transcriber:
                 [arrays[i] for i in rows],
                 decoding,
                 encode=lambda ks, feats: encode_rows([entries[k] for k in ks], [langs[k] for k in ks], feats),
-                silence=None if silence is None else (lambda ks, states: silence(EncoderStates.stack(states))),
+                silence=silence,  # the short path's: the base's decoder, after the pool's call
                 decode=decode,
                 done=lambda k, segs: done(rows[k], segs),
             )
